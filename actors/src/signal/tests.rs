@@ -1,0 +1,124 @@
+//! One test per derivation rule of SPEC §4.1, plus the ETag rules.
+use super::*;
+
+const RUN: &str = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa";
+
+fn job(n: i64, state: JobState) -> JobFacts {
+    JobFacts {
+        job_id: format!("01JD00000000000000000000{n:02}"),
+        state,
+        blocked: None,
+        stage: None,
+        step: None,
+        message: None,
+        created_at_ms: n,
+        state_changed_at: format!("2026-11-22T08:00:{n:02}.000Z"),
+        failure_range: None,
+    }
+}
+
+#[test]
+fn rule1_no_jobs_no_signal() {
+    assert_eq!(derive(RUN, &[]), None);
+}
+
+#[test]
+fn rule2_any_failed_job_decides_and_the_earliest_wins() {
+    let mut a = job(1, JobState::Working);
+    a.message = Some("busy".into());
+    let mut b = job(2, JobState::Failed);
+    b.message = Some("disk full".into());
+    b.step = Some("copy".into());
+    b.failure_range = Some((10, 14));
+    let mut c = job(3, JobState::Failed);
+    c.message = Some("later failure".into());
+    let s = derive(RUN, &[c, a, b.clone()]).unwrap();
+    assert_eq!(s.kind, SignalKind::Failed);
+    assert_eq!(s.job_id.as_deref(), Some(b.job_id.as_str()));
+    assert_eq!(s.summary, "disk full");
+    assert_eq!(s.artifact, SignalArtifact { kind: "step".into(), range: Some(LineRange { start: 10, end: 14 }) });
+}
+
+#[test]
+fn rule3_blocked_beats_working_and_carries_the_reason() {
+    let w = job(1, JobState::Working);
+    let mut b = job(2, JobState::Queued);
+    b.blocked = Some("waiting for a worker".into());
+    let s = derive(RUN, &[w, b]).unwrap();
+    assert_eq!(s.kind, SignalKind::Blocked);
+    assert_eq!(s.summary, "waiting for a worker");
+}
+
+#[test]
+fn rule4_working_job_gives_phase_with_its_stage_and_step() {
+    let mut w = job(2, JobState::Working);
+    w.stage = Some("fetch".into());
+    w.step = Some("download".into());
+    w.message = Some("downloading 3 files".into());
+    let s = derive(RUN, &[job(1, JobState::Queued), w]).unwrap();
+    assert_eq!((s.kind, s.phase, s.stage.as_str()), (SignalKind::Phase, 1, "fetch"));
+    assert_eq!(s.step.as_deref(), Some("download"));
+    assert_eq!(s.summary, "downloading 3 files");
+    let mut custom = job(3, JobState::Working);
+    custom.stage = Some("compile".into());
+    let s = derive(RUN, &[custom]).unwrap();
+    assert_eq!((s.phase, s.stage.as_str()), (6, "compile"), "unknown stage names map to phase 6");
+}
+
+#[test]
+fn rule5_loading_job_gives_started() {
+    let s = derive(RUN, &[job(1, JobState::Queued), job(2, JobState::Loading)]).unwrap();
+    assert_eq!(s.kind, SignalKind::Started);
+    assert_eq!(s.summary, "Run started");
+    assert_eq!((s.stage.as_str(), s.step.as_deref()), ("unknown", None));
+}
+
+#[test]
+fn rule6_queued_only_gives_queued() {
+    let s = derive(RUN, &[job(1, JobState::Queued), job(2, JobState::Done)]).unwrap();
+    assert_eq!(s.kind, SignalKind::Queued);
+}
+
+#[test]
+fn rule7_all_terminal_canceled_or_succeeded() {
+    let s = derive(RUN, &[job(1, JobState::Done), job(2, JobState::Canceled)]).unwrap();
+    assert_eq!(s.kind, SignalKind::Canceled);
+    let s = derive(RUN, &[job(1, JobState::Done), job(3, JobState::Done)]).unwrap();
+    assert_eq!(s.kind, SignalKind::Succeeded);
+    assert_eq!(s.at, "2026-11-22T08:00:03.000Z", "a run succeeds when its last job does");
+}
+
+#[test]
+fn ties_go_to_the_earliest_created_job() {
+    let mut a = job(5, JobState::Working);
+    a.stage = Some("report".into());
+    let mut b = job(4, JobState::Working);
+    b.stage = Some("policy".into());
+    assert_eq!(derive(RUN, &[a, b]).unwrap().stage, "policy");
+}
+
+#[test]
+fn etag_is_weak_sha256_and_deterministic() {
+    let s = derive(RUN, &[job(1, JobState::Loading)]).unwrap();
+    let e = s.etag();
+    assert!(e.starts_with("W/\"") && e.ends_with('"') && e.len() == 3 + 64 + 1);
+    assert!(e[3..67].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_eq!(e, derive(RUN, &[job(1, JobState::Loading)]).unwrap().etag());
+    assert_ne!(e, derive(RUN, &[job(1, JobState::Queued)]).unwrap().etag());
+}
+
+#[test]
+fn view_body_has_the_exact_rest_shape() {
+    let view = SignalView::new(derive(RUN, &[job(1, JobState::Loading)]).unwrap(), 3);
+    let body: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"runId": RUN, "firstSignal": {"type": "started", "stage": "unknown", "step": null,
+            "message": "Run started", "at": "2026-11-22T08:00:01.000Z", "artifact": {"kind": "run", "range": null}},
+            "summaryEtag": view.etag})
+    );
+    let data = view.stream_data("sig", "snapshot", true, "c");
+    assert_eq!(data["signal"]["kind"], 1);
+    assert_eq!(data["signal"]["phase"], 6);
+    assert_eq!(data["etag"], view.etag.as_str());
+}

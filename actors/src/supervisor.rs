@@ -1,0 +1,206 @@
+//! `Supervisor`: finds or spawns the run actor of a (tenant, run), evicts
+//! least-recently-used idle actors past `Actors.MaxResident`, and forwards
+//! committed events to resident actors.
+//!
+//! The map is a `DashMap` rather than a supervisor actor: lookups are on the
+//! first-signal hot path and a sharded map answers them without a mailbox
+//! round trip, while the entry API still guarantees a single spawn under
+//! concurrent first requests (the spawn happens under the shard lock and
+//! does no I/O: the actor loads itself after it starts).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::loader::{Published, RunKey, RunLoader};
+use crate::run::{Apply, Evict, RunActor};
+
+/// Runtime limits (`Actors.*` in the configuration).
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    pub idle_evict: Duration,
+    pub max_resident: usize,
+    /// Bound of each run actor's mailbox.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig { idle_evict: Duration::from_secs(300), max_resident: 100_000, mailbox_capacity: 1024 }
+    }
+}
+
+/// State a slot shares with its actor, read without a message.
+#[derive(Default)]
+pub(crate) struct SlotShared {
+    /// Set once the actor has loaded (later readers are warm hits).
+    pub ready: AtomicBool,
+    /// Live subscribers; an actor with any is never evicted.
+    pub subscribers: AtomicUsize,
+    /// LRU clock value of the last lookup.
+    pub last_used: AtomicU64,
+}
+
+struct Slot {
+    addr: Addr<RunActor>,
+    generation: u64,
+    shared: Arc<SlotShared>,
+}
+
+pub struct SupervisorInner {
+    map: DashMap<RunKey, Slot>,
+    loader: Arc<dyn RunLoader>,
+    config: ActorConfig,
+    generations: AtomicU64,
+    clock: AtomicU64,
+    spawned: AtomicU64,
+}
+
+impl SupervisorInner {
+    /// Remove `key` only while it still belongs to `generation`: a stopping
+    /// actor must not remove its successor.
+    pub(crate) fn remove_if(&self, key: &RunKey, generation: u64) {
+        self.map.remove_if(key, |_, slot| slot.generation == generation);
+    }
+}
+
+/// A looked-up run actor.
+pub struct ActorHandle {
+    pub addr: Addr<RunActor>,
+    /// Already loaded at lookup: its answer comes from memory.
+    pub warm: bool,
+}
+
+/// Cheap to clone; all clones share one map.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<SupervisorInner>,
+}
+
+impl Supervisor {
+    pub fn new(loader: Arc<dyn RunLoader>, config: ActorConfig) -> Supervisor {
+        Supervisor {
+            inner: Arc::new(SupervisorInner {
+                map: DashMap::new(),
+                loader,
+                config,
+                generations: AtomicU64::new(1),
+                clock: AtomicU64::new(1),
+                spawned: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Find the run's actor or spawn it (in the caller's arbiter). Must be
+    /// called from within an actix system.
+    pub fn lookup(&self, key: &RunKey) -> ActorHandle {
+        let now = self.inner.clock.fetch_add(1, Ordering::Relaxed);
+        let handle = match self.inner.map.entry(key.clone()) {
+            Entry::Occupied(slot) if slot.get().addr.connected() => {
+                let slot = slot.get();
+                slot.shared.last_used.store(now, Ordering::Relaxed);
+                return ActorHandle { addr: slot.addr.clone(), warm: slot.shared.ready.load(Ordering::Acquire) };
+            }
+            Entry::Occupied(mut stale) => {
+                let slot = self.spawn(key, now);
+                let addr = slot.addr.clone();
+                stale.insert(slot);
+                ActorHandle { addr, warm: false }
+            }
+            Entry::Vacant(vacant) => {
+                let slot = self.spawn(key, now);
+                let addr = slot.addr.clone();
+                vacant.insert(slot);
+                ActorHandle { addr, warm: false }
+            }
+        };
+        // Outside the entry's shard lock: eviction walks the whole map.
+        self.evict_over_limit();
+        handle
+    }
+
+    fn spawn(&self, key: &RunKey, now: u64) -> Slot {
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(SlotShared { last_used: AtomicU64::new(now), ..Default::default() });
+        let actor = RunActor::new(
+            key.clone(),
+            generation,
+            self.inner.loader.clone(),
+            Arc::downgrade(&self.inner),
+            shared.clone(),
+            self.inner.config.idle_evict,
+        );
+        let capacity = self.inner.config.mailbox_capacity;
+        let addr = RunActor::create(move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            actor
+        });
+        self.inner.spawned.fetch_add(1, Ordering::Relaxed);
+        Slot { addr, generation, shared }
+    }
+
+    /// Past `MaxResident`, stop the least-recently-used actors that have no
+    /// subscribers. Evicted runs reload from the store on their next read.
+    fn evict_over_limit(&self) {
+        let max = self.inner.config.max_resident;
+        let len = self.inner.map.len();
+        if len <= max {
+            return;
+        }
+        // Evict a little more than needed so a full runtime does not walk
+        // the map on every spawn.
+        let excess = len - max + (max / 100);
+        let mut idle: Vec<(u64, RunKey, u64)> = self
+            .inner
+            .map
+            .iter()
+            .filter(|e| e.shared.subscribers.load(Ordering::Acquire) == 0)
+            .map(|e| (e.shared.last_used.load(Ordering::Relaxed), e.key().clone(), e.generation))
+            .collect();
+        idle.sort_unstable_by_key(|(used, _, _)| *used);
+        for (_, key, generation) in idle.into_iter().take(excess) {
+            if let Some((_, slot)) = self.inner.map.remove_if(&key, |_, s| s.generation == generation) {
+                slot.addr.do_send(Evict);
+            }
+        }
+    }
+
+    /// Forward committed events to the run's actor if it is resident. A run
+    /// that is not resident loads them from the store when it next starts.
+    pub fn publish(&self, key: &RunKey, events: Arc<[Arc<Published>]>) {
+        let Some(addr) = self.inner.map.get(key).map(|s| s.addr.clone()) else { return };
+        if let Err(SendError::Full(_)) = addr.try_send(Apply(events)) {
+            // The actor cannot keep up: retire it rather than block the
+            // writer or drop the event; the next reader reloads the run.
+            tracing::warn!(run_id = %key.run_id, "run actor mailbox full, retiring it");
+            self.inner.map.remove_if(key, |_, s| s.addr == addr);
+            addr.do_send(Evict);
+        }
+    }
+
+    /// The resident actor of a run, without spawning one.
+    pub fn resident(&self, key: &RunKey) -> Option<Addr<RunActor>> {
+        self.inner.map.get(key).map(|s| s.addr.clone())
+    }
+
+    /// Number of resident run actors.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.map.is_empty()
+    }
+
+    /// Actors spawned since start (a metric and a test probe).
+    pub fn spawned(&self) -> u64 {
+        self.inner.spawned.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
