@@ -1,1 +1,156 @@
+//! runsignal: a run orchestrator built as an actor runtime.
+//!
+//! [`Application::build`] wires the store, the run-actor runtime, the cache
+//! and the HTTP server together and binds the listener (port 0 in tests);
+//! [`Application::run_until_stopped`] serves until a signal stops it.
 
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod loader;
+pub mod metrics;
+pub mod openapi;
+pub mod packs;
+pub mod store;
+pub mod tasks;
+pub mod telemetry;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use runsignal_actors::{ActorConfig, Supervisor};
+use tokio::sync::Notify;
+
+use cache::{FirstSignalCache, InMemoryCache};
+use config::Config;
+use engine::Engine;
+use loader::StoreLoader;
+use metrics::Metrics;
+use packs::Packs;
+use store::sqlite::SqliteStore;
+use store::{QueryCounter, Store};
+
+/// Everything a handler or background task needs; shared read-only.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub packs: Packs,
+    pub queries: Arc<QueryCounter>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// Open the configured store (creating and migrating it).
+pub async fn open_store(
+    config: &Config,
+    queries: Arc<QueryCounter>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::open(
+        &config.database.url,
+        config.database.max_connections,
+        queries,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening the store at Database.Url = {}",
+            config.database.url
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+impl Application {
+    /// Open the store, load packs, start the runtime and bind the listener.
+    /// Must run inside an actix system (`#[actix_web::main]`, `#[actix_web::test]`).
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let is_default_packs = config.executor.packs_dir == Config::defaults().executor.packs_dir;
+        let packs = Packs::load(&config.executor.packs_dir, is_default_packs)?;
+        let queries = Arc::new(QueryCounter::default());
+        let store = open_store(&config, queries.clone()).await?;
+        let metrics = Arc::new(Metrics::new());
+        let cache: Arc<dyn FirstSignalCache> =
+            Arc::new(InMemoryCache::new(&config.first_signal.cache));
+        let loader = Arc::new(StoreLoader {
+            store: store.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+        });
+        let supervisor = Supervisor::new(
+            loader,
+            ActorConfig {
+                idle_evict: Duration::from_secs(config.actors.idle_evict_seconds),
+                max_resident: config.actors.max_resident,
+                mailbox_capacity: config.actors.mailbox_capacity,
+            },
+        );
+        let engine = Engine {
+            supervisor,
+            cache,
+            queued: Arc::new(Notify::new()),
+        };
+        let listener = TcpListener::bind(&config.server.bind)
+            .with_context(|| format!("binding Server.Bind = {}", config.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let workers = config.server.workers;
+        let shutdown = config.server.shutdown_timeout_seconds;
+        let state = web::Data::new(AppState {
+            config,
+            store,
+            engine,
+            metrics,
+            packs,
+            queries,
+        });
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .wrap(
+                    ErrorHandlers::new()
+                        .handler(StatusCode::METHOD_NOT_ALLOWED, http::method_not_allowed),
+                )
+                .wrap(from_fn(http::observe))
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(shutdown);
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        tasks::spawn_all(state.clone().into_inner());
+        tracing::info!(port, "runsignal listening");
+        Ok(Application {
+            port,
+            server: server.run(),
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Shared state (tests read counters from it).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

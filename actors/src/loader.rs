@@ -18,7 +18,10 @@ pub struct RunKey {
 
 impl RunKey {
     pub fn new(tenant: &str, run_id: &str) -> RunKey {
-        RunKey { tenant: tenant.into(), run_id: run_id.into() }
+        RunKey {
+            tenant: tenant.into(),
+            run_id: run_id.into(),
+        }
     }
 }
 
@@ -74,6 +77,10 @@ pub struct Published {
 impl Published {
     pub fn new(envelope: Envelope, signal: Option<Arc<SignalView>>) -> Arc<Published> {
         let json = envelope.to_bytes();
-        Arc::new(Published { envelope, json, signal })
+        Arc::new(Published {
+            envelope,
+            json,
+            signal,
+        })
     }
 }

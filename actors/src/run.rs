@@ -44,7 +44,11 @@ pub struct Crash;
 pub enum FirstSignalReply {
     NotFound,
     NoSignal,
-    Signal { view: Arc<SignalView>, hit: bool, source: Source },
+    Signal {
+        view: Arc<SignalView>,
+        hit: bool,
+        source: Source,
+    },
     LoadFailed(LoadError),
 }
 
@@ -148,20 +152,18 @@ impl Actor for RunActor {
         let key = self.key.clone();
         // `wait` holds the mailbox until the load completes: every message
         // that arrives meanwhile sees the loaded state.
-        ctx.wait(
-            async move { loader.load(&key).await }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    act.loaded(result);
-                    if !matches!(act.state, State::Ready) {
-                        // Unknown run or failed load: leave the map at once so
-                        // the next reader loads afresh, answer what is already
-                        // queued, then stop.
-                        act.deregister();
-                        ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
-                    }
-                }),
-        );
+        ctx.wait(async move { loader.load(&key).await }.into_actor(self).map(
+            |result, act, ctx| {
+                act.loaded(result);
+                if !matches!(act.state, State::Ready) {
+                    // Unknown run or failed load: leave the map at once so
+                    // the next reader loads afresh, answer what is already
+                    // queued, then stop.
+                    act.deregister();
+                    ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
+                }
+            },
+        ));
         let tick = (self.idle_evict / 4).max(Duration::from_millis(50));
         ctx.run_interval(tick, |act, ctx| {
             let idle = act.last_activity.elapsed() >= act.idle_evict;
@@ -192,12 +194,18 @@ impl Handler<GetFirstSignal> for RunActor {
             State::Broken(e) => FirstSignalReply::LoadFailed(e.clone()),
             State::Loading | State::Ready => match &self.signal {
                 None => FirstSignalReply::NoSignal,
-                Some(view) if msg.warm => {
-                    FirstSignalReply::Signal { view: view.clone(), hit: true, source: Source::Snapshot }
-                }
+                Some(view) if msg.warm => FirstSignalReply::Signal {
+                    view: view.clone(),
+                    hit: true,
+                    source: Source::Snapshot,
+                },
                 Some(view) => {
                     let hit = self.load_source == Source::Snapshot;
-                    FirstSignalReply::Signal { view: view.clone(), hit, source: self.load_source }
+                    FirstSignalReply::Signal {
+                        view: view.clone(),
+                        hit,
+                        source: self.load_source,
+                    }
                 }
             },
         })

@@ -182,7 +182,10 @@ impl Signal {
             summary: SignalKind::Unavailable.default_message().into(),
             job_id: None,
             at,
-            artifact: SignalArtifact { kind: "run".into(), range: None },
+            artifact: SignalArtifact {
+                kind: "run".into(),
+                range: None,
+            },
             last_known_outcome: None,
             next_actions: None,
         }
@@ -224,7 +227,10 @@ pub fn derive(run_id: &str, jobs: &[JobFacts]) -> Option<Signal> {
 
     // Stage and step describe the deciding job only while it is active or
     // when it explains a failure; run-level kinds point at the run.
-    let detailed = matches!(kind, SignalKind::Phase | SignalKind::Blocked | SignalKind::Failed);
+    let detailed = matches!(
+        kind,
+        SignalKind::Phase | SignalKind::Blocked | SignalKind::Failed
+    );
     let stage = if detailed { job.stage.clone() } else { None }.unwrap_or_else(|| "unknown".into());
     let step = if detailed { job.step.clone() } else { None };
     let artifact_kind = match (detailed, &step) {
@@ -233,7 +239,9 @@ pub fn derive(run_id: &str, jobs: &[JobFacts]) -> Option<Signal> {
         (false, _) => "run",
     };
     let range = match kind {
-        SignalKind::Failed => job.failure_range.map(|(start, end)| LineRange { start, end }),
+        SignalKind::Failed => job
+            .failure_range
+            .map(|(start, end)| LineRange { start, end }),
         _ => None,
     };
     // A run-level outcome happened when its last job reached its state.
@@ -255,7 +263,10 @@ pub fn derive(run_id: &str, jobs: &[JobFacts]) -> Option<Signal> {
         summary,
         job_id: Some(job.job_id.clone()),
         at,
-        artifact: SignalArtifact { kind: artifact_kind.into(), range },
+        artifact: SignalArtifact {
+            kind: artifact_kind.into(),
+            range,
+        },
         last_known_outcome: None,
         next_actions: None,
     })
@@ -277,11 +288,22 @@ impl SignalView {
     pub fn new(signal: Signal, seq: u64) -> SignalView {
         let etag = signal.etag();
         let body = rest_body(&signal, &etag);
-        SignalView { signal, etag, body, seq }
+        SignalView {
+            signal,
+            etag,
+            body,
+            seq,
+        }
     }
 
     /// The stream `first_signal` data (SPEC §4.3).
-    pub fn stream_data(&self, signal_id: &str, source: &str, cache_hit: bool, correlation_id: &str) -> Value {
+    pub fn stream_data(
+        &self,
+        signal_id: &str,
+        source: &str,
+        cache_hit: bool,
+        correlation_id: &str,
+    ) -> Value {
         let s = &self.signal;
         json!({
             "runId": s.run_id,

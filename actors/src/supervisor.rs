@@ -30,7 +30,11 @@ pub struct ActorConfig {
 
 impl Default for ActorConfig {
     fn default() -> Self {
-        ActorConfig { idle_evict: Duration::from_secs(300), max_resident: 100_000, mailbox_capacity: 1024 }
+        ActorConfig {
+            idle_evict: Duration::from_secs(300),
+            max_resident: 100_000,
+            mailbox_capacity: 1024,
+        }
     }
 }
 
@@ -64,7 +68,8 @@ impl SupervisorInner {
     /// Remove `key` only while it still belongs to `generation`: a stopping
     /// actor must not remove its successor.
     pub(crate) fn remove_if(&self, key: &RunKey, generation: u64) {
-        self.map.remove_if(key, |_, slot| slot.generation == generation);
+        self.map
+            .remove_if(key, |_, slot| slot.generation == generation);
     }
 }
 
@@ -103,7 +108,10 @@ impl Supervisor {
             Entry::Occupied(slot) if slot.get().addr.connected() => {
                 let slot = slot.get();
                 slot.shared.last_used.store(now, Ordering::Relaxed);
-                return ActorHandle { addr: slot.addr.clone(), warm: slot.shared.ready.load(Ordering::Acquire) };
+                return ActorHandle {
+                    addr: slot.addr.clone(),
+                    warm: slot.shared.ready.load(Ordering::Acquire),
+                };
             }
             Entry::Occupied(mut stale) => {
                 let slot = self.spawn(key, now);
@@ -125,7 +133,10 @@ impl Supervisor {
 
     fn spawn(&self, key: &RunKey, now: u64) -> Slot {
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(SlotShared { last_used: AtomicU64::new(now), ..Default::default() });
+        let shared = Arc::new(SlotShared {
+            last_used: AtomicU64::new(now),
+            ..Default::default()
+        });
         let actor = RunActor::new(
             key.clone(),
             generation,
@@ -140,7 +151,11 @@ impl Supervisor {
             actor
         });
         self.inner.spawned.fetch_add(1, Ordering::Relaxed);
-        Slot { addr, generation, shared }
+        Slot {
+            addr,
+            generation,
+            shared,
+        }
     }
 
     /// Past `MaxResident`, stop the least-recently-used actors that have no
@@ -159,11 +174,21 @@ impl Supervisor {
             .map
             .iter()
             .filter(|e| e.shared.subscribers.load(Ordering::Acquire) == 0)
-            .map(|e| (e.shared.last_used.load(Ordering::Relaxed), e.key().clone(), e.generation))
+            .map(|e| {
+                (
+                    e.shared.last_used.load(Ordering::Relaxed),
+                    e.key().clone(),
+                    e.generation,
+                )
+            })
             .collect();
         idle.sort_unstable_by_key(|(used, _, _)| *used);
         for (_, key, generation) in idle.into_iter().take(excess) {
-            if let Some((_, slot)) = self.inner.map.remove_if(&key, |_, s| s.generation == generation) {
+            if let Some((_, slot)) = self
+                .inner
+                .map
+                .remove_if(&key, |_, s| s.generation == generation)
+            {
                 slot.addr.do_send(Evict);
             }
         }
@@ -172,7 +197,9 @@ impl Supervisor {
     /// Forward committed events to the run's actor if it is resident. A run
     /// that is not resident loads them from the store when it next starts.
     pub fn publish(&self, key: &RunKey, events: Arc<[Arc<Published>]>) {
-        let Some(addr) = self.inner.map.get(key).map(|s| s.addr.clone()) else { return };
+        let Some(addr) = self.inner.map.get(key).map(|s| s.addr.clone()) else {
+            return;
+        };
         if let Err(SendError::Full(_)) = addr.try_send(Apply(events)) {
             // The actor cannot keep up: retire it rather than block the
             // writer or drop the event; the next reader reloads the run.

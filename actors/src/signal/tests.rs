@@ -36,7 +36,13 @@ fn rule2_any_failed_job_decides_and_the_earliest_wins() {
     assert_eq!(s.kind, SignalKind::Failed);
     assert_eq!(s.job_id.as_deref(), Some(b.job_id.as_str()));
     assert_eq!(s.summary, "disk full");
-    assert_eq!(s.artifact, SignalArtifact { kind: "step".into(), range: Some(LineRange { start: 10, end: 14 }) });
+    assert_eq!(
+        s.artifact,
+        SignalArtifact {
+            kind: "step".into(),
+            range: Some(LineRange { start: 10, end: 14 })
+        }
+    );
 }
 
 #[test]
@@ -56,13 +62,20 @@ fn rule4_working_job_gives_phase_with_its_stage_and_step() {
     w.step = Some("download".into());
     w.message = Some("downloading 3 files".into());
     let s = derive(RUN, &[job(1, JobState::Queued), w]).unwrap();
-    assert_eq!((s.kind, s.phase, s.stage.as_str()), (SignalKind::Phase, 1, "fetch"));
+    assert_eq!(
+        (s.kind, s.phase, s.stage.as_str()),
+        (SignalKind::Phase, 1, "fetch")
+    );
     assert_eq!(s.step.as_deref(), Some("download"));
     assert_eq!(s.summary, "downloading 3 files");
     let mut custom = job(3, JobState::Working);
     custom.stage = Some("compile".into());
     let s = derive(RUN, &[custom]).unwrap();
-    assert_eq!((s.phase, s.stage.as_str()), (6, "compile"), "unknown stage names map to phase 6");
+    assert_eq!(
+        (s.phase, s.stage.as_str()),
+        (6, "compile"),
+        "unknown stage names map to phase 6"
+    );
 }
 
 #[test]
@@ -85,7 +98,10 @@ fn rule7_all_terminal_canceled_or_succeeded() {
     assert_eq!(s.kind, SignalKind::Canceled);
     let s = derive(RUN, &[job(1, JobState::Done), job(3, JobState::Done)]).unwrap();
     assert_eq!(s.kind, SignalKind::Succeeded);
-    assert_eq!(s.at, "2026-11-22T08:00:03.000Z", "a run succeeds when its last job does");
+    assert_eq!(
+        s.at, "2026-11-22T08:00:03.000Z",
+        "a run succeeds when its last job does"
+    );
 }
 
 #[test]
@@ -102,7 +118,9 @@ fn etag_is_weak_sha256_and_deterministic() {
     let s = derive(RUN, &[job(1, JobState::Loading)]).unwrap();
     let e = s.etag();
     assert!(e.starts_with("W/\"") && e.ends_with('"') && e.len() == 3 + 64 + 1);
-    assert!(e[3..67].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(e[3..67]
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     assert_eq!(e, derive(RUN, &[job(1, JobState::Loading)]).unwrap().etag());
     assert_ne!(e, derive(RUN, &[job(1, JobState::Queued)]).unwrap().etag());
 }

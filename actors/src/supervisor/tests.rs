@@ -48,14 +48,22 @@ fn view(run: &str, state: JobState, seq: u64) -> Arc<SignalView> {
 fn setup(config: ActorConfig, runs: &[&str]) -> (Supervisor, Arc<MemLoader>) {
     let loader = Arc::new(MemLoader::default());
     for run in runs {
-        loader.runs.lock().unwrap().insert(RunKey::new("t", run), Some(view(run, JobState::Queued, 2)));
+        loader
+            .runs
+            .lock()
+            .unwrap()
+            .insert(RunKey::new("t", run), Some(view(run, JobState::Queued, 2)));
     }
     (Supervisor::new(loader.clone(), config), loader)
 }
 
 async fn read(sup: &Supervisor, run: &str) -> FirstSignalReply {
     let handle = sup.lookup(&RunKey::new("t", run));
-    handle.addr.send(GetFirstSignal { warm: handle.warm }).await.unwrap()
+    handle
+        .addr
+        .send(GetFirstSignal { warm: handle.warm })
+        .await
+        .unwrap()
 }
 
 fn etag(reply: &FirstSignalReply) -> String {
@@ -74,16 +82,33 @@ async fn concurrent_cold_reads_spawn_one_actor_and_load_once() {
     assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
     let first = etag(&replies[0]);
     assert!(replies.iter().all(|r| etag(r) == first));
-    assert!(matches!(replies[0], FirstSignalReply::Signal { hit: false, source: Source::ColdStart, .. }));
+    assert!(matches!(
+        replies[0],
+        FirstSignalReply::Signal {
+            hit: false,
+            source: Source::ColdStart,
+            ..
+        }
+    ));
     // Once loaded, readers are memory hits.
-    assert!(matches!(read(&sup, "r1").await, FirstSignalReply::Signal { hit: true, source: Source::Snapshot, .. }));
+    assert!(matches!(
+        read(&sup, "r1").await,
+        FirstSignalReply::Signal {
+            hit: true,
+            source: Source::Snapshot,
+            ..
+        }
+    ));
     assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
 }
 
 #[actix_rt::test]
 async fn unknown_run_is_not_found_and_not_kept() {
     let (sup, _) = setup(ActorConfig::default(), &[]);
-    assert!(matches!(read(&sup, "nope").await, FirstSignalReply::NotFound));
+    assert!(matches!(
+        read(&sup, "nope").await,
+        FirstSignalReply::NotFound
+    ));
     tokio::task::yield_now().await;
     assert_eq!(sup.len(), 0);
 }
@@ -91,7 +116,10 @@ async fn unknown_run_is_not_found_and_not_kept() {
 #[actix_rt::test]
 async fn idle_actor_is_evicted_and_comes_back_with_the_same_signal() {
     tokio::time::pause();
-    let config = ActorConfig { idle_evict: Duration::from_secs(60), ..Default::default() };
+    let config = ActorConfig {
+        idle_evict: Duration::from_secs(60),
+        ..Default::default()
+    };
     let (sup, loader) = setup(config, &["r1"]);
     let before = etag(&read(&sup, "r1").await);
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -106,7 +134,10 @@ async fn idle_actor_is_evicted_and_comes_back_with_the_same_signal() {
 
 #[actix_rt::test]
 async fn max_resident_evicts_least_recently_used() {
-    let config = ActorConfig { max_resident: 3, ..Default::default() };
+    let config = ActorConfig {
+        max_resident: 3,
+        ..Default::default()
+    };
     let (sup, _) = setup(config, &["a", "b", "c", "d"]);
     for run in ["a", "b", "c"] {
         read(&sup, run).await;
@@ -116,7 +147,10 @@ async fn max_resident_evicts_least_recently_used() {
     assert_eq!(sup.len(), 3);
     assert!(sup.resident(&RunKey::new("t", "b")).is_none());
     for run in ["a", "c", "d"] {
-        assert!(sup.resident(&RunKey::new("t", run)).is_some(), "{run} stays");
+        assert!(
+            sup.resident(&RunKey::new("t", run)).is_some(),
+            "{run} stays"
+        );
     }
 }
 
@@ -156,5 +190,9 @@ async fn published_signal_changes_are_served_and_stale_ones_ignored() {
     sup.publish(&key, vec![event(&newer)].into());
     sup.publish(&key, vec![event(&older)].into());
     assert_eq!(etag(&read(&sup, "r1").await), newer.etag);
-    assert_eq!(loader.loads.load(Ordering::SeqCst), 1, "no reload for published events");
+    assert_eq!(
+        loader.loads.load(Ordering::SeqCst),
+        1,
+        "no reload for published events"
+    );
 }

@@ -1,0 +1,417 @@
+//! Configuration (SPEC §9): compiled-in defaults (`config/default.json`),
+//! layered with an optional `--config` file and `RUNSIGNAL__Section__Key`
+//! environment variables, key by key, keys matched case-insensitively.
+//! Validated at start-up; every error names the key and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_JSON: &str = include_str!("../config/default.json");
+const ENV_PREFIX: &str = "RUNSIGNAL__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("unknown configuration key `{key}` (from {origin})")]
+    UnknownKey { key: String, origin: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub first_signal: FirstSignalConfig,
+    #[serde(rename = "messaging")]
+    pub messaging: MessagingConfig,
+    pub redis: RedisConfig,
+    pub streams: StreamsConfig,
+    pub actors: ActorsConfig,
+    pub jobs: JobsConfig,
+    pub executor: ExecutorConfig,
+    pub webhooks: WebhooksConfig,
+    pub artifacts: ArtifactsConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServerConfig {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FirstSignalConfig {
+    pub cache: CacheConfig,
+    pub cold_path: ColdPathConfig,
+    pub snapshot_writer: SnapshotWriterConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CacheConfig {
+    pub backend: String,
+    pub ttl_seconds: u64,
+    pub sliding_expiration: bool,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ColdPathConfig {
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotWriterConfig {
+    pub enabled: bool,
+    pub tenant_id: Option<String>,
+    pub poll_interval_seconds: u64,
+    pub max_runs_per_tick: u32,
+    pub lookback_minutes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagingConfig {
+    pub transport: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RedisConfig {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StreamsConfig {
+    pub heartbeat_interval_seconds: u64,
+    pub retry_ms: u64,
+    pub buffer_size: usize,
+    pub max_duration_seconds: u64,
+    pub max_subscriptions_per_socket: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ActorsConfig {
+    pub idle_evict_seconds: u64,
+    pub max_resident: usize,
+    pub mailbox_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobsConfig {
+    pub max_attempts: u32,
+    pub retention_hours: u64,
+    pub lease_sweep_interval_seconds: u64,
+    pub idempotency_window_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecutorConfig {
+    pub packs_dir: String,
+    pub max_concurrent_jobs: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WebhooksConfig {
+    pub secrets: Vec<String>,
+    pub allowed_networks: Vec<String>,
+    pub retry_schedule_seconds: Vec<u64>,
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ArtifactsConfig {
+    pub inline_max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: String,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// Defaults, then `file`, then the given environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // The compiled-in defaults are valid JSON (a unit test checks it).
+        let mut tree: Value = serde_json::from_str(DEFAULT_JSON).expect("default.json parses");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let overlay: Value =
+                serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            merge(&mut tree, overlay, "", &path.display().to_string())?;
+        }
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let path: Vec<&str> = name[ENV_PREFIX.len()..].split("__").collect();
+            set_path(&mut tree, &path, &raw, &name)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The default configuration (for tests and `migrate`).
+    pub fn defaults() -> Config {
+        Config::load_from(None, Vec::new()).expect("defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("Server.Bind", "must be an address like 127.0.0.1:8080"))?;
+        positive("Server.MaxBodyBytes", self.server.max_body_bytes as u64)?;
+        let url = &self.database.url;
+        if !url.starts_with("sqlite:") {
+            return Err(invalid(
+                "Database.Url",
+                format!("`{url}` is not supported; allowed: sqlite://PATH or sqlite::memory: (the PostgreSQL store is not built yet)"),
+            ));
+        }
+        positive(
+            "Database.MaxConnections",
+            self.database.max_connections.into(),
+        )?;
+        one_of(
+            "FirstSignal.Cache.Backend",
+            &self.first_signal.cache.backend,
+            &["inmemory"],
+        )?;
+        positive(
+            "FirstSignal.Cache.TtlSeconds",
+            self.first_signal.cache.ttl_seconds,
+        )?;
+        let sw = &self.first_signal.snapshot_writer;
+        positive(
+            "FirstSignal.SnapshotWriter.PollIntervalSeconds",
+            sw.poll_interval_seconds,
+        )?;
+        positive(
+            "FirstSignal.SnapshotWriter.MaxRunsPerTick",
+            sw.max_runs_per_tick.into(),
+        )?;
+        positive(
+            "FirstSignal.SnapshotWriter.LookbackMinutes",
+            sw.lookback_minutes,
+        )?;
+        one_of(
+            "messaging.transport",
+            &self.messaging.transport,
+            &["inmemory"],
+        )?;
+        positive(
+            "Streams.HeartbeatIntervalSeconds",
+            self.streams.heartbeat_interval_seconds,
+        )?;
+        positive("Streams.BufferSize", self.streams.buffer_size as u64)?;
+        positive("Actors.IdleEvictSeconds", self.actors.idle_evict_seconds)?;
+        positive("Actors.MaxResident", self.actors.max_resident as u64)?;
+        positive(
+            "Actors.MailboxCapacity",
+            self.actors.mailbox_capacity as u64,
+        )?;
+        if !(1..=100).contains(&self.jobs.max_attempts) {
+            return Err(invalid(
+                "Jobs.MaxAttempts",
+                format!(
+                    "{} is out of range; allowed: 1..=100",
+                    self.jobs.max_attempts
+                ),
+            ));
+        }
+        positive(
+            "Jobs.LeaseSweepIntervalSeconds",
+            self.jobs.lease_sweep_interval_seconds,
+        )?;
+        positive(
+            "Jobs.IdempotencyWindowHours",
+            self.jobs.idempotency_window_hours,
+        )?;
+        if self.executor.packs_dir.trim().is_empty() {
+            return Err(invalid("Executor.PacksDir", "must be a directory path"));
+        }
+        one_of("Logging.Format", &self.logging.format, &["pretty", "json"])?;
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(value)) {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "`{value}` is not allowed; allowed values: {}",
+            allowed.join(", ")
+        ),
+    ))
+}
+
+/// The existing key of `map` that matches `name` case-insensitively.
+fn find_key(map: &Map<String, Value>, name: &str) -> Option<String> {
+    map.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()
+}
+
+/// Overlay `over` onto `base`; every key must already exist in the defaults.
+fn merge(base: &mut Value, over: Value, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (name, value) in over {
+                let dotted = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                let Some(key) = find_key(base, &name) else {
+                    return Err(ConfigError::UnknownKey {
+                        key: dotted,
+                        origin: origin.to_owned(),
+                    });
+                };
+                // Key exists: `get_mut` cannot miss.
+                let slot = base.get_mut(&key).expect("key just found");
+                if slot.is_object() && value.is_object() {
+                    merge(slot, value, &dotted, origin)?;
+                } else {
+                    *slot = value;
+                }
+            }
+            Ok(())
+        }
+        (slot, value) => {
+            *slot = value;
+            Ok(())
+        }
+    }
+}
+
+/// Apply one environment variable: walk `path` (case-insensitive keys, list
+/// items by index) and parse `raw` as the type the default has there.
+fn set_path(tree: &mut Value, path: &[&str], raw: &str, var: &str) -> Result<(), ConfigError> {
+    let unknown = || ConfigError::UnknownKey {
+        key: path.join("."),
+        origin: format!("environment variable {var}"),
+    };
+    let mut node = tree;
+    for (i, part) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        node = match node {
+            Value::Object(map) => {
+                let key = find_key(map, part).ok_or_else(unknown)?;
+                // Key exists: `get_mut` cannot miss.
+                map.get_mut(&key).expect("key just found")
+            }
+            Value::Array(items) => {
+                let idx: usize = part.parse().map_err(|_| unknown())?;
+                if idx > items.len() {
+                    return Err(invalid(
+                        &path.join("."),
+                        format!(
+                            "list index {idx} skips items; next index is {}",
+                            items.len()
+                        ),
+                    ));
+                }
+                if idx == items.len() {
+                    // A new item takes the type of its siblings (strings when none).
+                    let like = items
+                        .first()
+                        .filter(|v| v.is_number())
+                        .map_or(Value::String(String::new()), |_| Value::from(0));
+                    items.push(like);
+                }
+                &mut items[idx]
+            }
+            _ => return Err(unknown()),
+        };
+        if last {
+            *node = parse_like(node, raw);
+        }
+    }
+    Ok(())
+}
+
+/// Parse an environment value as the type of the value it replaces.
+fn parse_like(current: &Value, raw: &str) -> Value {
+    match current {
+        Value::String(_) => Value::String(raw.to_owned()),
+        // Every nullable key in the defaults holds a string when set.
+        Value::Null if raw != "null" => Value::String(raw.to_owned()),
+        _ => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let c = Config::defaults();
+    assert_eq!(c.server.bind, "127.0.0.1:8080");
+    assert_eq!(c.database.url, "sqlite://data/runsignal.db");
+    assert_eq!(c.first_signal.cache.ttl_seconds, 86400);
+    assert_eq!(
+        c.first_signal.cache.key_prefix,
+        "orchestrator:first_signal:"
+    );
+    assert_eq!(c.first_signal.cold_path.timeout_ms, 3000);
+    assert!(!c.first_signal.snapshot_writer.enabled);
+    assert_eq!(c.streams.heartbeat_interval_seconds, 15);
+    assert_eq!(c.jobs.max_attempts, 3);
+    assert_eq!(c.executor.packs_dir, "config/packs");
+}
+
+#[test]
+fn env_overrides_match_keys_case_insensitively_and_parse_types() {
+    let c = Config::load_from(
+        None,
+        env(&[
+            ("RUNSIGNAL__firstsignal__CACHE__ttlseconds", "10"),
+            ("RUNSIGNAL__FirstSignal__Cache__SlidingExpiration", "false"),
+            ("RUNSIGNAL__Server__Bind", "127.0.0.1:0"),
+            ("RUNSIGNAL__FirstSignal__SnapshotWriter__TenantId", "1234"),
+            ("RUNSIGNAL__Webhooks__Secrets__0", "whsec_abc"),
+            ("RUNSIGNAL__Webhooks__Secrets__1", "42"),
+            ("RUNSIGNAL_TEST_DATABASE_URL", "ignored: single underscore"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.first_signal.cache.ttl_seconds, 10);
+    assert!(!c.first_signal.cache.sliding_expiration);
+    assert_eq!(c.server.bind, "127.0.0.1:0");
+    assert_eq!(
+        c.first_signal.snapshot_writer.tenant_id.as_deref(),
+        Some("1234")
+    );
+    assert_eq!(
+        c.webhooks.secrets,
+        vec!["whsec_abc".to_string(), "42".to_string()]
+    );
+}
+
+#[test]
+fn file_layers_under_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"actors": {"maxresident": 5, "IdleEvictSeconds": 9}}"#,
+    )
+    .unwrap();
+    let c =
+        Config::load_from(Some(&path), env(&[("RUNSIGNAL__Actors__MaxResident", "7")])).unwrap();
+    assert_eq!(c.actors.max_resident, 7, "env wins over file");
+    assert_eq!(c.actors.idle_evict_seconds, 9, "file wins over defaults");
+    assert_eq!(
+        c.actors.mailbox_capacity, 1024,
+        "untouched keys keep defaults"
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_the_allowed_values() {
+    let err = |pairs: &[(&str, &str)]| Config::load_from(None, env(pairs)).unwrap_err().to_string();
+    let e = err(&[("RUNSIGNAL__FirstSignal__Cache__Backend", "memcached")]);
+    assert!(
+        e.contains("FirstSignal.Cache.Backend") && e.contains("inmemory"),
+        "{e}"
+    );
+    let e = err(&[("RUNSIGNAL__Server__Bind", "not an address")]);
+    assert!(e.contains("Server.Bind"), "{e}");
+    let e = err(&[("RUNSIGNAL__Jobs__MaxAttempts", "many")]);
+    assert!(e.contains("Jobs.MaxAttempts"), "{e}");
+    let e = err(&[("RUNSIGNAL__Jobs__MaxAttemps", "3")]);
+    assert!(
+        e.contains("unknown configuration key") && e.contains("MaxAttemps"),
+        "{e}"
+    );
+    let e = err(&[("RUNSIGNAL__Logging__Format", "xml")]);
+    assert!(
+        e.contains("Logging.Format") && e.contains("pretty, json"),
+        "{e}"
+    );
+    let e = err(&[("RUNSIGNAL__Database__Url", "mysql://x")]);
+    assert!(e.contains("Database.Url") && e.contains("sqlite://"), "{e}");
+}
+
+#[test]
+fn unknown_file_key_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, r#"{"Server": {"Bnd": "x"}}"#).unwrap();
+    let e = Config::load_from(Some(&path), vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Server.Bnd") && e.contains("c.json"), "{e}");
+}

@@ -1,0 +1,185 @@
+//! One error type for every route, rendered as RFC 9457 problem+json with a
+//! stable snake_case `code`. The table in [`ErrorCode`] is the only place a
+//! code meets its status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Stable error codes and their HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidTenant,
+    InvalidRunId,
+    InvalidJobId,
+    InvalidBody,
+    InvalidQuery,
+    InvalidField,
+    PayloadTooLarge,
+    RunNotFound,
+    JobNotFound,
+    RouteNotFound,
+    MethodNotAllowed,
+    RunExists,
+    LeaseLost,
+    InvalidState,
+    UnknownPack,
+    UnknownRun,
+    StoreUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    fn row(self) -> (&'static str, StatusCode, &'static str) {
+        use ErrorCode::*;
+        match self {
+            InvalidTenant => (
+                "invalid_tenant",
+                StatusCode::BAD_REQUEST,
+                "Missing or invalid tenant",
+            ),
+            InvalidRunId => ("invalid_run_id", StatusCode::BAD_REQUEST, "Invalid run id"),
+            InvalidJobId => ("invalid_job_id", StatusCode::BAD_REQUEST, "Invalid job id"),
+            InvalidBody => (
+                "invalid_body",
+                StatusCode::BAD_REQUEST,
+                "Malformed request body",
+            ),
+            InvalidQuery => (
+                "invalid_query",
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameters",
+            ),
+            InvalidField => (
+                "invalid_field",
+                StatusCode::BAD_REQUEST,
+                "Invalid field value",
+            ),
+            PayloadTooLarge => (
+                "payload_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+            ),
+            RunNotFound => ("run_not_found", StatusCode::NOT_FOUND, "Run not found"),
+            JobNotFound => ("job_not_found", StatusCode::NOT_FOUND, "Job not found"),
+            RouteNotFound => ("not_found", StatusCode::NOT_FOUND, "No such route"),
+            MethodNotAllowed => (
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            ),
+            RunExists => ("run_exists", StatusCode::CONFLICT, "Run already exists"),
+            LeaseLost => ("lease_lost", StatusCode::CONFLICT, "Lease lost"),
+            InvalidState => (
+                "invalid_state",
+                StatusCode::CONFLICT,
+                "Job state does not allow this",
+            ),
+            UnknownPack => (
+                "unknown_pack",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Unknown pack",
+            ),
+            UnknownRun => (
+                "run_not_found",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Referenced run not found",
+            ),
+            StoreUnavailable => (
+                "store_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+            ),
+            Internal => (
+                "internal",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// `field`: what is wrong with it.
+    pub fn field(field: &str, problem: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            ErrorCode::InvalidField,
+            format!("field `{field}`: {problem}"),
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.row().1
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (code, status, title) = self.code.row();
+        HttpResponse::build(status)
+            .content_type("application/problem+json")
+            .json(json!({
+                "type": format!("https://runsignal.dev/problems/{code}"),
+                "title": title,
+                "status": status.as_u16(),
+                "detail": self.detail,
+                "code": code,
+            }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::RunNotFound => {
+                ApiError::new(ErrorCode::RunNotFound, "no such run for this tenant")
+            }
+            StoreError::RunExists => {
+                ApiError::new(ErrorCode::RunExists, "a run with this runId already exists")
+            }
+            StoreError::JobNotFound => {
+                ApiError::new(ErrorCode::JobNotFound, "no such job for this tenant")
+            }
+            StoreError::LeaseLost => ApiError::new(
+                ErrorCode::LeaseLost,
+                "the leaseId is stale or not this job's current lease",
+            ),
+            StoreError::InvalidState(state) => ApiError::new(
+                ErrorCode::InvalidState,
+                format!("the job is {state}; terminal states never change"),
+            ),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store could not complete the request",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `GET|HEAD {prefix}/runs/{runId}/first-signal` (SPEC §4.2). A hit is one
+//! message to the run actor and pre-encoded bytes back: no store query, no
+//! serialization.
+
+use std::time::Duration;
+
+use actix::MailboxError;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use runsignal_actors::signal::Signal;
+use runsignal_actors::{FirstSignalReply, GetFirstSignal, RunKey, SignalView};
+
+use super::errors::{ApiError, ErrorCode};
+use super::extract::{run_id, Tenant};
+use crate::store::{now_ms, rfc3339};
+use crate::AppState;
+
+/// Ask the run's actor, bounding a cold load by `ColdPath.TimeoutMs`.
+/// `None`: the cold path ran out of time.
+pub async fn ask(state: &AppState, key: &RunKey) -> Result<Option<FirstSignalReply>, ApiError> {
+    let cold_timeout = Duration::from_millis(state.config.first_signal.cold_path.timeout_ms);
+    // A second try covers an actor that stopped (evicted, crashed) between
+    // lookup and send: the retry spawns a fresh one.
+    for _ in 0..2 {
+        let handle = state.engine.supervisor.lookup(key);
+        let request = handle.addr.send(GetFirstSignal { warm: handle.warm });
+        let reply = if handle.warm {
+            request.await
+        } else {
+            match tokio::time::timeout(cold_timeout, request).await {
+                Ok(reply) => reply,
+                Err(_) => return Ok(None),
+            }
+        };
+        match reply {
+            Ok(reply) => return Ok(Some(reply)),
+            Err(MailboxError::Closed | MailboxError::Timeout) => continue,
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::StoreUnavailable,
+        "the run's actor could not be reached",
+    ))
+}
+
+/// Weak comparison of `If-None-Match` against `etag` (RFC 9110 §13.1.2).
+pub fn if_none_match_hits(req: &HttpRequest, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let ours = opaque(etag);
+    req.headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .any(|list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || (!tag.is_empty() && opaque(tag) == ours))
+        })
+}
+
+fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str) -> HttpResponse {
+    let not_modified = if_none_match_hits(req, &view.etag);
+    let mut resp = if not_modified {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    resp.insert_header((header::ETAG, view.etag.as_str()))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=60"))
+        .insert_header(("Cache-Status", if hit { "hit" } else { "miss" }))
+        .insert_header(("X-FirstSignal-Source", source));
+    if not_modified {
+        return resp.finish();
+    }
+    resp.content_type("application/json")
+        .body(view.body.clone())
+}
+
+#[tracing::instrument(skip_all, fields(run_id = %path))]
+pub async fn get_first_signal(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = run_id(&path)?;
+    let key = RunKey::new(&tenant.0, &run_id);
+    let cache = &state.metrics.first_signal_cache;
+    match ask(&state, &key).await? {
+        None => {
+            cache.with_label_values(&["miss"]).inc();
+            let view = SignalView::new(Signal::unavailable(&run_id, rfc3339(now_ms())), 0);
+            Ok(HttpResponse::Ok()
+                .insert_header((header::ETAG, view.etag.as_str()))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header((header::RETRY_AFTER, "1"))
+                .insert_header(("Cache-Status", "miss"))
+                .insert_header(("X-FirstSignal-Source", "cold_start"))
+                .content_type("application/json")
+                .body(view.body))
+        }
+        Some(FirstSignalReply::NotFound) => Err(ApiError::new(
+            ErrorCode::RunNotFound,
+            "no such run for this tenant",
+        )),
+        Some(FirstSignalReply::LoadFailed(e)) => {
+            Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
+        }
+        Some(FirstSignalReply::NoSignal) => Ok(HttpResponse::NoContent()
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .finish()),
+        Some(FirstSignalReply::Signal { view, hit, source }) => {
+            cache
+                .with_label_values(&[if hit { "hit" } else { "miss" }])
+                .inc();
+            Ok(signal_response(&req, &view, hit, source.as_str()))
+        }
+    }
+}

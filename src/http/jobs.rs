@@ -1,0 +1,197 @@
+//! The async job surface `/jobs` (SPEC §7, snake_case bodies).
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use runsignal_actors::JobState;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::{ApiError, ErrorCode};
+use super::extract::{job_id, parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use crate::store::{rfc3339, JobQuery, JobRecord, NewJob};
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub pack: String,
+    pub inputs: Option<serde_json::Map<String, Value>>,
+    pub run_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub state_webhook_url: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// `GET /jobs/{id}` shape: everything a poller needs to reconcile.
+pub fn job_json(job: &JobRecord) -> Value {
+    let parse = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    };
+    json!({
+        "job_id": job.job_id,
+        "run_id": job.run_id,
+        "pack": job.pack,
+        "state": job.state,
+        "blocked": job.blocked_reason.as_ref().map(|r| json!({"reason": r})),
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "inputs": serde_json::from_str::<Value>(&job.inputs).unwrap_or_else(|_| json!({})),
+        "correlation_id": job.correlation_id,
+        "idempotency_key": job.idempotency_key,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "started_at": job.started_at.map(rfc3339),
+        "finished_at": job.finished_at.map(rfc3339),
+        "progress": {
+            "stage": job.stage, "step": job.step, "step_index": job.step_index,
+            "message": job.message, "percent": job.percent, "log_lines": job.log_lines,
+        },
+        "lease": job.lease_id.as_ref().map(|_| json!({
+            "worker_id": job.lease_worker, "lease_until": job.lease_until.map(rfc3339),
+        })),
+        "result": parse(&job.result),
+        "error": job.error_code.as_ref().map(|code| json!({"code": code, "message": job.error_message})),
+        "artifacts": [],
+        "state_webhook_url": job.webhook_url,
+    })
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max {
+        return Err(ApiError::field(
+            field,
+            format!("must be 1..={max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn submit_job(
+    tenant: Tenant,
+    corr: CorrelationId,
+    body: JsonBody<SubmitJob>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    check_len("pack", &body.pack, 64)?;
+    if state.packs.get(&body.pack).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownPack,
+            format!("pack `{}` is not declared", body.pack),
+        ));
+    }
+    let run_id = body.run_id.as_deref().map(run_id).transpose()?;
+    if let Some(key) = &body.idempotency_key {
+        check_len("idempotency_key", key, 255)?;
+    }
+    if let Some(c) = &body.correlation_id {
+        check_len("correlation_id", c, 128)?;
+    }
+    if let Some(url) = &body.state_webhook_url {
+        let ok = url::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(ApiError::field(
+                "state_webhook_url",
+                "must be an absolute http(s) URL",
+            ));
+        }
+    }
+    let new = NewJob {
+        pack: body.pack,
+        inputs: Value::Object(body.inputs.unwrap_or_default()),
+        run_id,
+        correlation_id: body.correlation_id.unwrap_or(corr.0),
+        webhook_url: body.state_webhook_url,
+        idempotency_key: body.idempotency_key,
+        max_attempts: state.config.jobs.max_attempts,
+        idempotency_window_ms: state.config.jobs.idempotency_window_hours as i64 * 3_600_000,
+    };
+    let (job, _created) =
+        state
+            .engine
+            .publish(state.store.submit_job(&tenant.0, new).await.map_err(|e| {
+                match e {
+                    // A `run_id` in the body that names no run: the request is well
+                    // formed but impossible.
+                    crate::store::StoreError::RunNotFound => {
+                        ApiError::new(ErrorCode::UnknownRun, "run_id names no run of this tenant")
+                    }
+                    other => other.into(),
+                }
+            })?);
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/jobs/{}", job.job_id)))
+        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
+}
+
+pub async fn get_job(
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let job = state.store.get_job(&tenant.0, &id).await?;
+    Ok(HttpResponse::Ok().json(job_json(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListJobs {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    state: Option<String>,
+    run_id: Option<String>,
+}
+
+pub async fn list_jobs(
+    req: HttpRequest,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q: ListJobs = parse_query(&req)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1..=200"));
+    }
+    let job_state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "state",
+                "allowed values: queued, loading, working, done, failed, canceled",
+            )
+        })?),
+    };
+    let run_id = q.run_id.as_deref().map(run_id).transpose()?;
+    let cursor = q.cursor.as_deref().map(job_id).transpose()?;
+    let page = state
+        .store
+        .list_jobs(
+            &tenant.0,
+            &JobQuery {
+                limit,
+                cursor,
+                state: job_state,
+                run_id,
+            },
+        )
+        .await?;
+    let jobs: Vec<Value> = page.items.iter().map(job_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next": page.next})))
+}
+
+pub async fn cancel_job(
+    tenant: Tenant,
+    corr: CorrelationId,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let job = state
+        .engine
+        .publish(state.store.cancel_job(&tenant.0, &id, &corr.0).await?);
+    Ok(HttpResponse::Accepted()
+        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
+}

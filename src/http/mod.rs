@@ -1,0 +1,120 @@
+//! HTTP surface: one file per resource; both API prefixes serve the same
+//! routes (SPEC §2). Handlers talk to run actors only by message.
+
+pub mod errors;
+pub mod extract;
+pub mod first_signal;
+pub mod jobs;
+pub mod ops;
+pub mod runs;
+pub mod workers;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::ResponseError;
+use actix_web::{web, HttpMessage, HttpRequest};
+
+use errors::{ApiError, ErrorCode};
+use extract::CorrelationId;
+
+use crate::AppState;
+
+pub const PREFIXES: [&str; 2] = ["/api/v1/orchestrator", "/api/v1/jobengine"];
+
+/// Register every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    for prefix in PREFIXES {
+        cfg.service(
+            web::scope(prefix)
+                .service(
+                    web::resource("/runs")
+                        .post(runs::create_run)
+                        .get(runs::list_runs),
+                )
+                .service(web::resource("/runs/{runId}").get(runs::get_run))
+                .service(
+                    web::resource("/runs/{runId}/first-signal")
+                        .get(first_signal::get_first_signal)
+                        .head(first_signal::get_first_signal),
+                )
+                .service(web::resource("/runs/{runId}/timeline").get(runs::timeline))
+                .service(web::resource("/workers/lease").post(workers::lease))
+                .service(web::resource("/jobs/{jobId}/progress").post(workers::progress))
+                .service(web::resource("/jobs/{jobId}/complete").post(workers::complete))
+                .service(web::resource("/jobs/{jobId}/fail").post(workers::fail))
+                .service(web::resource("/packs").get(ops::packs)),
+        );
+    }
+    cfg.service(
+        web::resource("/jobs")
+            .post(jobs::submit_job)
+            .get(jobs::list_jobs),
+    )
+    .service(web::resource("/jobs/{jobId}").get(jobs::get_job))
+    .service(web::resource("/jobs/{jobId}/cancel").post(jobs::cancel_job))
+    .service(web::resource("/healthz").get(ops::healthz))
+    .service(web::resource("/readyz").get(ops::readyz))
+    .service(web::resource("/metrics").get(ops::metrics))
+    .service(web::resource("/openapi.json").get(crate::openapi::serve));
+}
+
+/// Unknown path: 404 problem+json (the app's default service).
+pub async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// Known path, wrong method: actix answers 405 with an empty body; give it
+/// the same problem+json shape as every other error.
+pub fn method_not_allowed<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let detail = format!("{} is not allowed on {}", req.method(), req.path());
+    let res = ApiError::new(ErrorCode::MethodNotAllowed, detail).error_response();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, res).map_into_right_body(),
+    ))
+}
+
+static CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// Correlation id in (or generated) and echoed out; request metrics by
+/// route pattern (never the raw path: ids would explode the label set).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&CORRELATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(runsignal_actors::new_ulid);
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let method = req.method().to_string();
+    let mut res = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(CORRELATION.clone(), value);
+    }
+    if let Some(state) = state {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        let status = res.status().as_u16().to_string();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[&route, &method, &status])
+            .inc();
+    }
+    Ok(res)
+}

@@ -1,0 +1,172 @@
+//! Runs: `POST/GET {prefix}/runs`, `GET {prefix}/runs/{runId}`, and the
+//! timeline `GET {prefix}/runs/{runId}/timeline` (SPEC §6, §7).
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::errors::ApiError;
+use super::extract::{parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use crate::store::{rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRun {
+    pub run_id: Option<String>,
+    pub name: Option<String>,
+    pub labels: Option<Map<String, Value>>,
+}
+
+pub fn run_json(run: &RunRecord) -> Value {
+    json!({
+        "runId": run.run_id,
+        "name": run.name,
+        "labels": serde_json::from_str::<Value>(&run.labels).unwrap_or_else(|_| json!({})),
+        "status": run.status,
+        "lastSeq": run.last_seq,
+        "createdAt": rfc3339(run.created_at),
+        "updatedAt": rfc3339(run.updated_at),
+    })
+}
+
+/// The request's path prefix (`/api/v1/orchestrator` or `/api/v1/jobengine`).
+fn prefix(req: &HttpRequest) -> &str {
+    let path = req.path();
+    ["/api/v1/orchestrator", "/api/v1/jobengine"]
+        .into_iter()
+        .find(|p| path.starts_with(p))
+        .unwrap_or("")
+}
+
+pub async fn create_run(
+    req: HttpRequest,
+    tenant: Tenant,
+    corr: CorrelationId,
+    body: JsonBody<CreateRun>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let run_id = match &body.run_id {
+        Some(raw) => run_id(raw)?,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    if body.name.as_ref().is_some_and(|n| n.len() > 256) {
+        return Err(ApiError::field("name", "at most 256 characters"));
+    }
+    let new = NewRun {
+        run_id: run_id.clone(),
+        name: body.name,
+        labels: Value::Object(body.labels.unwrap_or_default()),
+        correlation_id: corr.0,
+    };
+    let run = state
+        .engine
+        .publish(state.store.create_run(&tenant.0, new).await?);
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("{}/runs/{}", prefix(&req), run_id),
+        ))
+        .json(run_json(&run)))
+}
+
+pub async fn get_run(
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = run_id(&path)?;
+    let run = state.store.get_run(&tenant.0, &run_id).await?;
+    Ok(HttpResponse::Ok().json(run_json(&run)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListRuns {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+const RUN_STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "canceled"];
+
+pub async fn list_runs(
+    req: HttpRequest,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q: ListRuns = parse_query(&req)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1..=200"));
+    }
+    if let Some(status) = &q.status {
+        if !RUN_STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::field(
+                "status",
+                format!("allowed values: {}", RUN_STATUSES.join(", ")),
+            ));
+        }
+    }
+    let page = state
+        .store
+        .list_runs(
+            &tenant.0,
+            &RunQuery {
+                limit,
+                cursor: q.cursor,
+                status: q.status,
+            },
+        )
+        .await?;
+    let runs: Vec<Value> = page.items.iter().map(run_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"runs": runs, "next": page.next})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TimelineParams {
+    after: Option<u64>,
+    limit: Option<u32>,
+    correlation_id: Option<String>,
+}
+
+pub async fn timeline(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = run_id(&path)?;
+    let q: TimelineParams = parse_query(&req)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1..=1000"));
+    }
+    let query = TimelineQuery {
+        after: q.after.unwrap_or(0),
+        limit,
+        correlation_id: q.correlation_id,
+    };
+    let events = state.store.timeline(&tenant.0, &run_id, &query).await?;
+    // Envelopes are stored as their JSON: splice them in without re-encoding.
+    let next = if events.len() == limit as usize {
+        events
+            .last()
+            .and_then(|e| serde_json::from_str::<Value>(e).ok())
+            .and_then(|v| v["seq"].as_u64())
+    } else {
+        None
+    };
+    let mut body = String::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 32);
+    body.push_str("{\"events\":[");
+    body.push_str(&events.join(","));
+    body.push_str("],\"next\":");
+    body.push_str(&next.map_or("null".to_owned(), |n| n.to_string()));
+    body.push('}');
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}

@@ -1,0 +1,284 @@
+//! Remote worker protocol (SPEC §7.1): lease with long-poll, progress
+//! (extends the lease), complete, fail. camelCase bodies.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::errors::{ApiError, ErrorCode};
+use super::extract::{job_id, CorrelationId, JsonBody, Tenant};
+use super::jobs::job_json;
+use crate::packs::ExecutorKind;
+use crate::store::{
+    BlockedChange, Completion, Failure, LeaseRequest, LogLine, LogStream, ProgressReport,
+};
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseBody {
+    pub worker_id: String,
+    pub packs: Vec<String>,
+    pub max: Option<u32>,
+    pub lease_seconds: Option<u32>,
+    pub wait_seconds: Option<u32>,
+}
+
+fn in_range(
+    field: &str,
+    value: Option<u32>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ApiError> {
+    let v = value.unwrap_or(default);
+    if !range.contains(&v) {
+        return Err(ApiError::field(
+            field,
+            format!("{v} is out of range {}..={}", range.start(), range.end()),
+        ));
+    }
+    Ok(v)
+}
+
+pub async fn lease(
+    tenant: Tenant,
+    corr: CorrelationId,
+    body: JsonBody<LeaseBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    if body.worker_id.is_empty() || body.worker_id.len() > 128 {
+        return Err(ApiError::field("workerId", "must be 1..=128 characters"));
+    }
+    if body.packs.is_empty() || body.packs.len() > 64 {
+        return Err(ApiError::field("packs", "must list 1..=64 pack names"));
+    }
+    for pack in &body.packs {
+        match state.packs.get(pack) {
+            Some(p) if p.executor == ExecutorKind::Remote => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownPack,
+                    format!("pack `{pack}` is run by the built-in executor"),
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownPack,
+                    format!("pack `{pack}` is not declared"),
+                ))
+            }
+        }
+    }
+    let req = LeaseRequest {
+        worker_id: body.worker_id,
+        packs: body.packs,
+        max: in_range("max", body.max, 1, 1..=100)?,
+        lease_seconds: in_range("leaseSeconds", body.lease_seconds, 60, 5..=3600)?,
+        correlation_id: corr.0,
+    };
+    let wait = in_range("waitSeconds", body.wait_seconds, 0, 0..=30)?;
+    let deadline = Instant::now() + Duration::from_secs(wait.into());
+    loop {
+        // Register interest before looking, so a job queued in between wakes us.
+        let notified = state.engine.queued.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let jobs = state
+            .engine
+            .publish(state.store.lease_jobs(&tenant.0, &req).await?);
+        if !jobs.is_empty() || Instant::now() >= deadline {
+            return Ok(HttpResponse::Ok().json(json!({"jobs": jobs})));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Absent → unchanged; `null` → cleared; a string → blocked with that reason.
+fn blocked_change<'de, D: Deserializer<'de>>(d: D) -> Result<BlockedChange, D::Error> {
+    Ok(match Option::<String>::deserialize(d)? {
+        Some(reason) if !reason.is_empty() => BlockedChange::Set(reason),
+        _ => BlockedChange::Clear,
+    })
+}
+
+fn default_blocked() -> BlockedChange {
+    BlockedChange::Unchanged
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum LogEntry {
+    Line(String),
+    Full { stream: LogStream, line: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressBody {
+    pub lease_id: String,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    pub step_index: Option<i64>,
+    pub message: Option<String>,
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub log: Vec<LogEntry>,
+    #[serde(default = "default_blocked", deserialize_with = "blocked_change")]
+    pub blocked: BlockedChange,
+}
+
+const MAX_LOG_LINES: usize = 1000;
+
+pub async fn progress(
+    tenant: Tenant,
+    corr: CorrelationId,
+    path: web::Path<String>,
+    body: JsonBody<ProgressBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let b = body.0;
+    if b.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        return Err(ApiError::field("percent", "must be 0..=100"));
+    }
+    if b.step_index.is_some_and(|i| i < 0) {
+        return Err(ApiError::field("stepIndex", "must be >= 0"));
+    }
+    if b.log.len() > MAX_LOG_LINES {
+        return Err(ApiError::field(
+            "log",
+            format!("at most {MAX_LOG_LINES} lines per report"),
+        ));
+    }
+    for (field, value) in [("stage", &b.stage), ("step", &b.step)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 128)
+        {
+            return Err(ApiError::field(field, "must be 1..=128 characters"));
+        }
+    }
+    let log = b
+        .log
+        .into_iter()
+        .map(|entry| match entry {
+            LogEntry::Line(line) => LogLine {
+                stream: LogStream::Stdout,
+                line,
+            },
+            LogEntry::Full { stream, line } => LogLine { stream, line },
+        })
+        .collect();
+    let report = ProgressReport {
+        lease_id: b.lease_id,
+        stage: b.stage,
+        step: b.step,
+        step_index: b.step_index,
+        message: b.message,
+        percent: b.percent,
+        log,
+        blocked: b.blocked,
+        correlation_id: corr.0,
+    };
+    let job = state
+        .engine
+        .publish(state.store.report_progress(&tenant.0, &id, &report).await?);
+    Ok(HttpResponse::Ok().json(lease_json(&job)))
+}
+
+fn lease_json(job: &crate::store::JobRecord) -> Value {
+    let mut v = job_json(job);
+    v["leaseId"] = json!(job.lease_id);
+    v
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompleteBody {
+    pub lease_id: String,
+    pub result: Option<Value>,
+}
+
+pub async fn complete(
+    tenant: Tenant,
+    corr: CorrelationId,
+    path: web::Path<String>,
+    body: JsonBody<CompleteBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let done = Completion {
+        lease_id: body.0.lease_id,
+        result: body.0.result,
+        correlation_id: corr.0,
+    };
+    let job = state
+        .engine
+        .publish(state.store.complete_job(&tenant.0, &id, &done).await?);
+    Ok(HttpResponse::Ok().json(job_json(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogRange {
+    pub start: i64,
+    pub end: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailBody {
+    pub lease_id: String,
+    #[serde(default)]
+    pub retryable: bool,
+    pub code: Option<String>,
+    pub message: String,
+    pub log_range: Option<LogRange>,
+}
+
+pub async fn fail(
+    tenant: Tenant,
+    corr: CorrelationId,
+    path: web::Path<String>,
+    body: JsonBody<FailBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let b = body.0;
+    if let Some(r) = &b.log_range {
+        if r.start < 1 || r.end < r.start {
+            return Err(ApiError::field("logRange", "needs 1 <= start <= end"));
+        }
+    }
+    let code = b.code.unwrap_or_else(|| "worker_failed".into());
+    let snake = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !snake {
+        return Err(ApiError::field(
+            "code",
+            "must be 1..=64 chars of snake_case",
+        ));
+    }
+    let failure = Failure {
+        lease_id: b.lease_id,
+        retryable: b.retryable,
+        code,
+        message: b.message,
+        log_range: b.log_range.map(|r| (r.start, r.end)),
+        correlation_id: corr.0,
+    };
+    let job = state
+        .engine
+        .publish(state.store.fail_job(&tenant.0, &id, &failure).await?);
+    Ok(HttpResponse::Ok().json(job_json(&job)))
+}

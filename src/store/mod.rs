@@ -1,0 +1,142 @@
+//! Persistence: runs, jobs, the event timeline and first-signal snapshots.
+//!
+//! One [`Store`] trait; [`sqlite::SqliteStore`] is the embedded default. Every
+//! write runs in one transaction that also appends its timeline events (seq
+//! 1, 2, 3… per run, no gap) and, when the run's signal changed, a
+//! `signal.changed` event: the caller publishes the returned [`Committed`]
+//! events only after the commit.
+
+pub mod model;
+pub mod sqlite;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use runsignal_actors::{Published, RunKey, Signal};
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run not found")]
+    RunNotFound,
+    #[error("run already exists")]
+    RunExists,
+    #[error("job not found")]
+    JobNotFound,
+    #[error("lease is not held by this leaseId")]
+    LeaseLost,
+    #[error("job is {0} and cannot change")]
+    InvalidState(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Events committed by one write, grouped by run, ready to publish.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub runs: Vec<(RunKey, Vec<Arc<Published>>)>,
+}
+
+/// The outcome of a write plus the events it committed.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub committed: Committed,
+}
+
+/// A run's state computed from its jobs (the cold path).
+#[derive(Debug, Clone)]
+pub struct ColdRun {
+    pub last_seq: u64,
+    /// The derived signal and the seq of the `signal.changed` that carried it.
+    pub signal: Option<(Signal, u64)>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reachability probe for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_run(&self, tenant: &str, new: NewRun) -> StoreResult<Written<RunRecord>>;
+    async fn get_run(&self, tenant: &str, run_id: &str) -> StoreResult<RunRecord>;
+    async fn list_runs(&self, tenant: &str, query: &RunQuery) -> StoreResult<Page<RunRecord>>;
+
+    /// Submit a job; `created` is false when the idempotency key matched.
+    async fn submit_job(
+        &self,
+        tenant: &str,
+        new: NewJob,
+    ) -> StoreResult<Written<(JobRecord, bool)>>;
+    async fn get_job(&self, tenant: &str, job_id: &str) -> StoreResult<JobRecord>;
+    async fn list_jobs(&self, tenant: &str, query: &JobQuery) -> StoreResult<Page<JobRecord>>;
+    async fn cancel_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        correlation_id: &str,
+    ) -> StoreResult<Written<JobRecord>>;
+
+    async fn lease_jobs(
+        &self,
+        tenant: &str,
+        req: &LeaseRequest,
+    ) -> StoreResult<Written<Vec<LeasedJob>>>;
+    async fn report_progress(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        report: &ProgressReport,
+    ) -> StoreResult<Written<JobRecord>>;
+    async fn complete_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        done: &Completion,
+    ) -> StoreResult<Written<JobRecord>>;
+    async fn fail_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        failure: &Failure,
+    ) -> StoreResult<Written<JobRecord>>;
+    /// Requeue or fail every job whose lease ended before `now_ms`.
+    async fn sweep_expired_leases(&self, now_ms: i64) -> StoreResult<Written<usize>>;
+
+    async fn timeline(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        query: &TimelineQuery,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Cold path: the run's signal derived from its jobs now (`None`: no run).
+    async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>>;
+    /// A snapshot written by the snapshot writer, if any.
+    async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>>;
+    /// Store derived signals of runs updated since `since_ms`; returns how many.
+    async fn write_snapshots(
+        &self,
+        since_ms: i64,
+        tenant: Option<&str>,
+        max: u32,
+    ) -> StoreResult<usize>;
+}
+
+/// Counts store calls: the proof that first-signal hits never reach the store.
+#[derive(Debug, Default)]
+pub struct QueryCounter(AtomicU64);
+
+impl QueryCounter {
+    pub fn hit(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,213 @@
+//! Records and requests the store reads and writes.
+
+use runsignal_actors::{JobFacts, JobState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Unix epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC with milliseconds (`2026-11-22T08:00:10.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub name: Option<String>,
+    pub labels: Value,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRecord {
+    pub tenant_id: String,
+    pub run_id: String,
+    pub name: Option<String>,
+    pub labels: String,
+    pub status: String,
+    pub last_seq: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub pack: String,
+    pub inputs: Value,
+    pub run_id: Option<String>,
+    pub correlation_id: String,
+    pub webhook_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+    pub idempotency_window_ms: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub run_id: String,
+    pub pack: String,
+    pub inputs: String,
+    pub state: String,
+    pub blocked_reason: Option<String>,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_id: Option<String>,
+    pub lease_worker: Option<String>,
+    pub lease_until: Option<i64>,
+    pub lease_seconds: Option<i64>,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    pub step_index: Option<i64>,
+    pub message: Option<String>,
+    pub percent: Option<f64>,
+    pub log_lines: i64,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub failure_start: Option<i64>,
+    pub failure_end: Option<i64>,
+    pub correlation_id: String,
+    pub idempotency_key: Option<String>,
+    pub webhook_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub state_changed_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl JobRecord {
+    pub fn job_state(&self) -> JobState {
+        // Only this module writes `state`, always from `JobState::as_str`.
+        JobState::parse(&self.state).unwrap_or(JobState::Failed)
+    }
+
+    /// What signal derivation needs from this job.
+    pub fn facts(&self) -> JobFacts {
+        let state = self.job_state();
+        let message = match state {
+            JobState::Failed => self.error_message.clone().or_else(|| self.message.clone()),
+            _ => self.message.clone(),
+        };
+        JobFacts {
+            job_id: self.job_id.clone(),
+            state,
+            blocked: self.blocked_reason.clone(),
+            stage: self.stage.clone(),
+            step: self.step.clone(),
+            message,
+            created_at_ms: self.created_at,
+            state_changed_at: rfc3339(self.state_changed_at),
+            failure_range: self.failure_start.zip(self.failure_end),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub limit: u32,
+    pub cursor: Option<String>,
+    pub state: Option<JobState>,
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub worker_id: String,
+    pub packs: Vec<String>,
+    pub max: u32,
+    pub lease_seconds: u32,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeasedJob {
+    pub job_id: String,
+    pub run_id: String,
+    pub pack: String,
+    pub inputs: Value,
+    pub lease_id: String,
+    pub lease_until: String,
+    pub attempt: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// Change to the blocked flag carried by a progress report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockedChange {
+    Unchanged,
+    Set(String),
+    Clear,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgressReport {
+    pub lease_id: String,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    pub step_index: Option<i64>,
+    pub message: Option<String>,
+    pub percent: Option<f64>,
+    pub log: Vec<LogLine>,
+    pub blocked: BlockedChange,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub lease_id: String,
+    pub result: Option<Value>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub lease_id: String,
+    pub retryable: bool,
+    pub code: String,
+    pub message: String,
+    pub log_range: Option<(i64, i64)>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TimelineQuery {
+    pub after: u64,
+    pub limit: u32,
+    pub correlation_id: Option<String>,
+}

@@ -1,0 +1,64 @@
+//! Background tasks: the lease-expiry sweeper, the snapshot writer and the
+//! cache purge. Each runs on its own interval and publishes what it commits
+//! through the engine, like any other writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::now_ms;
+use crate::AppState;
+
+pub fn spawn_all(state: Arc<AppState>) {
+    let sweep = Duration::from_secs(state.config.jobs.lease_sweep_interval_seconds);
+    actix_rt::spawn(every(sweep, state.clone(), |s| Box::pin(sweep_leases(s))));
+    let sw = &state.config.first_signal.snapshot_writer;
+    if sw.enabled {
+        let period = Duration::from_secs(sw.poll_interval_seconds);
+        actix_rt::spawn(every(period, state.clone(), |s| {
+            Box::pin(write_snapshots(s))
+        }));
+    }
+    actix_rt::spawn(every(Duration::from_secs(60), state, |s| {
+        Box::pin(async move {
+            s.engine.cache.purge_expired();
+        })
+    }));
+}
+
+type Tick = fn(Arc<AppState>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+async fn every(period: Duration, state: Arc<AppState>, tick: Tick) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        tick(state.clone()).await;
+    }
+}
+
+/// Requeue (attempts left) or fail (`lease_expired`) jobs whose lease ended.
+pub async fn sweep_leases(state: Arc<AppState>) {
+    match state.store.sweep_expired_leases(now_ms()).await {
+        Ok(written) => {
+            let n = state.engine.publish(written);
+            if n > 0 {
+                tracing::info!(jobs = n, "expired leases swept");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+    }
+}
+
+/// Store derived signals of recently updated runs (`FirstSignal.SnapshotWriter`).
+pub async fn write_snapshots(state: Arc<AppState>) {
+    let sw = &state.config.first_signal.snapshot_writer;
+    let since = now_ms() - (sw.lookback_minutes as i64) * 60_000;
+    match state
+        .store
+        .write_snapshots(since, sw.tenant_id.as_deref(), sw.max_runs_per_tick)
+        .await
+    {
+        Ok(n) => tracing::debug!(runs = n, "first-signal snapshots written"),
+        Err(e) => tracing::warn!(error = %e, "snapshot writer failed"),
+    }
+}
