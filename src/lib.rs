@@ -150,6 +150,11 @@ impl Application {
         self.state.clone()
     }
 
+    /// Stops the server from another task (tests restart with it).
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }

@@ -1,0 +1,194 @@
+//! `spawn_app()` and one request helper per endpoint.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use actix_web::web;
+use reqwest::{Method, RequestBuilder, Response};
+use runsignal::config::Config;
+use runsignal::{AppState, Application};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const TENANT: &str = "acme";
+pub const ORCH: &str = "/api/v1/orchestrator";
+pub const ENGINE: &str = "/api/v1/jobengine";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub dir: Arc<TempDir>,
+    pub env: Vec<(String, String)>,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+/// A server on an ephemeral port with a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(&[]).await
+}
+
+/// A server with extra `RUNSIGNAL__…` settings.
+pub async fn spawn_with(settings: &[(&str, &str)]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    start(dir, settings).await
+}
+
+async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
+    let db = format!("sqlite://{}/runsignal.db", dir.path().display());
+    let mut env: Vec<(String, String)> = vec![
+        ("RUNSIGNAL__Server__Bind".into(), "127.0.0.1:0".into()),
+        ("RUNSIGNAL__Server__Workers".into(), "2".into()),
+        ("RUNSIGNAL__Database__Url".into(), db),
+        ("RUNSIGNAL__Logging__Level".into(), "warn".into()),
+    ];
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| (format!("RUNSIGNAL__{k}"), v.to_string())),
+    );
+    let config = Config::load_from(None, env.clone()).expect("test config");
+    let app = Application::build(config).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let server = app.server_handle();
+    actix_rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        state,
+        dir,
+        env,
+        server,
+    }
+}
+
+impl TestApp {
+    /// Stop this server and start a new one on the same database.
+    pub async fn restart(self, settings: &[(&str, &str)]) -> TestApp {
+        self.server.stop(true).await;
+        start(self.dir.clone(), settings).await
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+            .header("X-Tenant-Id", TENANT)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.req(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> RequestBuilder {
+        self.req(Method::POST, path).json(body)
+    }
+
+    pub async fn submit(&self, body: Value) -> Response {
+        self.post("/jobs", &body).send().await.unwrap()
+    }
+
+    /// Submit an `external` job; returns (job_id, run_id).
+    pub async fn submit_job(&self, run_id: Option<&str>) -> (String, String) {
+        let mut body = json!({"pack": "external", "inputs": {"n": 1}});
+        if let Some(run) = run_id {
+            body["run_id"] = json!(run);
+        }
+        let res = self.submit(body).await;
+        assert_eq!(res.status(), 202, "submit");
+        let v: Value = res.json().await.unwrap();
+        (
+            v["job_id"].as_str().unwrap().into(),
+            v["run_id"].as_str().unwrap().into(),
+        )
+    }
+
+    pub async fn create_run(&self, body: Value) -> Response {
+        self.post(&format!("{ORCH}/runs"), &body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn first_signal(&self, run_id: &str) -> Response {
+        self.get(&format!("{ORCH}/runs/{run_id}/first-signal"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn job(&self, job_id: &str) -> Value {
+        let res = self.get(&format!("/jobs/{job_id}")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// Lease with defaults; returns the leased jobs.
+    pub async fn lease(&self, body: Value) -> Vec<Value> {
+        let res = self
+            .post(&format!("{ORCH}/workers/lease"), &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "lease");
+        let v: Value = res.json().await.unwrap();
+        v["jobs"].as_array().unwrap().clone()
+    }
+
+    /// Lease exactly one `external` job.
+    pub async fn lease_one(&self) -> Value {
+        let jobs = self
+            .lease(json!({"workerId": "w1", "packs": ["external"]}))
+            .await;
+        assert_eq!(jobs.len(), 1, "one job leased");
+        jobs[0].clone()
+    }
+
+    pub async fn worker(&self, job_id: &str, action: &str, body: Value) -> Response {
+        self.post(&format!("{ORCH}/jobs/{job_id}/{action}"), &body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn timeline(&self, run_id: &str) -> Vec<Value> {
+        let res = self
+            .get(&format!("{ORCH}/runs/{run_id}/timeline?limit=1000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let v: Value = res.json().await.unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+
+    pub fn store_calls(&self) -> u64 {
+        self.state.queries.get()
+    }
+}
+
+pub fn header(res: &Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Assert a problem+json error with the given status and code.
+pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        res.status().as_u16(),
+        status,
+        "status for expected code {code}"
+    );
+    assert_eq!(header(&res, "content-type"), "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
+}

@@ -1,0 +1,10 @@
+//! Integration tests against a real server on port 0 with a fresh SQLite
+//! database per test. One module per feature.
+
+mod helpers;
+
+mod first_signal;
+mod jobs;
+mod runs;
+mod tenants;
+mod workers;
