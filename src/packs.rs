@@ -78,7 +78,14 @@ impl Packs {
             file: file.to_owned(),
             message,
         };
-        let pack: Pack = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let pack: Pack = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." => invalid(e.into_inner().to_string()),
+                _ => invalid(format!("field `{path}`: {}", e.into_inner())),
+            }
+        })?;
         let valid_name = !pack.name.is_empty()
             && pack.name.len() <= 64
             && pack

@@ -75,9 +75,14 @@ impl TestApp {
     }
 
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req_as(TENANT, method, path)
+    }
+
+    /// A request on behalf of another tenant.
+    pub fn req_as(&self, tenant: &str, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{}", self.address, path))
-            .header("X-Tenant-Id", TENANT)
+            .header("X-Tenant-Id", tenant)
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {

@@ -1,1 +1,195 @@
-//! (being written)
+//! The async job surface `/jobs` (SPEC §7).
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[actix_web::test]
+async fn submit_answers_202_with_a_ulid_and_location_and_a_new_run() {
+    let app = spawn_app().await;
+    let res = app.submit(json!({"pack": "external"})).await;
+    assert_eq!(res.status(), 202);
+    let location = header(&res, "location");
+    let v: Value = res.json().await.unwrap();
+    let job = v["job_id"].as_str().unwrap();
+    assert_eq!(job.len(), 26);
+    assert!(ulid::Ulid::from_string(job).is_ok());
+    assert_eq!(location, format!("/jobs/{job}"));
+    assert_eq!(v["state"], "queued");
+    let run = v["run_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(run).is_ok());
+    let run: Value = app
+        .get(&format!("{ORCH}/runs/{run}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "running");
+    let got = app.job(job).await;
+    assert_eq!(
+        (
+            got["state"].as_str(),
+            got["attempt"].as_i64(),
+            got["max_attempts"].as_i64()
+        ),
+        (Some("queued"), Some(0), Some(3))
+    );
+}
+
+#[actix_web::test]
+async fn job_ids_are_monotonic() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(app.submit_job(None).await.0);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[actix_web::test]
+async fn idempotency_key_returns_the_first_job_per_tenant() {
+    let app = spawn_app().await;
+    let body = json!({"pack": "external", "idempotency_key": "order-42"});
+    let a: Value = app.submit(body.clone()).await.json().await.unwrap();
+    let b: Value = app.submit(body.clone()).await.json().await.unwrap();
+    assert_eq!(a["job_id"], b["job_id"]);
+    assert_eq!(a["run_id"], b["run_id"]);
+    let list: Value = app.get("/jobs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "no duplicate");
+    let other: Value = app
+        .req_as("globex", Method::POST, "/jobs")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(other["job_id"], a["job_id"], "keys are per tenant");
+}
+
+#[actix_web::test]
+async fn jobs_join_an_existing_run_and_list_with_filters_and_cursor() {
+    let app = spawn_app().await;
+    let run: Value = app
+        .create_run(json!({"name": "nightly"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["runId"].as_str().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.submit_job(Some(run_id)).await.0);
+    }
+    app.submit_job(None).await;
+    let page: Value = app
+        .get(&format!("/jobs?run_id={run_id}&limit=3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first,
+        vec![ids[4].as_str(), ids[3].as_str(), ids[2].as_str()],
+        "newest first"
+    );
+    let cursor = page["next"].as_str().unwrap();
+    let page2: Value = app
+        .get(&format!("/jobs?run_id={run_id}&limit=3&cursor={cursor}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second: Vec<&str> = page2["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second, vec![ids[1].as_str(), ids[0].as_str()]);
+    assert!(page2["next"].is_null());
+    app.lease_one().await;
+    let loading: Value = app
+        .get("/jobs?state=loading")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(loading["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[actix_web::test]
+async fn cancel_is_a_state_change_that_ends_the_lease() {
+    let app = spawn_app().await;
+    let (job, run) = app.submit_job(None).await;
+    let l = app.lease_one().await;
+    let res = app
+        .post(&format!("/jobs/{job}/cancel"), &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["state"], "canceled");
+    assert_eq!(app.job(&job).await["state"], "canceled");
+    let fs: Value = app.first_signal(&run).await.json().await.unwrap();
+    assert_eq!(fs["firstSignal"]["type"], "canceled");
+    let res = app
+        .worker(&job, "complete", json!({"leaseId": l["leaseId"]}))
+        .await;
+    assert_problem(res, 409, "lease_lost").await;
+    let res = app
+        .post(&format!("/jobs/{job}/cancel"), &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 409, "invalid_state").await;
+}
+
+#[actix_web::test]
+async fn correlation_ids_are_echoed_and_carried_into_events() {
+    let app = spawn_app().await;
+    let res = app
+        .post("/jobs", &json!({"pack": "external"}))
+        .header("X-Correlation-Id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res, "x-correlation-id"), "trace-123");
+    let v: Value = res.json().await.unwrap();
+    let run = v["run_id"].as_str().unwrap();
+    let events = app.timeline(run).await;
+    assert!(events.iter().all(|e| e["correlationId"] == "trace-123"));
+    let res = app
+        .submit(json!({"pack": "external", "run_id": run, "correlation_id": "from-body"}))
+        .await;
+    assert!(
+        !header(&res, "x-correlation-id").is_empty(),
+        "generated when absent"
+    );
+    let events = app.timeline(run).await;
+    assert!(events.iter().any(|e| e["correlationId"] == "from-body"));
+}
+
+#[actix_web::test]
+async fn accepted_jobs_survive_a_restart() {
+    let app = spawn_app().await;
+    let (job, _) = app.submit_job(None).await;
+    let app = app.restart(&[]).await;
+    assert_eq!(app.job(&job).await["state"], "queued");
+    assert_eq!(app.lease_one().await["jobId"], job);
+}

@@ -1,0 +1,168 @@
+//! The `runsignal` binary as a user runs it: start-up, `migrate`, config
+//! errors, and a SIGKILL that must not lose accepted work.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runsignal");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(dir: &Path, port: u16) -> Child {
+    Command::new(BIN)
+        .current_dir(dir)
+        .env("RUNSIGNAL__Server__Bind", format!("127.0.0.1:{port}"))
+        .env("RUNSIGNAL__Server__Workers", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts")
+}
+
+fn wait_ready(client: &reqwest::blocking::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server on port {port} never became ready");
+}
+
+#[test]
+fn serves_on_embedded_defaults_from_any_directory_and_keeps_jobs_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let client = reqwest::blocking::Client::new();
+    let mut server = serve(dir.path(), port);
+    wait_ready(&client, port);
+    assert!(
+        dir.path().join("data/runsignal.db").exists(),
+        "SQLite created under ./data"
+    );
+    let packs: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/orchestrator/packs"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        packs["packs"][0]["name"], "external",
+        "embedded packs when config/packs is absent"
+    );
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/jobs"))
+        .header("X-Tenant-Id", "acme")
+        .json(&serde_json::json!({"pack": "external"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job: serde_json::Value = res.json().unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    server.kill().unwrap(); // SIGKILL: no graceful shutdown
+    server.wait().unwrap();
+
+    let mut server = serve(dir.path(), port);
+    wait_ready(&client, port);
+    let got: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/jobs/{job_id}"))
+        .header("X-Tenant-Id", "acme")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got["state"], "queued", "an accepted job survives a SIGKILL");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn migrate_creates_the_database_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data/runsignal.db").exists());
+    let again = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "migrate is idempotent");
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_key_and_allowed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("RUNSIGNAL__FirstSignal__Cache__Backend", "memcached")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FirstSignal.Cache.Backend") && err.contains("inmemory"),
+        "{err}"
+    );
+
+    let file = dir.path().join("bad.json");
+    std::fs::write(
+        &file,
+        r#"{"Streams": {"HeartbeatIntervalSeconds": "soon"}}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Streams.HeartbeatIntervalSeconds"), "{err}");
+}
+
+#[test]
+fn a_bad_pack_file_stops_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("packs");
+    std::fs::create_dir(&packs).unwrap();
+    std::fs::write(
+        packs.join("broken.json"),
+        r#"{"name": "broken", "executor": "teleport"}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("RUNSIGNAL__Executor__PacksDir", &packs)
+        .env("RUNSIGNAL__Server__Bind", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.json") && err.contains("executor"),
+        "{err}"
+    );
+}
