@@ -29,10 +29,18 @@ impl FromRequest for Tenant {
     type Future = std::future::Ready<Result<Tenant, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = match req.headers().get("x-tenant-id").map(|v| v.to_str()) {
+        let mut values = req.headers().get_all("x-tenant-id");
+        let first = values.next();
+        // Two tenants in one request: refuse rather than pick one.
+        let repeated = values.next().is_some();
+        let result = match first.map(|v| v.to_str()) {
             None => Err(ApiError::new(
                 ErrorCode::InvalidTenant,
                 "header X-Tenant-Id is required",
+            )),
+            Some(_) if repeated => Err(ApiError::new(
+                ErrorCode::InvalidTenant,
+                "header X-Tenant-Id must be given once",
             )),
             Some(Ok(t)) if valid_tenant(t) => Ok(Tenant(t.to_owned())),
             Some(_) => Err(ApiError::new(
@@ -70,9 +78,18 @@ pub fn run_id(raw: &str) -> Result<String, ApiError> {
 
 /// A job id: a ULID (26 Crockford base32 chars), normalized to upper case.
 pub fn job_id(raw: &str) -> Result<String, ApiError> {
+    // 26 chars carry 130 bits: a first char above `7` overflows the 128-bit
+    // value, and the decoder would silently drop those bits, so that
+    // `8…` named the same job as `0…`.
+    let fits = raw
+        .as_bytes()
+        .first()
+        .is_some_and(|c| (b'0'..=b'7').contains(c));
     ulid::Ulid::from_string(raw)
+        .ok()
+        .filter(|_| fits)
         .map(|u| u.to_string())
-        .map_err(|_| ApiError::new(ErrorCode::InvalidJobId, format!("`{raw}` is not a ULID")))
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidJobId, format!("`{raw}` is not a ULID")))
 }
 
 /// A JSON body limited to `Server.MaxBodyBytes`; errors name the field.
@@ -125,7 +142,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let detail = if inner.is_syntax() || inner.is_eof() || path == "." {
@@ -134,7 +151,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("field `{path}`: {inner}")
         };
         ApiError::new(ErrorCode::InvalidBody, detail)
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace.
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// Query string parsing with problem+json errors.

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bad_input;
 mod first_signal;
 mod jobs;
 mod runs;
