@@ -75,6 +75,45 @@ fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str
         .body(view.body.clone())
 }
 
+#[utoipa::path(
+    method(get, head),
+    path = "/api/v1/orchestrator/runs/{runId}/first-signal",
+    tag = "first-signal",
+    summary = "The run's first signal",
+    description = "The run's current best one-line status, from the run actor's memory, the \
+        cache or the snapshot table (`Cache-Status: hit`), or computed from the jobs now \
+        (`miss`). HEAD is answered like GET without a body.",
+    params(
+        crate::openapi::TenantHeader,
+        ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
+        ("If-None-Match" = Option<String>, Header, nullable = false,
+            description = "Entity tags, weak comparison; `*` matches when a signal exists"),
+    ),
+    responses(
+        (status = 200, description = "The signal. When the cold path runs out of time: type \
+            `unavailable`, `Cache-Control: no-store`, `Retry-After: 1`",
+            body = crate::openapi::FirstSignalBody,
+            headers(
+                ("ETag" = String, description = "`W/\"<64 lowercase hex>\"`; equals `summaryEtag`"),
+                ("Cache-Control" = String, description = "`private, max-age=60` (`no-store` when `unavailable`)"),
+                ("Cache-Status" = String, description = "`hit` or `miss`"),
+                ("X-FirstSignal-Source" = String, description = "`snapshot` or `cold_start`"),
+                ("Retry-After" = String, description = "`1`, only with an `unavailable` signal"),
+            )),
+        (status = 204, description = "The run exists but has no signal yet (no jobs)",
+            headers(("Cache-Control" = String, description = "`no-cache`"))),
+        (status = 304, description = "`If-None-Match` matched; no body",
+            headers(
+                ("ETag" = String, description = "The current weak entity tag"),
+                ("Cache-Control" = String, description = "`private, max-age=60`"),
+                ("Cache-Status" = String, description = "`hit` or `miss`"),
+                ("X-FirstSignal-Source" = String, description = "`snapshot` or `cold_start`"),
+            )),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(run_id = %path))]
 pub async fn get_first_signal(
     req: HttpRequest,

@@ -11,14 +11,26 @@ use super::extract::{job_id, parse_query, run_id, CorrelationId, JsonBody, Tenan
 use crate::store::{rfc3339, JobQuery, JobRecord, NewJob};
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
+    /// A pack declared server-side (e.g. `demo`, `external`).
+    #[schema(min_length = 1, max_length = 64)]
     pub pack: String,
+    /// Reach built-in steps as `INPUT_<NAME>` env vars.
+    #[schema(value_type = Option<Object>)]
     pub inputs: Option<serde_json::Map<String, Value>>,
+    /// An existing run of the tenant; absent → a new run.
+    #[schema(format = "uuid")]
     pub run_id: Option<String>,
+    /// Defaults to the request's `X-Correlation-Id`.
+    #[schema(min_length = 1, max_length = 128)]
     pub correlation_id: Option<String>,
+    /// Absolute http(s) URL that receives a POST on every state transition.
+    #[schema(format = "uri")]
     pub state_webhook_url: Option<String>,
+    /// The same key for the tenant within 24 h returns the first job.
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
 }
 
@@ -67,6 +79,24 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "Submit a job",
+    description = "Accepted at once (nothing waits on execution). No `run_id` → a new run.",
+    params(crate::openapi::TenantHeader),
+    request_body = SubmitJob,
+    responses(
+        (status = 202, description = "Job accepted (queued), or the first job for a repeated `idempotency_key`",
+            body = crate::openapi::JobAccepted,
+            headers(("Location" = String, description = "`/jobs/{jobId}`"))),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`; `run_not_found` when `run_id` names no run of the tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn submit_job(
     tenant: Tenant,
     corr: CorrelationId,
@@ -126,6 +156,19 @@ pub async fn submit_job(
         .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/jobs/{jobId}",
+    tag = "jobs",
+    summary = "Get a job (the poll path for missed webhooks)",
+    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    responses(
+        (status = 200, description = "The job", body = crate::openapi::Job),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_job(
     tenant: Tenant,
     path: web::Path<String>,
@@ -136,15 +179,35 @@ pub async fn get_job(
     Ok(HttpResponse::Ok().json(job_json(&job)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListJobs {
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next` of the previous page (a job id).
     cursor: Option<String>,
+    /// Only jobs in this state.
+    #[param(value_type = Option<crate::openapi::JobStateName>)]
     state: Option<String>,
+    /// Only jobs of this run.
+    #[param(format = "uuid")]
     run_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "List jobs",
+    params(crate::openapi::TenantHeader, ListJobs),
+    responses(
+        (status = 200, description = "A page of jobs", body = crate::openapi::JobList),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`, `invalid_run_id`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list_jobs(
     req: HttpRequest,
     tenant: Tenant,
@@ -182,6 +245,21 @@ pub async fn list_jobs(
     Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next": page.next})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/jobs/{jobId}/cancel",
+    tag = "jobs",
+    summary = "Cancel a job",
+    description = "Cancels a non-terminal job; its running steps are killed.",
+    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    responses(
+        (status = 202, description = "Cancellation accepted", body = crate::openapi::JobAccepted),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: the job is already terminal", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel_job(
     tenant: Tenant,
     corr: CorrelationId,

@@ -6,10 +6,28 @@ use serde_json::json;
 
 use crate::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    summary = "Liveness: the process is up",
+    responses((status = 200, description = "Up", body = crate::openapi::Health)),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    summary = "Readiness: the store is reachable",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = crate::openapi::Readiness),
+        (status = 503, description = "`{\"status\": \"unavailable\", \"detail\": …}`",
+            body = crate::openapi::Readiness),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
@@ -18,6 +36,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    summary = "Prometheus metrics",
+    description = "`runsignal_http_requests_total{route,method,status}` (route pattern, never the \
+        raw path), `runsignal_resident_run_actors`, `runsignal_first_signal_cache_total{result}`, \
+        `runsignal_first_signal_cold_path_seconds`, `runsignal_store_calls_total`.",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String,
+            content_type = "text/plain; version=0.0.4"),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
@@ -29,6 +60,13 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/packs",
+    tag = "ops",
+    summary = "The declared packs",
+    responses((status = 200, description = "Every declared pack", body = crate::openapi::PackList)),
+)]
 pub async fn packs(state: web::Data<AppState>) -> HttpResponse {
     let packs: Vec<_> = state.packs.all().collect();
     HttpResponse::Ok().json(json!({"packs": packs}))

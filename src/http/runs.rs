@@ -11,11 +11,16 @@ use super::extract::{parse_query, run_id, CorrelationId, JsonBody, Tenant};
 use crate::store::{rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRun {
+    /// The run's id (any UUID, case-insensitive); generated when absent.
+    #[schema(format = "uuid")]
     pub run_id: Option<String>,
+    #[schema(max_length = 256)]
     pub name: Option<String>,
+    /// Free-form labels.
+    #[schema(value_type = Option<Object>)]
     pub labels: Option<Map<String, Value>>,
 }
 
@@ -40,6 +45,22 @@ fn prefix(req: &HttpRequest) -> &str {
         .unwrap_or("")
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orchestrator/runs",
+    tag = "runs",
+    summary = "Create a run",
+    params(crate::openapi::TenantHeader),
+    request_body = CreateRun,
+    responses(
+        (status = 201, description = "Run created", body = crate::openapi::Run,
+            headers(("Location" = String, description = "`{prefix}/runs/{runId}` of the new run"))),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`run_exists`: a run with this runId already exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create_run(
     req: HttpRequest,
     tenant: Tenant,
@@ -72,6 +93,22 @@ pub async fn create_run(
         .json(run_json(&run)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/runs/{runId}",
+    tag = "runs",
+    summary = "Get a run",
+    params(
+        crate::openapi::TenantHeader,
+        ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
+    ),
+    responses(
+        (status = 200, description = "The run", body = crate::openapi::Run),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_run(
     tenant: Tenant,
     path: web::Path<String>,
@@ -82,16 +119,34 @@ pub async fn get_run(
     Ok(HttpResponse::Ok().json(run_json(&run)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListRuns {
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next` of the previous page.
     cursor: Option<String>,
+    /// Only runs in this status.
+    #[param(value_type = Option<crate::openapi::RunStatus>)]
     status: Option<String>,
 }
 
 const RUN_STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "canceled"];
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/runs",
+    tag = "runs",
+    summary = "List runs, newest first",
+    params(crate::openapi::TenantHeader, ListRuns),
+    responses(
+        (status = 200, description = "A page of runs", body = crate::openapi::RunList),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list_runs(
     req: HttpRequest,
     tenant: Tenant,
@@ -125,14 +180,36 @@ pub async fn list_runs(
     Ok(HttpResponse::Ok().json(json!({"runs": runs, "next": page.next})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TimelineParams {
+    /// Only events with a larger seq (default 0).
     after: Option<u64>,
+    /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only events carrying this correlation id.
     correlation_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/runs/{runId}/timeline",
+    tag = "runs",
+    summary = "Page the run's event envelopes in seq order",
+    params(
+        crate::openapi::TenantHeader,
+        ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
+        TimelineParams,
+    ),
+    responses(
+        (status = 200, description = "A page of envelopes", body = crate::openapi::Timeline),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_query`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn timeline(
     req: HttpRequest,
     tenant: Tenant,

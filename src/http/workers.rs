@@ -17,13 +17,22 @@ use crate::store::{
 };
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaseBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub worker_id: String,
+    /// Remote packs this worker runs (1..=64 names).
+    #[schema(min_items = 1, max_items = 64)]
     pub packs: Vec<String>,
+    /// Most jobs to lease, 1..=100 (default 1).
+    #[schema(minimum = 1, maximum = 100)]
     pub max: Option<u32>,
+    /// Lease duration, 5..=3600 (default 60).
+    #[schema(minimum = 5, maximum = 3600)]
     pub lease_seconds: Option<u32>,
+    /// Long-poll: wait up to this long for a job, 0..=30 (default 0).
+    #[schema(minimum = 0, maximum = 30)]
     pub wait_seconds: Option<u32>,
 }
 
@@ -43,6 +52,23 @@ fn in_range(
     Ok(v)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orchestrator/workers/lease",
+    tag = "workers",
+    summary = "Lease queued jobs of remote packs",
+    description = "Two workers never hold the same job. With `waitSeconds`, waits for a job to be queued.",
+    params(crate::openapi::TenantHeader),
+    request_body = LeaseBody,
+    responses(
+        (status = 200, description = "The leased jobs; an empty list when nothing is available",
+            body = crate::openapi::LeaseGrant),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`: undeclared, or run by the built-in executor", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn lease(
     tenant: Tenant,
     corr: CorrelationId,
@@ -112,30 +138,60 @@ fn default_blocked() -> BlockedChange {
     BlockedChange::Unchanged
 }
 
-#[derive(Debug, Deserialize)]
+/// A log line: a bare string (stdout) or `{"stream", "line"}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum LogEntry {
     Line(String),
-    Full { stream: LogStream, line: String },
+    Full {
+        #[schema(value_type = crate::openapi::LogStreamName)]
+        stream: LogStream,
+        line: String,
+    },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProgressBody {
     pub lease_id: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub stage: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
     pub step: Option<String>,
+    #[schema(minimum = 0)]
     pub step_index: Option<i64>,
     pub message: Option<String>,
+    #[schema(minimum = 0, maximum = 100)]
     pub percent: Option<f64>,
+    /// At most 1000 lines per report.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub log: Vec<LogEntry>,
+    /// Absent: unchanged; `null` or `""`: cleared; a string: blocked with
+    /// that reason.
     #[serde(default = "default_blocked", deserialize_with = "blocked_change")]
+    #[schema(value_type = Option<String>)]
     pub blocked: BlockedChange,
 }
 
 const MAX_LOG_LINES: usize = 1000;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orchestrator/jobs/{jobId}/progress",
+    tag = "workers",
+    summary = "Report progress (extends the lease)",
+    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    request_body = ProgressBody,
+    responses(
+        (status = 200, description = "The job, with its lease id", body = crate::openapi::LeasedJobState),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn progress(
     tenant: Tenant,
     corr: CorrelationId,
@@ -199,13 +255,29 @@ fn lease_json(job: &crate::store::JobRecord) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompleteBody {
     pub lease_id: String,
     pub result: Option<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orchestrator/jobs/{jobId}/complete",
+    tag = "workers",
+    summary = "Complete a leased job (→ done)",
+    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The done job", body = crate::openapi::Job),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn complete(
     tenant: Tenant,
     corr: CorrelationId,
@@ -225,24 +297,44 @@ pub async fn complete(
     Ok(HttpResponse::Ok().json(job_json(&job)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Log line range that explains the failure (1 <= start <= end).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogRange {
     pub start: i64,
     pub end: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailBody {
     pub lease_id: String,
+    /// Requeue while attempts remain (default false).
     #[serde(default)]
     pub retryable: bool,
+    /// snake_case, 1..=64 chars (default `worker_failed`).
+    #[schema(pattern = "^[a-z0-9_]{1,64}$")]
     pub code: Option<String>,
     pub message: String,
     pub log_range: Option<LogRange>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orchestrator/jobs/{jobId}/fail",
+    tag = "workers",
+    summary = "Fail a leased job (→ failed, or queued again when retryable)",
+    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    request_body = FailBody,
+    responses(
+        (status = 200, description = "The job", body = crate::openapi::Job),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn fail(
     tenant: Tenant,
     corr: CorrelationId,

@@ -6,6 +6,7 @@ mod helpers;
 mod bad_input;
 mod first_signal;
 mod jobs;
+mod ops;
 mod runs;
 mod tenants;
 mod workers;
