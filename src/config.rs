@@ -201,7 +201,9 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        vars.sort();
+        // Apply in path order, list indexes numerically (`…__2` before `…__10`),
+        // so a list is filled item by item.
+        vars.sort_by_cached_key(|(name, _)| env_sort_key(name));
         for (name, raw) in vars {
             let path: Vec<&str> = name[ENV_PREFIX.len()..].split("__").collect();
             set_path(&mut tree, &path, &raw, &name)?;
@@ -317,6 +319,16 @@ fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
             allowed.join(", ")
         ),
     ))
+}
+
+/// Sort key of an environment variable name: segments, numbers as numbers.
+fn env_sort_key(name: &str) -> Vec<(u64, String)> {
+    name.split("__")
+        .map(|seg| match seg.parse::<u64>() {
+            Ok(n) => (n, String::new()),
+            Err(_) => (u64::MAX, seg.to_ascii_lowercase()),
+        })
+        .collect()
 }
 
 /// The existing key of `map` that matches `name` case-insensitively.

@@ -55,6 +55,7 @@ fn serves_on_embedded_defaults_from_any_directory_and_keeps_jobs_across_sigkill(
     );
     let packs: serde_json::Value = client
         .get(format!("http://127.0.0.1:{port}/api/v1/orchestrator/packs"))
+        .header("X-Tenant-Id", "acme")
         .send()
         .unwrap()
         .json()

@@ -53,6 +53,22 @@ fn env_overrides_match_keys_case_insensitively_and_parse_types() {
 }
 
 #[test]
+fn env_list_items_apply_in_numeric_index_order() {
+    let vars: Vec<(String, String)> = (0..12)
+        .rev()
+        .map(|i| {
+            (
+                format!("RUNSIGNAL__Webhooks__Secrets__{i}"),
+                format!("s{i}"),
+            )
+        })
+        .collect();
+    let c = Config::load_from(None, vars).unwrap();
+    let want: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    assert_eq!(c.webhooks.secrets, want);
+}
+
+#[test]
 fn file_layers_under_env() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json");

@@ -65,9 +65,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     path = "/api/v1/orchestrator/packs",
     tag = "ops",
     summary = "The declared packs",
-    responses((status = 200, description = "Every declared pack", body = crate::openapi::PackList)),
+    params(crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "Every declared pack", body = crate::openapi::PackList),
+        (status = 400, description = "`invalid_tenant`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
 )]
-pub async fn packs(state: web::Data<AppState>) -> HttpResponse {
+/// Packs are server-wide, but like every API request this one names its
+/// tenant (SPEC §2), so that token authentication can gate it later.
+pub async fn packs(
+    _tenant: crate::http::extract::Tenant,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let packs: Vec<_> = state.packs.all().collect();
     HttpResponse::Ok().json(json!({"packs": packs}))
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::errors::ApiError;
 use super::extract::{parse_query, run_id, CorrelationId, JsonBody, Tenant};
-use crate::store::{rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
+use crate::store::{parse_run_cursor, rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -164,6 +164,15 @@ pub async fn list_runs(
                 format!("allowed values: {}", RUN_STATUSES.join(", ")),
             ));
         }
+    }
+    if q.cursor
+        .as_deref()
+        .is_some_and(|c| parse_run_cursor(c).is_none())
+    {
+        return Err(ApiError::field(
+            "cursor",
+            "not a cursor from a previous page's `next`",
+        ));
     }
     let page = state
         .store

@@ -44,6 +44,12 @@ pub struct RunQuery {
     pub status: Option<String>,
 }
 
+/// A runs-list cursor: `<created_at ms>_<runId>` of the last run returned.
+pub fn parse_run_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (at, id) = cursor.split_once('_')?;
+    Some((at.parse().ok()?, id.to_owned()))
+}
+
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -43,7 +43,7 @@ impl SqliteStore {
             .foreign_keys(true);
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| sqlx::Error::Io(e))?;
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
         }
         let writer = SqlitePoolOptions::new()
@@ -893,9 +893,4 @@ impl Store for SqliteStore {
         }
         Ok(written)
     }
-}
-
-fn parse_run_cursor(cursor: &str) -> Option<(i64, String)> {
-    let (at, id) = cursor.split_once('_')?;
-    Some((at.parse().ok()?, id.to_owned()))
 }

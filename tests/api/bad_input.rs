@@ -182,6 +182,8 @@ async fn malformed_requests_answer_problem_json_and_change_nothing() {
         // ---- tenant ------------------------------------------------------
         case("POST /jobs without tenant", Method::POST, "/jobs", ok_submit(), 400, "invalid_tenant").tenant(None),
         case("GET /jobs without tenant", Method::GET, "/jobs", Body::Empty, 400, "invalid_tenant").tenant(None),
+        case("GET packs without tenant", Method::GET, format!("{ORCH}/packs"), Body::Empty, 400, "invalid_tenant").tenant(None),
+        case("GET runs with a garbage cursor", Method::GET, format!("{ORCH}/runs?cursor=garbage"), Body::Empty, 400, "invalid_field"),
         case("GET /jobs/{id} without tenant", Method::GET, format!("/jobs/{leased}"), Body::Empty, 400, "invalid_tenant").tenant(None),
         case("cancel without tenant", Method::POST, format!("/jobs/{queued}/cancel"), Body::Empty, 400, "invalid_tenant").tenant(None),
         case("POST runs without tenant", Method::POST, &runs, Body::Json(json!({})), 400, "invalid_tenant").tenant(None),

@@ -1,0 +1,301 @@
+//! `runsignal-load`: benchmarks of the first-signal read path.
+//!
+//! Starts a real server in-process on a temporary SQLite database, seeds
+//! runs through the public API, restarts the server (so the runtime and
+//! cache are empty), then measures over HTTP on loopback:
+//! - `cold`: the first read of each run (derived from its jobs),
+//! - `hit`:  repeated reads served from the run actors' memory,
+//! - `304`:  conditional reads with `If-None-Match`.
+//!
+//! Compare ratios within one run: the machines are shared and noisy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use runsignal::config::Config;
+use runsignal::Application;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmark first-signal reads: cold vs hit vs 304")]
+struct Args {
+    /// Runs to seed (one job each, leased and reporting progress).
+    #[arg(long, default_value_t = 2000)]
+    runs: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per timed phase (hit, 304).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// HTTP worker threads of the server.
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+}
+
+const T: &str = "bench";
+
+struct Phase {
+    name: &'static str,
+    hist: Histogram<u64>,
+    elapsed: Duration,
+    unexpected: usize,
+}
+
+impl Phase {
+    fn print(&self) {
+        let n = self.hist.len();
+        let rps = n as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{:<6} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            self.name,
+            n,
+            rps,
+            self.hist.value_at_quantile(0.50),
+            self.hist.value_at_quantile(0.90),
+            self.hist.value_at_quantile(0.99),
+            self.hist.max(),
+            self.unexpected
+        );
+    }
+}
+
+async fn start(dir: &std::path::Path, workers: usize) -> anyhow::Result<(Application, String)> {
+    let env = vec![
+        (
+            "RUNSIGNAL__Server__Bind".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        ("RUNSIGNAL__Server__Workers".to_owned(), workers.to_string()),
+        (
+            "RUNSIGNAL__Database__Url".to_owned(),
+            format!("sqlite://{}/bench.db", dir.display()),
+        ),
+        ("RUNSIGNAL__Logging__Level".to_owned(), "error".to_owned()),
+        // The lease sweeper is the only background store caller; keep it out
+        // of the measured window so the store-call count sees requests only.
+        (
+            "RUNSIGNAL__Jobs__LeaseSweepIntervalSeconds".to_owned(),
+            "3600".to_owned(),
+        ),
+    ];
+    let app = Application::build(Config::load_from(None, env)?).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    Ok((app, base))
+}
+
+/// Seed `n` runs: submit, lease, report progress (so each has a phase signal).
+async fn seed(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut runs = Vec::with_capacity(n);
+    let submit = |_| async {
+        let v: Value = client
+            .post(format!("{base}/jobs"))
+            .header("X-Tenant-Id", T)
+            .json(&json!({"pack": "external"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(v["run_id"].as_str().context("run_id")?.to_owned())
+    };
+    for chunk in (0..n).collect::<Vec<_>>().chunks(concurrency) {
+        for run in futures_util::future::join_all(chunk.iter().map(submit)).await {
+            runs.push(run?);
+        }
+    }
+    let lease_url = format!("{base}/api/v1/orchestrator/workers/lease");
+    loop {
+        let v: Value = client
+            .post(&lease_url)
+            .header("X-Tenant-Id", T)
+            .json(&json!({"workerId": "bench", "packs": ["external"], "max": 100, "leaseSeconds": 3600}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let jobs = v["jobs"].as_array().context("jobs")?.clone();
+        if jobs.is_empty() {
+            break;
+        }
+        let report = |job: &Value| {
+            let url = format!(
+                "{base}/api/v1/orchestrator/jobs/{}/progress",
+                job["jobId"].as_str().unwrap_or("")
+            );
+            let body = json!({"leaseId": job["leaseId"], "stage": "analyze", "step": "scan", "message": "scanning"});
+            client.post(url).header("X-Tenant-Id", T).json(&body).send()
+        };
+        for res in futures_util::future::join_all(jobs.iter().map(report)).await {
+            ensure!(res?.status() == 200, "progress report failed");
+        }
+    }
+    Ok(runs)
+}
+
+/// One GET per run, `concurrency` at a time; expects `source` on each answer.
+async fn read_each(
+    client: &reqwest::Client,
+    base: &str,
+    runs: &[String],
+    concurrency: usize,
+    source: &str,
+) -> anyhow::Result<(Phase, Vec<String>)> {
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut unexpected = 0;
+    let mut etags = Vec::with_capacity(runs.len());
+    let started = Instant::now();
+    for chunk in runs.chunks(concurrency) {
+        let reads = chunk.iter().map(|run| async move {
+            let t = Instant::now();
+            let res = client
+                .get(format!(
+                    "{base}/api/v1/orchestrator/runs/{run}/first-signal"
+                ))
+                .header("X-Tenant-Id", T)
+                .send()
+                .await?;
+            let us = t.elapsed().as_micros() as u64;
+            let src = res
+                .headers()
+                .get("x-firstsignal-source")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let etag = res
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            anyhow::Ok((us, src, etag))
+        });
+        for r in futures_util::future::join_all(reads).await {
+            let (us, src, etag) = r?;
+            hist.record(us.max(1))?;
+            unexpected += usize::from(src != source);
+            etags.push(etag);
+        }
+    }
+    Ok((
+        Phase {
+            name: "cold",
+            hist,
+            elapsed: started.elapsed(),
+            unexpected,
+        },
+        etags,
+    ))
+}
+
+/// `concurrency` loops of GETs for `seconds`; `conditional` sends If-None-Match.
+async fn hammer(
+    client: &reqwest::Client,
+    base: &str,
+    runs: &[String],
+    etags: &[String],
+    args: &Args,
+    conditional: bool,
+) -> anyhow::Result<Phase> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let want = if conditional { 304 } else { 200 };
+    let loops = (0..args.concurrency).map(|worker| async move {
+        let mut hist = Histogram::<u64>::new(3)?;
+        let mut unexpected = 0;
+        let mut i = worker * 7919;
+        while Instant::now() < deadline {
+            i = (i * 1_103_515_245 + 12_345) % runs.len().max(1);
+            let mut req = client
+                .get(format!(
+                    "{base}/api/v1/orchestrator/runs/{}/first-signal",
+                    runs[i]
+                ))
+                .header("X-Tenant-Id", T);
+            if conditional {
+                req = req.header("If-None-Match", &etags[i]);
+            }
+            let t = Instant::now();
+            let res = req.send().await?;
+            let status = res.status().as_u16();
+            let hit = res
+                .headers()
+                .get("cache-status")
+                .is_some_and(|v| v == "hit");
+            let _ = res.bytes().await?;
+            hist.record((t.elapsed().as_micros() as u64).max(1))?;
+            unexpected += usize::from(status != want || !hit);
+        }
+        anyhow::Ok((hist, unexpected))
+    });
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut unexpected = 0;
+    for r in futures_util::future::join_all(loops).await {
+        let (h, u) = r?;
+        hist.add(h)?;
+        unexpected += u;
+    }
+    Ok(Phase {
+        name: if conditional { "304" } else { "hit" },
+        hist,
+        elapsed: started.elapsed(),
+        unexpected,
+    })
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let (app, base) = start(dir.path(), args.server_workers).await?;
+    let handle = app.server_handle();
+    actix_rt::spawn(app.run_until_stopped());
+    let t = Instant::now();
+    let runs = seed(&client, &base, args.runs, args.concurrency).await?;
+    eprintln!(
+        "seeded {} runs in {:.1}s; restarting the server (empty runtime and cache)",
+        runs.len(),
+        t.elapsed().as_secs_f64()
+    );
+    handle.stop(true).await;
+
+    let (app, base) = start(dir.path(), args.server_workers).await?;
+    let state = app.state();
+    actix_rt::spawn(app.run_until_stopped());
+    let (cold, etags) = read_each(&client, &base, &runs, args.concurrency, "cold_start").await?;
+    let calls_before = state.queries.get();
+    let hit = hammer(&client, &base, &runs, &etags, &args, false).await?;
+    let not_modified = hammer(&client, &base, &runs, &etags, &args, true).await?;
+    let hot_calls = state.queries.get() - calls_before;
+
+    println!(
+        "runs={} concurrency={} server_workers={} seconds={}",
+        args.runs, args.concurrency, args.server_workers, args.seconds
+    );
+    println!(
+        "{:<6} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "phase", "requests", "req/s", "p50_us", "p90_us", "p99_us", "max_us", "unexpected"
+    );
+    for phase in [&cold, &hit, &not_modified] {
+        phase.print();
+    }
+    println!("store calls during hit+304 phases: {hot_calls}");
+    println!(
+        "p50 ratio cold/hit: {:.1}x",
+        cold.hist.value_at_quantile(0.5) as f64 / hit.hist.value_at_quantile(0.5).max(1) as f64
+    );
+    ensure!(hot_calls == 0, "hits must not touch the store");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    actix_rt::System::new().block_on(bench(args))
+}
