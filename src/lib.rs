@@ -45,12 +45,49 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub packs: Packs,
     pub queries: Arc<QueryCounter>,
+    /// Turns true when the process is stopping: open streams end cleanly.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    stopper: Stopper,
+}
+
+/// Graceful stop: refuse new connections, end open streams (clients get a
+/// `timeout` event and reconnect elsewhere), let in-flight requests finish
+/// within `Server.ShutdownTimeoutSeconds`.
+#[derive(Clone)]
+pub struct Stopper {
+    server: actix_web::dev::ServerHandle,
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        tracing::info!("stopping: ending open streams and finishing in-flight requests");
+        self.stopping.send_replace(true);
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registering a handler fails only outside a runtime or on exotic
+        // platforms; then Ctrl-C alone stops the process.
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Open the configured store (creating and migrating it).
@@ -106,7 +143,8 @@ impl Application {
             .with_context(|| format!("binding Server.Bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
         let workers = config.server.workers;
-        let shutdown = config.server.shutdown_timeout_seconds;
+        let shutdown_timeout = config.server.shutdown_timeout_seconds;
+        let (stopping, shutdown) = tokio::sync::watch::channel(false);
         let state = web::Data::new(AppState {
             config,
             store,
@@ -114,6 +152,7 @@ impl Application {
             metrics,
             packs,
             queries,
+            shutdown,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
@@ -128,16 +167,24 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .listen(listener)?
-        .shutdown_timeout(shutdown);
+        // Signals are ours (see `run_until_stopped`): streams must end first.
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout);
         if workers > 0 {
             server = server.workers(workers);
         }
         tasks::spawn_all(state.clone().into_inner());
         tracing::info!(port, "runsignal listening");
+        let server = server.run();
+        let stopper = Stopper {
+            server: server.handle(),
+            stopping: Arc::new(stopping),
+        };
         Ok(Application {
             port,
-            server: server.run(),
+            server,
             state,
+            stopper,
         })
     }
 
@@ -151,11 +198,17 @@ impl Application {
     }
 
     /// Stops the server from another task (tests restart with it).
-    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
     }
 
+    /// Serve until SIGTERM or SIGINT (or a [`Stopper`]), then stop gracefully.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let stopper = self.stopper.clone();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            stopper.stop().await;
+        });
         self.server.await
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use runsignal_actors::{LoadError, LoadedRun, RunKey, RunLoader, SignalView, Source};
+use runsignal_actors::{LoadError, LoadedRun, Published, RunKey, RunLoader, SignalView, Source};
 
 use crate::cache::FirstSignalCache;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, TimelineQuery};
 
 pub struct StoreLoader {
     pub store: Arc<dyn Store>,
@@ -20,34 +20,33 @@ pub struct StoreLoader {
 #[async_trait]
 impl RunLoader for StoreLoader {
     async fn load(&self, key: &RunKey) -> Result<Option<LoadedRun>, LoadError> {
-        if let Some(view) = self.cache.get(&key.tenant, &key.run_id) {
-            return Ok(Some(LoadedRun {
-                last_seq: view.seq,
-                signal: Some(view),
-                source: Source::Snapshot,
-            }));
-        }
         let err = |e: crate::store::StoreError| LoadError(e.to_string());
-        if let Some((signal, seq)) = self
-            .store
-            .get_snapshot(&key.tenant, &key.run_id)
-            .await
-            .map_err(err)?
-        {
-            let view = Arc::new(SignalView::new(signal, seq));
-            self.cache.put(&key.tenant, &key.run_id, view.clone());
+        let (tenant, run_id) = (&*key.tenant, &*key.run_id);
+        let cached = match self.cache.get(tenant, run_id) {
+            Some(view) => Some(view),
+            None => self
+                .store
+                .get_snapshot(tenant, run_id)
+                .await
+                .map_err(err)?
+                .map(|(signal, seq)| Arc::new(SignalView::new(signal, seq))),
+        };
+        if let Some(view) = cached {
+            // The signal is ready; where the timeline stands is one indexed
+            // row (a stream positions its subscribers by it).
+            let Some(head) = self.store.run_head(tenant, run_id).await.map_err(err)? else {
+                return Ok(None);
+            };
+            self.cache.put(tenant, run_id, view.clone());
             return Ok(Some(LoadedRun {
-                last_seq: seq,
+                last_seq: head.last_seq,
+                completed_seq: head.completed_seq,
                 signal: Some(view),
                 source: Source::Snapshot,
             }));
         }
         let started = Instant::now();
-        let cold = self
-            .store
-            .cold_run(&key.tenant, &key.run_id)
-            .await
-            .map_err(err)?;
+        let cold = self.store.cold_run(tenant, run_id).await.map_err(err)?;
         self.metrics
             .cold_path_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -56,13 +55,37 @@ impl RunLoader for StoreLoader {
                 .signal
                 .map(|(signal, seq)| Arc::new(SignalView::new(signal, seq)));
             if let Some(view) = &signal {
-                self.cache.put(&key.tenant, &key.run_id, view.clone());
+                self.cache.put(tenant, run_id, view.clone());
             }
             LoadedRun {
                 signal,
                 last_seq: run.last_seq,
+                completed_seq: run.completed_seq,
                 source: Source::ColdStart,
             }
         }))
+    }
+
+    async fn events_after(
+        &self,
+        key: &RunKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Arc<Published>>, LoadError> {
+        let query = TimelineQuery {
+            after,
+            limit,
+            correlation_id: None,
+        };
+        let stored = self
+            .store
+            .timeline(&key.tenant, &key.run_id, &query)
+            .await
+            .map_err(|e| LoadError(e.to_string()))?;
+        Ok(stored
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .map(Published::from_stored)
+            .collect())
     }
 }

@@ -10,10 +10,12 @@ pub mod envelope;
 pub mod loader;
 pub mod run;
 pub mod signal;
+pub mod subscriber;
 pub mod supervisor;
 
 pub use envelope::{new_ulid, Envelope};
 pub use loader::{LoadError, LoadedRun, Published, RunKey, RunLoader, Source};
-pub use run::{FirstSignalReply, GetFirstSignal, RunActor};
+pub use run::{FirstSignalReply, GetFirstSignal, RunActor, Subscribe, SubscribeReply, Unsubscribe};
 pub use signal::{JobFacts, JobState, Signal, SignalKind, SignalView};
+pub use subscriber::{Delivery, Filter, StreamKind, Wire};
 pub use supervisor::{ActorConfig, ActorHandle, Supervisor};

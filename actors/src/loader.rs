@@ -1,13 +1,13 @@
 //! What the runtime needs from the outside world: a way to load a run's
 //! current state. The store implements it; tests may use an in-memory one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::envelope::Envelope;
-use crate::signal::SignalView;
+use crate::signal::{Signal, SignalView};
 
 /// Identity of a run actor: runs are scoped by tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,8 +47,10 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct LoadedRun {
     pub signal: Option<Arc<SignalView>>,
-    /// Highest seq known at load time (0 when only a cached signal was read).
+    /// Highest seq in the run's timeline at load time.
     pub last_seq: u64,
+    /// Seq of the `run.completed` of a run that is complete now.
+    pub completed_seq: Option<u64>,
     pub source: Source,
 }
 
@@ -57,6 +59,15 @@ pub struct LoadedRun {
 pub trait RunLoader: Send + Sync + 'static {
     /// `Ok(None)`: no such run for the tenant.
     async fn load(&self, key: &RunKey) -> Result<Option<LoadedRun>, LoadError>;
+
+    /// Committed events with `after < seq`, in seq order, at most `limit`:
+    /// fills a gap in what was published to the actor.
+    async fn events_after(
+        &self,
+        key: &RunKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Arc<Published>>, LoadError>;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,6 +83,10 @@ pub struct Published {
     pub json: Bytes,
     /// For `signal.changed`: the new signal, ready to serve.
     pub signal: Option<Arc<SignalView>>,
+    /// SSE frames per stream kind, encoded on first use.
+    pub(crate) sse: [OnceLock<Arc<[Bytes]>>; 3],
+    /// WebSocket frames per stream kind, encoded on first use.
+    pub(crate) ws: [OnceLock<Arc<[Bytes]>>; 3],
 }
 
 impl Published {
@@ -81,6 +96,18 @@ impl Published {
             envelope,
             json,
             signal,
+            sse: Default::default(),
+            ws: Default::default(),
         })
+    }
+
+    /// An event read back from the timeline: a `signal.changed` carries its
+    /// signal in the payload (`{"etag", "signal"}`).
+    pub fn from_stored(envelope: Envelope) -> Arc<Published> {
+        let signal = (envelope.event_type == crate::envelope::types::SIGNAL_CHANGED)
+            .then(|| serde_json::from_value::<Signal>(envelope.payload.get("signal")?.clone()).ok())
+            .flatten()
+            .map(|s| Arc::new(SignalView::new(s, envelope.seq)));
+        Published::new(envelope, signal)
     }
 }

@@ -1,19 +1,31 @@
 //! `RunActor`: one per resident run. Holds the run's current signal (ETag and
-//! REST body pre-encoded), the last seq it has applied, and its subscribers.
-//! It loads itself through the [`RunLoader`] when it starts; messages that
-//! arrive meanwhile wait in its mailbox, so concurrent first readers share
-//! one cold computation.
+//! REST body pre-encoded), the last seq it has delivered, and its
+//! subscribers. It loads itself through the [`RunLoader`] when it starts;
+//! messages that arrive meanwhile wait in its mailbox, so concurrent first
+//! readers share one cold computation.
+//!
+//! Committed events can be published out of order (two writers commit seq 5
+//! and 6, the second publishes first): the actor holds early events until
+//! the gap closes and delivers strictly in seq order. A gap that outlives
+//! [`GAP_WAIT`] is filled from the store.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use crate::loader::{LoadError, LoadedRun, Published, RunKey, RunLoader, Source};
 use crate::signal::SignalView;
+use crate::subscriber::{Delivery, Filter, Subscriber, Wire};
 use crate::supervisor::{SlotShared, SupervisorInner};
+
+/// How long an out-of-order event waits for the ones before it before the
+/// actor reads the missing range from the store.
+pub const GAP_WAIT: Duration = Duration::from_millis(200);
 
 /// Read the run's current first signal.
 #[derive(Message)]
@@ -23,10 +35,24 @@ pub struct GetFirstSignal {
     pub warm: bool,
 }
 
-/// Apply committed events (in seq order) to the run's state.
+/// Apply committed events to the run's state and deliver them.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Apply(pub Arc<[Arc<Published>]>);
+
+/// Register a subscriber; live events with seq > `live_from` follow.
+#[derive(Message)]
+#[rtype(result = "SubscribeReply")]
+pub struct Subscribe {
+    pub filter: Filter,
+    pub wire: Wire,
+    pub tx: tokio::sync::mpsc::Sender<Delivery>,
+}
+
+/// Remove a subscriber (a closed queue is also removed on its own).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe(pub u64);
 
 /// Stop now: the supervisor chose this actor for eviction.
 #[derive(Message)]
@@ -52,6 +78,22 @@ pub enum FirstSignalReply {
     LoadFailed(LoadError),
 }
 
+/// Answer to [`Subscribe`].
+#[derive(Debug, Clone)]
+pub enum SubscribeReply {
+    NotFound,
+    LoadFailed(LoadError),
+    Subscribed {
+        id: u64,
+        /// The current signal (the run stream's first frame on connect).
+        signal: Option<Arc<SignalView>>,
+        /// Events up to this seq are in the store; later ones come live.
+        live_from: u64,
+        /// Seq of `run.completed` while the run is complete.
+        completed_seq: Option<u64>,
+    },
+}
+
 enum State {
     Loading,
     Ready,
@@ -70,7 +112,14 @@ pub struct RunActor {
     signal: Option<Arc<SignalView>>,
     /// Where the loaded signal came from; later readers are memory hits.
     load_source: Source,
+    /// Every event up to this seq has been applied and delivered.
     last_seq: u64,
+    /// Events that arrived ahead of a gap, by seq.
+    pending: BTreeMap<u64, Arc<Published>>,
+    gap_check: Option<SpawnHandle>,
+    completed_seq: Option<u64>,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
     last_activity: Instant,
 }
 
@@ -94,19 +143,28 @@ impl RunActor {
             signal: None,
             load_source: Source::ColdStart,
             last_seq: 0,
+            pending: BTreeMap::new(),
+            gap_check: None,
+            completed_seq: None,
+            subscribers: Vec::new(),
+            next_subscriber: 1,
             last_activity: Instant::now(),
         }
     }
 
-    fn loaded(&mut self, result: Result<Option<LoadedRun>, LoadError>) {
+    fn loaded(&mut self, result: Result<Option<LoadedRun>, LoadError>, ctx: &mut Context<Self>) {
         match result {
             Ok(Some(run)) => {
                 self.load_source = run.source;
-                self.last_seq = self.last_seq.max(run.last_seq);
+                self.last_seq = run.last_seq;
+                self.completed_seq = run.completed_seq;
                 if newer(&run.signal, &self.signal) {
                     self.signal = run.signal;
                 }
                 self.state = State::Ready;
+                // Events published while loading: keep only the newer ones.
+                self.pending = self.pending.split_off(&(self.last_seq + 1));
+                self.drain(ctx);
             }
             Ok(None) => self.state = State::Missing,
             Err(e) => {
@@ -124,15 +182,105 @@ impl RunActor {
         }
     }
 
+    /// Queue events, then deliver every one that is next in seq order.
+    fn accept(&mut self, events: &[Arc<Published>], ctx: &mut Context<Self>) {
+        for event in events {
+            if event.envelope.seq > self.last_seq {
+                self.pending.insert(event.envelope.seq, event.clone());
+            }
+        }
+        if matches!(self.state, State::Ready) {
+            self.drain(ctx);
+        }
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(event) = self.pending.remove(&(self.last_seq + 1)) {
+            self.last_seq += 1;
+            self.apply_one(&event);
+        }
+        if self.pending.is_empty() {
+            if let Some(handle) = self.gap_check.take() {
+                ctx.cancel_future(handle);
+            }
+        } else if self.gap_check.is_none() {
+            self.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
+                act.gap_check = None;
+                act.fill_gap(ctx);
+            }));
+        }
+    }
+
+    /// Read the events between `last_seq` and the first early one from the store.
+    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
+        let Some(&first_pending) = self.pending.keys().next() else {
+            return;
+        };
+        let (loader, key, after) = (self.loader.clone(), self.key.clone(), self.last_seq);
+        let missing = (first_pending - after - 1).min(10_000) as u32;
+        tracing::debug!(run_id = %key.run_id, after, missing, "filling an event gap from the store");
+        ctx.wait(
+            async move { loader.events_after(&key, after, missing).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(events) => act.accept(&events, ctx),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gap fill failed; retrying");
+                        act.drain(ctx);
+                    }
+                }),
+        );
+    }
+
     fn apply_one(&mut self, event: &Arc<Published>) {
-        let seq = event.envelope.seq;
+        let env = &event.envelope;
         if let Some(view) = &event.signal {
             if self.signal.as_ref().is_none_or(|cur| view.seq > cur.seq) {
                 self.signal = Some(view.clone());
             }
         }
-        self.last_seq = self.last_seq.max(seq);
+        match env.event_type.as_str() {
+            crate::envelope::types::RUN_COMPLETED => self.completed_seq = Some(env.seq),
+            crate::envelope::types::JOB_QUEUED => self.completed_seq = None,
+            _ => {}
+        }
+        let before = self.subscribers.len();
+        self.subscribers.retain(|sub| deliver(sub, event));
+        if self.subscribers.len() != before {
+            self.shared
+                .subscribers
+                .store(self.subscribers.len(), Ordering::Release);
+        }
     }
+}
+
+/// Send an event to one subscriber; `false` drops it (queue full or closed).
+fn deliver(sub: &Subscriber, event: &Published) -> bool {
+    let Some(name) = sub.filter.matches(&event.envelope) else {
+        return !sub.tx.is_closed();
+    };
+    let closes = sub.filter.closes_on(&event.envelope);
+    let frames = event.frames(sub.filter.kind, sub.wire, name);
+    for (i, bytes) in frames.iter().enumerate() {
+        let delivery = Delivery {
+            bytes: bytes.clone(),
+            seq: event.envelope.seq,
+            closes: closes && i + 1 == frames.len(),
+        };
+        match sub.tx.try_send(delivery) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::info!(
+                    subscriber = sub.id,
+                    seq = event.envelope.seq,
+                    "subscriber queue full, disconnecting it"
+                );
+                return false;
+            }
+            Err(TrySendError::Closed(_)) => return false,
+        }
+    }
+    true
 }
 
 /// Whether `candidate` is a later signal than `current`.
@@ -154,20 +302,24 @@ impl Actor for RunActor {
         // that arrives meanwhile sees the loaded state.
         ctx.wait(async move { loader.load(&key).await }.into_actor(self).map(
             |result, act, ctx| {
-                act.loaded(result);
+                act.loaded(result, ctx);
                 if !matches!(act.state, State::Ready) {
-                    // Unknown run or failed load: leave the map at once so
-                    // the next reader loads afresh, answer what is already
-                    // queued, then stop.
+                    // Unknown run or failed load: leave the map at once so the
+                    // next reader loads afresh, answer what is already queued,
+                    // then stop.
                     act.deregister();
                     ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
                 }
             },
         ));
-        let tick = (self.idle_evict / 4).max(Duration::from_millis(50));
+        let tick = (self.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         ctx.run_interval(tick, |act, ctx| {
+            act.subscribers.retain(|s| !s.tx.is_closed());
+            act.shared
+                .subscribers
+                .store(act.subscribers.len(), Ordering::Release);
             let idle = act.last_activity.elapsed() >= act.idle_evict;
-            if idle && act.shared.subscribers.load(Ordering::Acquire) == 0 {
+            if idle && act.subscribers.is_empty() {
                 tracing::debug!(run_id = %act.key.run_id, "evicting idle run actor");
                 act.deregister();
                 ctx.stop();
@@ -215,11 +367,51 @@ impl Handler<GetFirstSignal> for RunActor {
 impl Handler<Apply> for RunActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Apply, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
-        for event in msg.0.iter() {
-            self.apply_one(event);
-        }
+        self.accept(&msg.0, ctx);
+    }
+}
+
+impl Handler<Subscribe> for RunActor {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        MessageResult(match &self.state {
+            State::Missing => SubscribeReply::NotFound,
+            State::Broken(e) => SubscribeReply::LoadFailed(e.clone()),
+            State::Loading | State::Ready => {
+                let id = self.next_subscriber;
+                self.next_subscriber += 1;
+                self.subscribers.push(Subscriber {
+                    id,
+                    filter: msg.filter,
+                    wire: msg.wire,
+                    tx: msg.tx,
+                });
+                self.shared
+                    .subscribers
+                    .store(self.subscribers.len(), Ordering::Release);
+                SubscribeReply::Subscribed {
+                    id,
+                    signal: self.signal.clone(),
+                    live_from: self.last_seq,
+                    completed_seq: self.completed_seq,
+                }
+            }
+        })
+    }
+}
+
+impl Handler<Unsubscribe> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Context<Self>) {
+        self.subscribers.retain(|s| s.id != msg.0);
+        self.shared
+            .subscribers
+            .store(self.subscribers.len(), Ordering::Release);
     }
 }
 

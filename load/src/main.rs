@@ -255,7 +255,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let (app, base) = start(dir.path(), args.server_workers).await?;
-    let handle = app.server_handle();
+    let handle = app.stopper();
     actix_rt::spawn(app.run_until_stopped());
     let t = Instant::now();
     let runs = seed(&client, &base, args.runs, args.concurrency).await?;
@@ -264,7 +264,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         runs.len(),
         t.elapsed().as_secs_f64()
     );
-    handle.stop(true).await;
+    handle.stop().await;
 
     let (app, base) = start(dir.path(), args.server_workers).await?;
     let state = app.state();

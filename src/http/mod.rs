@@ -7,6 +7,7 @@ pub mod first_signal;
 pub mod jobs;
 pub mod ops;
 pub mod runs;
+pub mod streams;
 pub mod workers;
 
 use actix_web::body::MessageBody;
@@ -44,7 +45,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/jobs/{jobId}/progress").post(workers::progress))
                 .service(web::resource("/jobs/{jobId}/complete").post(workers::complete))
                 .service(web::resource("/jobs/{jobId}/fail").post(workers::fail))
-                .service(web::resource("/packs").get(ops::packs)),
+                .service(web::resource("/packs").get(ops::packs))
+                .service(web::resource("/stream/runs/{runId}").get(streams::run_stream))
+                .service(web::resource("/stream/jobs/{jobId}").get(streams::job_stream))
+                .service(web::resource("/stream/pack-runs/{jobId}").get(streams::pack_run_stream)),
         );
     }
     cfg.service(

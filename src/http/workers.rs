@@ -317,6 +317,8 @@ pub struct FailBody {
     pub code: Option<String>,
     pub message: String,
     pub log_range: Option<LogRange>,
+    /// Exit code of the failed step's process, if any.
+    pub exit_code: Option<i64>,
 }
 
 #[utoipa::path(
@@ -367,6 +369,7 @@ pub async fn fail(
         code,
         message: b.message,
         log_range: b.log_range.map(|r| (r.start, r.end)),
+        exit_code: b.exit_code,
         correlation_id: corr.0,
     };
     let job = state

@@ -54,6 +54,8 @@ pub struct Written<T> {
 #[derive(Debug, Clone)]
 pub struct ColdRun {
     pub last_seq: u64,
+    /// Seq of `run.completed` while the run is complete.
+    pub completed_seq: Option<u64>,
     /// The derived signal and the seq of the `signal.changed` that carried it.
     pub signal: Option<(Signal, u64)>,
 }
@@ -117,6 +119,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cold path: the run's signal derived from its jobs now (`None`: no run).
     async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>>;
+    /// The run's last seq and completion (`None`: no run).
+    async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>>;
+    /// Seq of the job's terminal state event (`None` while it runs).
+    async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>>;
     /// A snapshot written by the snapshot writer, if any.
     async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>>;
     /// Store derived signals of runs updated since `since_ms`; returns how many.
@@ -126,6 +132,14 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&str>,
         max: u32,
     ) -> StoreResult<usize>;
+}
+
+/// Where a run's timeline stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunHead {
+    pub last_seq: u64,
+    /// Seq of `run.completed` while the run is complete.
+    pub completed_seq: Option<u64>,
 }
 
 /// Counts store calls: the proof that first-signal hits never reach the store.

@@ -102,6 +102,7 @@ pub struct JobRecord {
     pub state_changed_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub step_started_at: Option<i64>,
 }
 
 impl JobRecord {
@@ -208,6 +209,8 @@ pub struct Failure {
     pub code: String,
     pub message: String,
     pub log_range: Option<(i64, i64)>,
+    /// Exit code of the failed step, when the worker ran a process.
+    pub exit_code: Option<i64>,
     pub correlation_id: String,
 }
 

@@ -207,22 +207,22 @@ impl WriteTx {
         }
         let status = run_status(&jobs);
         if status != old_status {
-            sqlx::query("UPDATE runs SET status = $1 WHERE tenant_id = $2 AND run_id = $3")
+            let completed_seq = if matches!(status, "succeeded" | "failed" | "canceled") {
+                let payload = json!({"status": status});
+                Some(
+                    self.append(tenant, run, None, types::RUN_COMPLETED, payload)
+                        .await? as i64,
+                )
+            } else {
+                None
+            };
+            sqlx::query("UPDATE runs SET status = $1, completed_seq = $2 WHERE tenant_id = $3 AND run_id = $4")
                 .bind(status)
+                .bind(completed_seq)
                 .bind(tenant)
                 .bind(run)
                 .execute(&mut *self.tx)
                 .await?;
-            if matches!(status, "succeeded" | "failed" | "canceled") {
-                self.append(
-                    tenant,
-                    run,
-                    None,
-                    types::RUN_COMPLETED,
-                    json!({"status": status}),
-                )
-                .await?;
-            }
         }
         Ok(())
     }
@@ -259,6 +259,59 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Close the job's running step, if one is running (`step.finished`).
+    async fn finish_step(
+        &mut self,
+        job: &JobRecord,
+        status: &str,
+        exit_code: Option<i64>,
+    ) -> StoreResult<()> {
+        let (Some(index), Some(started)) = (job.step_index, job.step_started_at) else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE jobs SET step_started_at = NULL WHERE job_id = $1")
+            .bind(&job.job_id)
+            .execute(&mut *self.tx)
+            .await?;
+        let payload = json!({"stepIndex": index, "stepName": job.step, "status": status, "exitCode": exit_code,
+                             "startedAt": rfc3339(started), "finishedAt": rfc3339(self.now)});
+        self.append(
+            &job.tenant_id,
+            &job.run_id,
+            Some(&job.job_id),
+            types::STEP_FINISHED,
+            payload,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Start step `index` (`step.started`), closing the previous one as succeeded.
+    async fn start_step(
+        &mut self,
+        job: &JobRecord,
+        index: i64,
+        name: Option<&str>,
+    ) -> StoreResult<()> {
+        self.finish_step(job, "succeeded", None).await?;
+        sqlx::query("UPDATE jobs SET step_started_at = $1 WHERE job_id = $2")
+            .bind(self.now)
+            .bind(&job.job_id)
+            .execute(&mut *self.tx)
+            .await?;
+        let payload = json!({"stepIndex": index, "stepName": name, "status": "running", "exitCode": null,
+                             "startedAt": rfc3339(self.now), "finishedAt": null});
+        self.append(
+            &job.tenant_id,
+            &job.run_id,
+            Some(&job.job_id),
+            types::STEP_STARTED,
+            payload,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A failure with attempts left requeues the job; otherwise it fails.
     async fn fail_or_retry(
         &mut self,
@@ -267,7 +320,9 @@ impl WriteTx {
         code: &str,
         message: &str,
         range: Option<(i64, i64)>,
+        exit_code: Option<i64>,
     ) -> StoreResult<()> {
+        self.finish_step(job, "failed", exit_code).await?;
         let error = json!({"code": code, "message": message});
         if retryable && job.attempt < job.max_attempts {
             let payload =
@@ -548,6 +603,7 @@ impl Store for SqliteStore {
         if job.job_state().is_terminal() {
             return Err(StoreError::InvalidState(job.state));
         }
+        w.finish_step(&job, "failed", None).await?;
         w.transition(&job, JobState::Canceled, json!({})).await?;
         w.refresh_run(tenant, &job.run_id).await?;
         let job = w.job(tenant, job_id).await?;
@@ -639,6 +695,13 @@ impl Store for SqliteStore {
         let job = w.leased_job(tenant, job_id, &r.lease_id).await?;
         if job.job_state() == JobState::Loading {
             w.transition(&job, JobState::Working, json!({})).await?;
+        }
+        // Steps are keyed by `stepIndex`: a new index starts a step (and ends
+        // the one before it as succeeded).
+        if let Some(index) = r.step_index {
+            if job.step_started_at.is_none() || job.step_index != Some(index) {
+                w.start_step(&job, index, r.step.as_deref()).await?;
+            }
         }
         // The transition cleared the lease columns: restore and extend them.
         let until = w.now + job.lease_seconds.unwrap_or(60) * 1000;
@@ -738,6 +801,7 @@ impl Store for SqliteStore {
             .execute(&mut *w.tx)
             .await?;
         let result = done.result.clone().unwrap_or(Value::Null);
+        w.finish_step(&job, "succeeded", None).await?;
         w.transition(&job, JobState::Done, json!({"result": result}))
             .await?;
         w.refresh_run(tenant, &job.run_id).await?;
@@ -756,8 +820,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Written<JobRecord>> {
         let mut w = self.begin(&f.correlation_id).await?;
         let job = w.leased_job(tenant, job_id, &f.lease_id).await?;
-        w.fail_or_retry(&job, f.retryable, &f.code, &f.message, f.log_range)
-            .await?;
+        w.fail_or_retry(
+            &job,
+            f.retryable,
+            &f.code,
+            &f.message,
+            f.log_range,
+            f.exit_code,
+        )
+        .await?;
         w.refresh_run(tenant, &job.run_id).await?;
         let job = w.job(tenant, job_id).await?;
         Ok(Written {
@@ -780,7 +851,7 @@ impl Store for SqliteStore {
                 "lease held by {} expired",
                 job.lease_worker.as_deref().unwrap_or("a worker")
             );
-            w.fail_or_retry(job, true, "lease_expired", &message, None)
+            w.fail_or_retry(job, true, "lease_expired", &message, None, None)
                 .await?;
             w.refresh_run(&job.tenant_id, &job.run_id).await?;
         }
@@ -817,14 +888,14 @@ impl Store for SqliteStore {
 
     async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>> {
         self.queries.hit();
-        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT last_seq, signal_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
+        let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT last_seq, signal_seq, completed_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
         )
         .bind(tenant)
         .bind(run_id)
         .fetch_optional(&self.reader)
         .await?;
-        let Some((last_seq, signal_seq)) = row else {
+        let Some((last_seq, signal_seq, completed_seq)) = row else {
             return Ok(None);
         };
         let jobs: Vec<JobRecord> =
@@ -837,7 +908,36 @@ impl Store for SqliteStore {
         let signal = derive(run_id, &facts).map(|s| (s, signal_seq.unwrap_or(last_seq) as u64));
         Ok(Some(ColdRun {
             last_seq: last_seq as u64,
+            completed_seq: completed_seq.map(|s| s as u64),
             signal,
+        }))
+    }
+
+    async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>> {
+        self.queries.hit();
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(seq) FROM events WHERE tenant_id = $1 AND job_id = $2
+               AND type IN ('job.done', 'job.failed', 'job.canceled')",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>> {
+        self.queries.hit();
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT last_seq, completed_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
+        )
+        .bind(tenant)
+        .bind(run_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(last, completed)| RunHead {
+            last_seq: last as u64,
+            completed_seq: completed.map(|s| s as u64),
         }))
     }
 

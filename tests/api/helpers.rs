@@ -20,7 +20,7 @@ pub struct TestApp {
     pub state: web::Data<AppState>,
     pub dir: Arc<TempDir>,
     pub env: Vec<(String, String)>,
-    pub server: actix_web::dev::ServerHandle,
+    pub server: runsignal::Stopper,
 }
 
 /// A server on an ephemeral port with a fresh database.
@@ -51,7 +51,7 @@ async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
     let app = Application::build(config).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
-    let server = app.server_handle();
+    let server = app.stopper();
     actix_rt::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -70,7 +70,7 @@ async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
 impl TestApp {
     /// Stop this server and start a new one on the same database.
     pub async fn restart(self, settings: &[(&str, &str)]) -> TestApp {
-        self.server.stop(true).await;
+        self.server.stop().await;
         start(self.dir.clone(), settings).await
     }
 

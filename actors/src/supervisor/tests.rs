@@ -2,16 +2,18 @@
 use super::*;
 use crate::envelope::{new_ulid, types, NewEnvelope};
 use crate::loader::{LoadError, LoadedRun, Source};
-use crate::run::{Crash, FirstSignalReply, GetFirstSignal};
+use crate::run::{Crash, FirstSignalReply, GetFirstSignal, Subscribe, SubscribeReply};
 use crate::signal::{derive, JobFacts, JobState, SignalView};
+use crate::subscriber::{Delivery, Filter, StreamKind, Wire};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Runs and their current signals; counts every load.
+/// Runs, their current signals and timelines; counts every load.
 #[derive(Default)]
 struct MemLoader {
     runs: Mutex<HashMap<RunKey, Option<Arc<SignalView>>>>,
+    timeline: Mutex<Vec<Arc<Published>>>,
     loads: AtomicUsize,
 }
 
@@ -24,9 +26,25 @@ impl RunLoader for MemLoader {
         let runs = self.runs.lock().unwrap();
         Ok(runs.get(key).map(|signal| LoadedRun {
             last_seq: signal.as_ref().map_or(0, |s| s.seq),
+            completed_seq: None,
             signal: signal.clone(),
             source: Source::ColdStart,
         }))
+    }
+
+    async fn events_after(
+        &self,
+        _key: &RunKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Arc<Published>>, LoadError> {
+        let timeline = self.timeline.lock().unwrap();
+        Ok(timeline
+            .iter()
+            .filter(|e| e.envelope.seq > after)
+            .take(limit as usize)
+            .cloned()
+            .collect())
     }
 }
 
@@ -170,8 +188,8 @@ async fn published_signal_changes_are_served_and_stale_ones_ignored() {
     let (sup, loader) = setup(ActorConfig::default(), &["r1"]);
     read(&sup, "r1").await;
     let key = RunKey::new("t", "r1");
-    let newer = view("r1", JobState::Working, 5);
-    let older = view("r1", JobState::Loading, 4);
+    let newer = view("r1", JobState::Working, 4);
+    let older = view("r1", JobState::Loading, 3);
     let event = |v: &Arc<SignalView>| {
         let env = NewEnvelope {
             event_id: new_ulid(),
@@ -195,4 +213,181 @@ async fn published_signal_changes_are_served_and_stale_ones_ignored() {
         1,
         "no reload for published events"
     );
+}
+
+fn event(run: &str, seq: u64, ty: &'static str, job: Option<&str>, corr: &str) -> Arc<Published> {
+    let env = NewEnvelope {
+        event_id: new_ulid(),
+        event_type: ty,
+        tenant_id: "t",
+        run_id: run,
+        job_id: job,
+        seq,
+        occurred_at: "2026-11-22T08:00:00.000Z".into(),
+        correlation_id: corr,
+        payload: serde_json::json!({"n": seq}),
+    }
+    .seal();
+    Published::new(env, None)
+}
+
+async fn subscribe(
+    sup: &Supervisor,
+    run: &str,
+    filter: Filter,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<Delivery> {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let addr = sup.lookup(&RunKey::new("t", run)).addr;
+    match addr
+        .send(Subscribe {
+            filter,
+            wire: Wire::Sse,
+            tx,
+        })
+        .await
+        .unwrap()
+    {
+        SubscribeReply::Subscribed { live_from, .. } => assert_eq!(live_from, 2),
+        other => panic!("{other:?}"),
+    }
+    rx
+}
+
+fn seqs(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Ok(d) = rx.try_recv() {
+        out.push(d.seq);
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn out_of_order_publishes_are_delivered_in_seq_order() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let mut rx = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 64).await;
+    let key = RunKey::new("t", "r1");
+    for seq in [5, 3, 4, 4, 2] {
+        sup.publish(
+            &key,
+            vec![event("r1", seq, types::JOB_PROGRESS, Some("j"), "c")].into(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        seqs(&mut rx),
+        vec![3, 4, 5],
+        "in order, once each, nothing at or below live_from"
+    );
+}
+
+#[actix_rt::test]
+async fn a_gap_that_persists_is_filled_from_the_store() {
+    tokio::time::pause();
+    let (sup, loader) = setup(ActorConfig::default(), &["r1"]);
+    loader
+        .timeline
+        .lock()
+        .unwrap()
+        .push(event("r1", 3, types::JOB_PROGRESS, Some("j"), "c"));
+    let mut rx = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 64).await;
+    let key = RunKey::new("t", "r1");
+    sup.publish(
+        &key,
+        vec![
+            event("r1", 4, types::JOB_PROGRESS, Some("j"), "c"),
+            event("r1", 5, types::JOB_QUEUED, Some("j"), "c"),
+        ]
+        .into(),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(seqs(&mut rx).is_empty(), "held back behind the gap");
+    tokio::time::sleep(crate::run::GAP_WAIT + Duration::from_millis(50)).await;
+    assert_eq!(seqs(&mut rx), vec![3, 4, 5]);
+}
+
+#[actix_rt::test]
+async fn a_full_queue_drops_only_that_subscriber_and_frames_are_shared() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let mut slow = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 2).await;
+    let mut fast = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 64).await;
+    let mut other = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 64).await;
+    let key = RunKey::new("t", "r1");
+    let events: Vec<_> = (3..13)
+        .map(|s| event("r1", s, types::JOB_PROGRESS, Some("j"), "c"))
+        .collect();
+    sup.publish(&key, events.into());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let a: Vec<Delivery> = std::iter::from_fn(|| fast.try_recv().ok()).collect();
+    let b: Vec<Delivery> = std::iter::from_fn(|| other.try_recv().ok()).collect();
+    assert_eq!(
+        a.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        (3..13).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x.bytes.as_ptr(),
+            y.bytes.as_ptr(),
+            "one encoding shared by every subscriber"
+        );
+    }
+    assert_eq!(seqs(&mut slow), vec![3, 4], "what fit in its queue");
+    assert!(slow.recv().await.is_none(), "then its stream ends");
+}
+
+#[actix_rt::test]
+async fn filters_select_by_job_event_name_and_correlation() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let mut job = Filter::new(StreamKind::Job);
+    job.job_id = Some("j1".into());
+    let mut job_rx = subscribe(&sup, "r1", job, 64).await;
+    let mut only_progress = Filter::new(StreamKind::Run);
+    only_progress.events = Some(vec!["progress".into()]);
+    only_progress.correlation_id = Some("c1".into());
+    let mut run_rx = subscribe(&sup, "r1", only_progress, 64).await;
+    let mut pack = Filter::new(StreamKind::PackRun);
+    pack.job_id = Some("j1".into());
+    let mut pack_rx = subscribe(&sup, "r1", pack, 64).await;
+    let key = RunKey::new("t", "r1");
+    let events = vec![
+        event("r1", 3, types::JOB_PROGRESS, Some("j1"), "c1"),
+        event("r1", 4, types::JOB_PROGRESS, Some("j2"), "c2"),
+        event("r1", 5, types::LOG, Some("j1"), "c1"),
+        event("r1", 6, types::STEP_STARTED, Some("j1"), "c1"),
+        event("r1", 7, types::JOB_DONE, Some("j1"), "c1"),
+    ];
+    sup.publish(&key, events.into());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(seqs(&mut job_rx), vec![3, 5, 6, 7]);
+    assert_eq!(seqs(&mut run_rx), vec![3]);
+    let pack_frames: Vec<Delivery> = std::iter::from_fn(|| pack_rx.try_recv().ok()).collect();
+    assert_eq!(
+        pack_frames.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    assert!(
+        pack_frames.last().unwrap().closes,
+        "the job's end closes its pack-run stream"
+    );
+    let text = String::from_utf8(pack_frames[1].bytes.to_vec()).unwrap();
+    assert!(
+        text.starts_with("id: 6\nevent: step\ndata: {") && text.ends_with("}\n\n"),
+        "{text}"
+    );
+}
+
+#[actix_rt::test]
+async fn subscribers_keep_an_idle_actor_resident() {
+    tokio::time::pause();
+    let config = ActorConfig {
+        idle_evict: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (sup, _) = setup(config, &["r1"]);
+    let rx = subscribe(&sup, "r1", Filter::new(StreamKind::Run), 8).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sup.len(), 1, "a watched run is not evicted");
+    drop(rx);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(sup.len(), 0, "evicted once its last subscriber left");
 }

@@ -1,0 +1,393 @@
+//! Server-Sent Events (SPEC §5.1): `{prefix}/stream/runs/{runId}`,
+//! `{prefix}/stream/jobs/{jobId}`, `{prefix}/stream/pack-runs/{jobId}`.
+//!
+//! A stream subscribes to the run's actor first and learns `live_from`, the
+//! last seq the actor has delivered; a resuming client then gets the events
+//! in `(last id, live_from]` from the store, followed by the live events
+//! (`> live_from`) from its queue: no gap, no duplicate.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use runsignal_actors::subscriber::sse_frame;
+use runsignal_actors::{
+    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
+    Unsubscribe, Wire,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::errors::{ApiError, ErrorCode};
+use super::extract::{job_id, parse_query, run_id, Tenant};
+use crate::store::TimelineQuery;
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamParams {
+    /// Resume after this seq (what `Last-Event-ID` carries).
+    pub last_event_id: Option<String>,
+    /// Comma-separated stream event names to keep.
+    pub events: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Tenant for clients that cannot set headers (EventSource).
+    pub tenant: Option<String>,
+}
+
+/// The filter and resume point a stream request asks for.
+pub fn stream_filter(
+    kind: StreamKind,
+    events: Option<&str>,
+    correlation_id: Option<String>,
+) -> Result<Filter, ApiError> {
+    let mut filter = Filter::new(kind);
+    if let Some(list) = events {
+        let names: Vec<String> = list
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !kind.event_names().contains(&n.as_str()))
+        {
+            let allowed = kind.event_names().join(", ");
+            return Err(ApiError::field(
+                "events",
+                format!("`{bad}` is not an event of this stream; allowed: {allowed}"),
+            ));
+        }
+        filter.events = Some(names);
+    }
+    filter.correlation_id = correlation_id;
+    Ok(filter)
+}
+
+fn last_event_id(req: &HttpRequest, q: &StreamParams) -> Result<Option<u64>, ApiError> {
+    let raw = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.last_event_id.clone());
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::field("lastEventId", "must be a seq (a non-negative integer)")),
+    }
+}
+
+/// Subscribe to the run's actor (retrying once if it stopped meanwhile).
+pub async fn subscribe(
+    state: &AppState,
+    key: &RunKey,
+    filter: Filter,
+    wire: Wire,
+    tx: mpsc::Sender<Delivery>,
+) -> Result<(Addr<RunActor>, SubscribeReply), ApiError> {
+    for _ in 0..2 {
+        let addr = state.engine.supervisor.lookup(key).addr;
+        let msg = Subscribe {
+            filter: filter.clone(),
+            wire,
+            tx: tx.clone(),
+        };
+        if let Ok(reply) = addr.send(msg).await {
+            return Ok((addr, reply));
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::StoreUnavailable,
+        "the run's actor could not be reached",
+    ))
+}
+
+/// Where a new stream starts.
+struct Plan {
+    key: RunKey,
+    kind: StreamKind,
+    filter: Filter,
+    /// Sent first (the run stream's current `first_signal` on a fresh connect).
+    first: Option<Bytes>,
+    /// Replay `(after, upto]` from the store before going live.
+    replay: Option<(u64, u64)>,
+}
+
+pub async fn run_stream(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = run_id(&path)?;
+    let q: StreamParams = parse_query(&req)?;
+    let filter = stream_filter(
+        StreamKind::Run,
+        q.events.as_deref(),
+        q.correlation_id.clone(),
+    )?;
+    let last = last_event_id(&req, &q)?;
+    let key = RunKey::new(&tenant.0, &run_id);
+    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
+    let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::Sse, tx).await?;
+    let (id, signal, live_from, completed_seq) = match reply {
+        SubscribeReply::Subscribed {
+            id,
+            signal,
+            live_from,
+            completed_seq,
+        } => (id, signal, live_from, completed_seq),
+        SubscribeReply::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::RunNotFound,
+                "no such run for this tenant",
+            ))
+        }
+        SubscribeReply::LoadFailed(e) => {
+            return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
+        }
+    };
+    let plan = match last {
+        // The client has seen the run complete: EventSource stops on 204.
+        Some(last) if completed_seq.is_some_and(|c| last >= c) => {
+            addr.do_send(Unsubscribe(id));
+            return Ok(HttpResponse::NoContent().finish());
+        }
+        Some(last) => Plan {
+            key,
+            kind: StreamKind::Run,
+            filter,
+            first: None,
+            replay: Some((last, live_from)),
+        },
+        None => {
+            let corr = req
+                .headers()
+                .get("x-correlation-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let first = signal.filter(|_| filter.wants("first_signal")).map(|view| {
+                let data =
+                    view.stream_data(&format!("{}:{}", run_id, view.seq), "snapshot", true, &corr);
+                sse_frame(view.seq, "first_signal", &[data])
+            });
+            // A complete run also sends its `completed` and ends.
+            let replay = completed_seq.map(|c| (c - 1, c));
+            Plan {
+                key,
+                kind: StreamKind::Run,
+                filter,
+                first,
+                replay,
+            }
+        }
+    };
+    Ok(open(&state, addr, id, plan, rx))
+}
+
+pub async fn job_stream(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    job_or_pack_stream(req, tenant, path, state, StreamKind::Job).await
+}
+
+pub async fn pack_run_stream(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    job_or_pack_stream(req, tenant, path, state, StreamKind::PackRun).await
+}
+
+async fn job_or_pack_stream(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    kind: StreamKind,
+) -> Result<HttpResponse, ApiError> {
+    let job_id = job_id(&path)?;
+    let q: StreamParams = parse_query(&req)?;
+    let mut filter = stream_filter(kind, q.events.as_deref(), q.correlation_id.clone())?;
+    filter.job_id = Some(job_id.as_str().into());
+    let last = last_event_id(&req, &q)?;
+    let job = state.store.get_job(&tenant.0, &job_id).await?;
+    let key = RunKey::new(&tenant.0, &job.run_id);
+    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
+    let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::Sse, tx).await?;
+    let (id, live_from) = match reply {
+        SubscribeReply::Subscribed { id, live_from, .. } => (id, live_from),
+        SubscribeReply::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::JobNotFound,
+                "no such job for this tenant",
+            ))
+        }
+        SubscribeReply::LoadFailed(e) => {
+            return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
+        }
+    };
+    // Read after subscribing: a job that ends meanwhile is either here or live.
+    let terminal = state.store.job_terminal_seq(&tenant.0, &job_id).await?;
+    let replay = match (last, terminal) {
+        (Some(last), Some(end)) if last >= end => {
+            addr.do_send(Unsubscribe(id));
+            return Ok(HttpResponse::NoContent().finish());
+        }
+        (Some(last), _) => Some((last, live_from)),
+        (None, Some(end)) => Some((end - 1, end)),
+        (None, None) => None,
+    };
+    Ok(open(
+        &state,
+        addr,
+        id,
+        Plan {
+            key,
+            kind,
+            filter,
+            first: None,
+            replay,
+        },
+        rx,
+    ))
+}
+
+/// Start the pump task and answer with its frames as the SSE body.
+fn open(
+    state: &web::Data<AppState>,
+    addr: Addr<RunActor>,
+    id: u64,
+    plan: Plan,
+    live: mpsc::Receiver<Delivery>,
+) -> HttpResponse {
+    // Small: the pump waits on a slow client here, while the subscriber's
+    // own queue (`Streams.BufferSize`) absorbs the run's bursts.
+    let (out, body) = mpsc::channel::<Bytes>(16);
+    actix_rt::spawn(pump(state.clone().into_inner(), addr, id, plan, live, out));
+    let stream = futures_util::stream::unfold(body, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}
+
+/// Why a stream ended.
+enum End {
+    /// The run or job completed, the subscriber was dropped, or the client left.
+    Done,
+    /// `Streams.MaxDurationSeconds` or shutdown: tell the client to reconnect.
+    Timeout,
+}
+
+async fn pump(
+    state: Arc<AppState>,
+    addr: Addr<RunActor>,
+    id: u64,
+    plan: Plan,
+    mut live: mpsc::Receiver<Delivery>,
+    out: mpsc::Sender<Bytes>,
+) {
+    let streams = &state.config.streams;
+    let end = async {
+        out.send(Bytes::from(format!("retry: {}\n\n", streams.retry_ms))).await.ok()?;
+        if let Some(first) = plan.first {
+            out.send(first).await.ok()?;
+        }
+        if let Some((after, upto)) = plan.replay {
+            if replay(&state, &plan.key, plan.kind, &plan.filter, after, upto, &out).await? {
+                return Some(End::Done);
+            }
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(streams.heartbeat_interval_seconds));
+        heartbeat.tick().await;
+        let deadline = tokio::time::sleep(Duration::from_secs(streams.max_duration_seconds));
+        tokio::pin!(deadline);
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                delivery = live.recv() => {
+                    let Some(d) = delivery else { return Some(End::Done) };
+                    out.send(d.bytes).await.ok()?;
+                    if d.closes {
+                        return Some(End::Done);
+                    }
+                }
+                _ = heartbeat.tick() => out.send(Bytes::from_static(b": heartbeat\n\n")).await.ok()?,
+                _ = &mut deadline => return Some(End::Timeout),
+                _ = shutdown.wait_for(|stop| *stop) => return Some(End::Timeout),
+            }
+        }
+    }
+    .await;
+    if let Some(End::Timeout) = end {
+        let _ = out
+            .send(Bytes::from_static(b"event: timeout\ndata: {}\n\n"))
+            .await;
+    }
+    addr.do_send(Unsubscribe(id));
+}
+
+/// Send the stored events in `(after, upto]` that the stream carries.
+/// `Some(true)`: one of them ended the stream; `None`: the client left.
+async fn replay(
+    state: &AppState,
+    key: &RunKey,
+    kind: StreamKind,
+    filter: &Filter,
+    mut after: u64,
+    upto: u64,
+    out: &mpsc::Sender<Bytes>,
+) -> Option<bool> {
+    const PAGE: u32 = 500;
+    while after < upto {
+        let limit = PAGE.min((upto - after) as u32);
+        let query = TimelineQuery {
+            after,
+            limit,
+            correlation_id: None,
+        };
+        let page = state
+            .store
+            .timeline(&key.tenant, &key.run_id, &query)
+            .await
+            .ok()?;
+        if page.is_empty() {
+            break;
+        }
+        for json in &page {
+            let Ok(envelope) = serde_json::from_str::<Envelope>(json) else {
+                continue;
+            };
+            after = envelope.seq;
+            let event = Published::from_stored(envelope);
+            let Some(name) = filter.matches(&event.envelope) else {
+                continue;
+            };
+            for frame in event.frames(kind, Wire::Sse, name).iter() {
+                out.send(frame.clone()).await.ok()?;
+            }
+            if filter.closes_on(&event.envelope) {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
+}
