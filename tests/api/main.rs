@@ -8,5 +8,6 @@ mod first_signal;
 mod jobs;
 mod ops;
 mod runs;
+mod streams;
 mod tenants;
 mod workers;
