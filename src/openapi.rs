@@ -17,7 +17,7 @@ use utoipa::openapi::{Header, ObjectBuilder, RefOr, Required, Type};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::http::errors::{ApiError, ErrorCode};
-use crate::http::{first_signal, jobs, ops, runs, workers};
+use crate::http::{first_signal, jobs, ops, runs, streams, workers};
 
 /// The prefix the `{prefix}` routes are annotated under.
 pub const ANNOTATED_PREFIX: &str = "/api/v1/orchestrator";
@@ -46,6 +46,9 @@ const CORRELATION_HEADER: &str = "X-Correlation-Id";
         workers::complete,
         workers::fail,
         ops::packs,
+        streams::run_stream,
+        streams::job_stream,
+        streams::pack_run_stream,
         jobs::submit_job,
         jobs::list_jobs,
         jobs::get_job,
@@ -61,6 +64,7 @@ const CORRELATION_HEADER: &str = "X-Correlation-Id";
         (name = "first-signal", description = "The run's current one-line status (SPEC §4)"),
         (name = "workers", description = "Remote worker protocol: lease, progress, complete, fail (SPEC §7.1)"),
         (name = "jobs", description = "The async job surface `/jobs` (SPEC §7), snake_case bodies"),
+        (name = "streams", description = "Server-Sent Events over the run actors (SPEC §5.1)"),
         (name = "ops", description = "Operational routes"),
     )
 )]

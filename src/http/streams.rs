@@ -27,8 +27,9 @@ use super::extract::{job_id, parse_query, run_id, Tenant};
 use crate::store::TimelineQuery;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Resume after this seq (what `Last-Event-ID` carries).
     pub last_event_id: Option<String>,
@@ -120,6 +121,25 @@ struct Plan {
     replay: Option<(u64, u64)>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/stream/runs/{runId}",
+    tag = "streams",
+    summary = "Follow a run: first_signal, job, progress, completed",
+    params(
+        ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
+        ("runId" = String, Path, description = "The run's id (UUID)"),
+        StreamParams,
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+            headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn run_stream(
     req: HttpRequest,
     tenant: Tenant,
@@ -193,6 +213,25 @@ pub async fn run_stream(
     Ok(open(&state, addr, id, plan, rx))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/stream/jobs/{jobId}",
+    tag = "streams",
+    summary = "Follow a job: job, progress, step, log, completed",
+    params(
+        ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
+        ("jobId" = String, Path, description = "The job's id (ULID)"),
+        StreamParams,
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+            headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn job_stream(
     req: HttpRequest,
     tenant: Tenant,
@@ -202,6 +241,25 @@ pub async fn job_stream(
     job_or_pack_stream(req, tenant, path, state, StreamKind::Job).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/stream/pack-runs/{jobId}",
+    tag = "streams",
+    summary = "Follow a pack run's steps and logs: step, log, completed",
+    params(
+        ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
+        ("jobId" = String, Path, description = "The job's id (ULID)"),
+        StreamParams,
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+            headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn pack_run_stream(
     req: HttpRequest,
     tenant: Tenant,

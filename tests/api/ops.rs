@@ -19,6 +19,9 @@ const PREFIXED: &[(&str, &str)] = &[
     ("post", "/jobs/{jobId}/complete"),
     ("post", "/jobs/{jobId}/fail"),
     ("get", "/packs"),
+    ("get", "/stream/runs/{runId}"),
+    ("get", "/stream/jobs/{jobId}"),
+    ("get", "/stream/pack-runs/{jobId}"),
 ];
 
 /// Every unprefixed route.
