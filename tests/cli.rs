@@ -167,3 +167,96 @@ fn a_bad_pack_file_stops_start_up_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_ends_open_streams_and_exits_within_ten_seconds() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap();
+    let mut server = serve(dir.path(), port);
+    wait_ready(&client, port);
+    let job: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/jobs"))
+        .header("X-Tenant-Id", "acme")
+        .json(&serde_json::json!({"pack": "external"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let run = job["run_id"].as_str().unwrap().to_owned();
+    let stream = client
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/orchestrator/stream/runs/{run}?tenant=acme"
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let reader = std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        lines
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let term = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "exits within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let lines = reader.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l == "event: first_signal"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("event: "))
+            .last()
+            .map(String::as_str),
+        Some("event: timeout"),
+        "the stream ended cleanly with `timeout`: {lines:?}"
+    );
+    assert!(
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .is_err(),
+        "no longer accepting"
+    );
+
+    // What was accepted before the stop is still there.
+    let mut server = serve(dir.path(), port);
+    wait_ready(&client, port);
+    let got: serde_json::Value = client
+        .get(format!(
+            "http://127.0.0.1:{port}/jobs/{}",
+            job["job_id"].as_str().unwrap()
+        ))
+        .header("X-Tenant-Id", "acme")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got["state"], "queued");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
