@@ -183,7 +183,12 @@ pub fn event_data(event: &Published, name: &str) -> Vec<Value> {
     match name {
         "first_signal" => match &event.signal {
             Some(view) => {
-                vec![view.stream_data(&env.event_id, "cold_start", false, &env.correlation_id)]
+                vec![view.stream_data(
+                    &format!("{}:{}", env.run_id, env.seq),
+                    "cold_start",
+                    false,
+                    &env.correlation_id,
+                )]
             }
             None => vec![env.payload.clone()],
         },
