@@ -15,6 +15,7 @@ pub mod packs;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod watch;
 
 use std::net::TcpListener;
 use std::sync::Arc;

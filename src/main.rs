@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use runsignal::config::Config;
+use runsignal::watch::{self, WatchArgs};
 use runsignal::{open_store, telemetry, Application};
 
 #[derive(Parser)]
@@ -26,11 +27,30 @@ enum Command {
     Serve,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Follow a run (UUID) or a job (ULID) live until it ends.
+    /// Exit code: 0 succeeded, 1 failed, 2 canceled, 3 error.
+    Watch(WatchArgs),
 }
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let command = match cli.command.unwrap_or(Command::Serve) {
+        // A client of a server: it needs no (valid) server configuration.
+        Command::Watch(args) => {
+            return match watch::watch(args).await {
+                Ok(code) => std::process::ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("runsignal watch: {e:#}");
+                    std::process::ExitCode::from(watch::EXIT_ERROR)
+                }
+            };
+        }
+        command => command,
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -39,9 +59,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     telemetry::init(&config.logging);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::Watch(_) => unreachable!("dispatched before the configuration is loaded"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -50,6 +71,17 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version print and exit 0; a usage error exits 2 as clap's
+/// default, except for `watch`, whose errors all exit 3.
+fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    let watching = std::env::args().skip(1).any(|a| a == "watch");
+    if !e.use_stderr() || !watching {
+        e.exit();
+    }
+    let _ = e.print();
+    std::process::ExitCode::from(watch::EXIT_ERROR)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
