@@ -8,15 +8,15 @@
 //!   event's envelope `payload.status` (`succeeded|failed|canceled`); the last
 //!   `first_signal`'s `signal.kind` (4 failed, 5 succeeded, 6 canceled) is kept
 //!   as the last known outcome.
-//! - A **ULID** names a job: its pack-run stream
-//!   `{prefix}/stream/pack-runs/{jobId}` (`step`, `log`, `completed`), the
-//!   step-level view of one job. That stream carries no job state and no
-//!   percent, so `watch` reads `GET /jobs/{jobId}` once at start: it tells a
-//!   missing job ("job not found", exit 3) apart before streaming, and seeds
-//!   the job's bar (state, percent, stage/step) and the last known outcome
-//!   when the job is already terminal. The outcome is the `completed` event's
-//!   envelope `type` (`job.done|job.failed|job.canceled`). `GET /jobs/{jobId}`
-//!   is read again only if the stream answers 204 with no outcome known.
+//! - A **ULID** names a job: its job stream `{prefix}/stream/jobs/{jobId}`
+//!   (`job`, `progress`, `step`, `log`, `completed`): the job's bar follows its
+//!   state and percent live, a bar per pack step follows `step` events.
+//!   `watch` reads `GET /jobs/{jobId}` once at start: it tells a missing job
+//!   ("job not found", exit 3) apart before streaming, and seeds the job's bar
+//!   and the last known outcome when the job is already terminal. The outcome
+//!   is the `completed` event's envelope `type`
+//!   (`job.done|job.failed|job.canceled`). `GET /jobs/{jobId}` is read again
+//!   only if the stream answers 204 with no outcome known.
 //!
 //! # Exit codes
 //!
@@ -192,7 +192,7 @@ impl Target {
     fn stream_path(&self, prefix: &str) -> String {
         match self {
             Target::Run(id) => format!("{prefix}/stream/runs/{id}"),
-            Target::Job(id) => format!("{prefix}/stream/pack-runs/{id}"),
+            Target::Job(id) => format!("{prefix}/stream/jobs/{id}"),
         }
     }
 }
@@ -875,7 +875,7 @@ mod tests {
         );
         assert_eq!(
             Target::Job("j".into()).stream_path("/p"),
-            "/p/stream/pack-runs/j"
+            "/p/stream/jobs/j"
         );
     }
 

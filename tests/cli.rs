@@ -229,8 +229,8 @@ fn sigterm_ends_open_streams_and_exits_within_ten_seconds() {
     assert_eq!(
         lines
             .iter()
-            .filter(|l| l.starts_with("event: "))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("event: "))
             .map(String::as_str),
         Some("event: timeout"),
         "the stream ended cleanly with `timeout`: {lines:?}"
