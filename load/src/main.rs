@@ -13,13 +13,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Parser;
+
+mod fanout;
 use hdrhistogram::Histogram;
 use runsignal::config::Config;
 use runsignal::Application;
 use serde_json::{json, Value};
 
-#[derive(Parser, Debug, Clone)]
-#[command(about = "Benchmark first-signal reads: cold vs hit vs 304")]
+#[derive(Parser, Debug)]
+#[command(about = "runsignal benchmarks")]
+enum Cli {
+    /// First-signal reads: cold vs hit vs 304.
+    FirstSignal(Args),
+    /// Stream fan-out: events published to one run, delivered to many SSE subscribers.
+    Fanout(fanout::FanoutArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
 struct Args {
     /// Runs to seed (one job each, leased and reporting progress).
     #[arg(long, default_value_t = 2000)]
@@ -35,7 +45,7 @@ struct Args {
     server_workers: usize,
 }
 
-const T: &str = "bench";
+pub(crate) const T: &str = "bench";
 
 struct Phase {
     name: &'static str,
@@ -62,8 +72,20 @@ impl Phase {
     }
 }
 
-async fn start(dir: &std::path::Path, workers: usize) -> anyhow::Result<(Application, String)> {
-    let env = vec![
+pub(crate) async fn start(
+    dir: &std::path::Path,
+    workers: usize,
+) -> anyhow::Result<(Application, String)> {
+    start_with(dir, workers, &[]).await
+}
+
+/// A server on a temp database with extra `RUNSIGNAL__…` settings.
+pub(crate) async fn start_with(
+    dir: &std::path::Path,
+    workers: usize,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Application, String)> {
+    let mut env = vec![
         (
             "RUNSIGNAL__Server__Bind".to_owned(),
             "127.0.0.1:0".to_owned(),
@@ -81,6 +103,11 @@ async fn start(dir: &std::path::Path, workers: usize) -> anyhow::Result<(Applica
             "3600".to_owned(),
         ),
     ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (format!("RUNSIGNAL__{k}"), v.to_string())),
+    );
     let app = Application::build(Config::load_from(None, env)?).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     Ok((app, base))
@@ -296,6 +323,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    actix_rt::System::new().block_on(bench(args))
+    match Cli::parse() {
+        Cli::FirstSignal(args) => actix_rt::System::new().block_on(bench(args)),
+        Cli::Fanout(args) => actix_rt::System::new().block_on(fanout::run(args)),
+    }
 }
