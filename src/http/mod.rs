@@ -9,6 +9,7 @@ pub mod ops;
 pub mod runs;
 pub mod streams;
 pub mod workers;
+pub mod ws;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -48,7 +49,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/packs").get(ops::packs))
                 .service(web::resource("/stream/runs/{runId}").get(streams::run_stream))
                 .service(web::resource("/stream/jobs/{jobId}").get(streams::job_stream))
-                .service(web::resource("/stream/pack-runs/{jobId}").get(streams::pack_run_stream)),
+                .service(web::resource("/stream/pack-runs/{jobId}").get(streams::pack_run_stream))
+                .service(web::resource("/ws").get(ws::socket)),
         );
     }
     cfg.service(

@@ -11,3 +11,4 @@ mod runs;
 mod streams;
 mod tenants;
 mod workers;
+mod ws;
