@@ -17,7 +17,7 @@ use utoipa::openapi::{Header, ObjectBuilder, RefOr, Required, Type};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::http::errors::{ApiError, ErrorCode};
-use crate::http::{first_signal, jobs, ops, runs, streams, workers};
+use crate::http::{first_signal, jobs, ops, runs, streams, workers, ws};
 
 /// The prefix the `{prefix}` routes are annotated under.
 pub const ANNOTATED_PREFIX: &str = "/api/v1/orchestrator";
@@ -49,6 +49,7 @@ const CORRELATION_HEADER: &str = "X-Correlation-Id";
         streams::run_stream,
         streams::job_stream,
         streams::pack_run_stream,
+        ws::socket,
         jobs::submit_job,
         jobs::list_jobs,
         jobs::get_job,

@@ -259,28 +259,23 @@ fn deliver(sub: &Subscriber, event: &Published) -> bool {
     let Some(name) = sub.filter.matches(&event.envelope) else {
         return !sub.tx.is_closed();
     };
-    let closes = sub.filter.closes_on(&event.envelope);
-    let frames = event.frames(sub.filter.kind, sub.wire, name);
-    for (i, bytes) in frames.iter().enumerate() {
-        let delivery = Delivery {
-            bytes: bytes.clone(),
-            seq: event.envelope.seq,
-            closes: closes && i + 1 == frames.len(),
-        };
-        match sub.tx.try_send(delivery) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::info!(
-                    subscriber = sub.id,
-                    seq = event.envelope.seq,
-                    "subscriber queue full, disconnecting it"
-                );
-                return false;
-            }
-            Err(TrySendError::Closed(_)) => return false,
+    let delivery = Delivery {
+        frames: event.frames(sub.filter.kind, sub.wire, name),
+        seq: event.envelope.seq,
+        closes: sub.filter.closes_on(&event.envelope),
+    };
+    match sub.tx.try_send(delivery) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            tracing::info!(
+                subscriber = sub.id,
+                seq = event.envelope.seq,
+                "subscriber queue full, disconnecting it"
+            );
+            false
         }
+        Err(TrySendError::Closed(_)) => false,
     }
-    true
 }
 
 /// Whether `candidate` is a later signal than `current`.

@@ -157,13 +157,14 @@ impl Filter {
     }
 }
 
-/// One frame on a subscriber's queue.
+/// One event on a subscriber's queue: all of its frames (a `log` event
+/// makes one per line), so a queue bound counts events, not frames.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Encoded frame: SSE text, or one WebSocket text message.
-    pub bytes: Bytes,
+    /// Encoded frames: SSE text, or WebSocket text messages, shared.
+    pub frames: Arc<[Bytes]>,
     pub seq: u64,
-    /// The stream ends after this frame.
+    /// The stream ends after this event.
     pub closes: bool,
 }
 

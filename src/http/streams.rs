@@ -383,7 +383,9 @@ async fn pump(
             tokio::select! {
                 delivery = live.recv() => {
                     let Some(d) = delivery else { return Some(End::Done) };
-                    out.send(d.bytes).await.ok()?;
+                    for frame in d.frames.iter() {
+                        out.send(frame.clone()).await.ok()?;
+                    }
                     if d.closes {
                         return Some(End::Done);
                     }

@@ -79,14 +79,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Stored events read per page while replaying.
 const REPLAY_PAGE: u32 = 500;
 
-/// Most frames one event makes: a progress report's log lines, one frame
-/// each (`MAX_LOG_LINES` in `workers.rs`). The run actor queues all frames
-/// of an event at once, so a subscription's queue holds this many on top of
-/// `Streams.BufferSize`; otherwise any report with more lines than
-/// `Streams.BufferSize` would drop every WebSocket subscriber of its job.
-const MAX_FRAMES_PER_EVENT: usize = 1000;
-
 /// `GET {prefix}/ws`: upgrade and start a session for the request's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orchestrator/ws",
+    tag = "streams",
+    summary = "WebSocket: many run / job / pack-run subscriptions over one socket",
+    description = "Client text frames: `{\"op\":\"subscribe\",\"stream\":\"run|job|pack-run\",\"id\":\"…\",\"after\":N?,\"events\":[…]?}`, `{\"op\":\"unsubscribe\",\"stream\",\"id\"}`, `{\"op\":\"ping\"}`. Server frames: `subscribed`, `event` (`{\"op\":\"event\",\"stream\",\"id\",\"seq\",\"event\",\"data\"}`), `error` (the socket stays open), `pong`. RFC 6455 ping every `Streams.HeartbeatIntervalSeconds`; two missed pongs close with 1001; frames over 64 KiB close with 1009.",
+    params(
+        ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for browsers)"),
+        ("tenant" = Option<String>, Query, description = "The tenant, when headers cannot be set"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: the socket is open"),
+        (status = 400, description = "`invalid_tenant`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn socket(
     req: HttpRequest,
     tenant: Tenant,
@@ -564,7 +573,7 @@ async fn open_subscription(
         StreamKind::Job | StreamKind::PackRun => state.store.get_job(&tenant, &id).await?.run_id,
     };
     let key = RunKey::new(&tenant, &run);
-    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size + MAX_FRAMES_PER_EVENT);
+    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
     let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::WebSocket, tx).await?;
     let (subscriber, signal, live_from, completed_seq) = match reply {
         SubscribeReply::Subscribed {
@@ -717,20 +726,19 @@ impl Feed {
                 // Already replayed (an `after` beyond `live_from`).
                 Some(d) if d.seq <= self.resume_after => continue,
                 Some(d) => {
-                    if d.seq == self.last_seq {
-                        self.last_seq_frames += 1;
-                    } else {
-                        self.last_seq = d.seq;
-                        self.last_seq_frames = 1;
+                    // A delivery holds every frame of its event.
+                    self.last_seq = d.seq;
+                    self.last_seq_frames = d.frames.len();
+                    for (i, bytes) in d.frames.iter().enumerate() {
+                        self.queue.push_back(FeedItem::Frame {
+                            bytes: bytes.clone(),
+                            closes: d.closes && i + 1 == d.frames.len(),
+                        });
                     }
                     if d.closes {
                         self.ended = true;
                         self.live = None;
                     }
-                    return Some(FeedItem::Frame {
-                        bytes: d.bytes,
-                        closes: d.closes,
-                    });
                 }
                 None => {
                     self.ended = true;

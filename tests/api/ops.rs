@@ -22,6 +22,7 @@ const PREFIXED: &[(&str, &str)] = &[
     ("get", "/stream/runs/{runId}"),
     ("get", "/stream/jobs/{jobId}"),
     ("get", "/stream/pack-runs/{jobId}"),
+    ("get", "/ws"),
 ];
 
 /// Every unprefixed route.

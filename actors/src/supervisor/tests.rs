@@ -326,8 +326,8 @@ async fn a_full_queue_drops_only_that_subscriber_and_frames_are_shared() {
     );
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(
-            x.bytes.as_ptr(),
-            y.bytes.as_ptr(),
+            x.frames[0].as_ptr(),
+            y.frames[0].as_ptr(),
             "one encoding shared by every subscriber"
         );
     }
@@ -369,7 +369,7 @@ async fn filters_select_by_job_event_name_and_correlation() {
         pack_frames.last().unwrap().closes,
         "the job's end closes its pack-run stream"
     );
-    let text = String::from_utf8(pack_frames[1].bytes.to_vec()).unwrap();
+    let text = String::from_utf8(pack_frames[1].frames[0].to_vec()).unwrap();
     assert!(
         text.starts_with("id: 6\nevent: step\ndata: {") && text.ends_with("}\n\n"),
         "{text}"
