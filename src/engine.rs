@@ -18,6 +18,8 @@ pub struct Engine {
     pub cache: Arc<dyn FirstSignalCache>,
     /// Wakes long-polling lease requests when a job becomes `queued`.
     pub queued: Arc<Notify>,
+    /// Wakes the webhook dispatcher when deliveries were queued.
+    pub webhooks: Arc<Notify>,
 }
 
 impl Engine {
@@ -28,6 +30,9 @@ impl Engine {
     }
 
     pub fn publish_committed(&self, committed: Committed) {
+        if committed.webhooks {
+            self.webhooks.notify_one();
+        }
         let mut queued = false;
         for (key, events) in committed.runs {
             if let Some(view) = events.iter().rev().find_map(|e| e.signal.clone()) {

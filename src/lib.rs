@@ -139,6 +139,7 @@ impl Application {
             supervisor,
             cache,
             queued: Arc::new(Notify::new()),
+            webhooks: Arc::new(Notify::new()),
         };
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("binding Server.Bind = {}", config.server.bind))?;

@@ -41,6 +41,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Default)]
 pub struct Committed {
     pub runs: Vec<(RunKey, Vec<Arc<Published>>)>,
+    /// Webhook deliveries were queued: wake the dispatcher.
+    pub webhooks: bool,
 }
 
 /// The outcome of a write plus the events it committed.
@@ -123,6 +125,19 @@ pub trait Store: Send + Sync + 'static {
     async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>>;
     /// Seq of the job's terminal state event (`None` while it runs).
     async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>>;
+    /// Claim up to `limit` due deliveries (`pending`, due by `now_ms`, and
+    /// the oldest open one of their job, so each job's arrive in state
+    /// order), marking them `sending`.
+    async fn claim_webhooks(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>>;
+    /// Record how an attempt ended.
+    async fn finish_webhook(&self, id: i64, outcome: &WebhookOutcome) -> StoreResult<()>;
+    /// When the next pending delivery is due (`None`: nothing pending), so
+    /// an idle dispatcher sleeps instead of polling.
+    async fn next_webhook_due(&self) -> StoreResult<Option<i64>>;
+    /// After a restart: deliveries left `sending` by a crash go back to `pending`.
+    async fn reset_sending_webhooks(&self) -> StoreResult<u64>;
+    /// The job's deliveries, oldest first (`GET /jobs/{id}`).
+    async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>>;
     /// A snapshot written by the snapshot writer, if any.
     async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>>;
     /// Store derived signals of runs updated since `since_ms`; returns how many.

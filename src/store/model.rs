@@ -214,6 +214,44 @@ pub struct Failure {
     pub correlation_id: String,
 }
 
+/// One state webhook in the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebhookDelivery {
+    pub id: i64,
+    pub tenant_id: String,
+    pub job_id: String,
+    pub state: String,
+    pub idempotency_key: String,
+    pub url: String,
+    /// The exact bytes to POST (and sign).
+    pub body: String,
+    /// pending | sending | delivered | failed | gone
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookOutcome {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// Try again at `at_ms`.
+    Retry {
+        at_ms: i64,
+        status: Option<u16>,
+        error: String,
+    },
+    /// Retries exhausted, or refused (SSRF guard): no more attempts.
+    Failed { status: Option<u16>, error: String },
+    /// 410 Gone: stop, for this and every later delivery of the job.
+    Gone { status: u16 },
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct TimelineQuery {
     pub after: u64,

@@ -254,8 +254,52 @@ impl WriteTx {
             JobState::Failed => types::JOB_FAILED,
             JobState::Canceled => types::JOB_CANCELED,
         };
+        self.enqueue_webhook(job, to.as_str(), Some(&job.state), job.attempt, &payload)
+            .await?;
         self.append(&job.tenant_id, &job.run_id, Some(&job.job_id), ty, payload)
             .await?;
+        Ok(())
+    }
+
+    /// Queue the state webhook of a job that has a `state_webhook_url`, in
+    /// this transaction: the outbox row commits with the transition or not
+    /// at all (SPEC §7.2). `event` is the state event's payload (`result`,
+    /// `error`).
+    async fn enqueue_webhook(
+        &mut self,
+        job: &JobRecord,
+        state: &str,
+        previous: Option<&str>,
+        attempt: i64,
+        event: &Value,
+    ) -> StoreResult<()> {
+        let Some(url) = &job.webhook_url else {
+            return Ok(());
+        };
+        let key = format!("{}:{}", job.job_id, state);
+        let mut body = json!({
+            "job_id": job.job_id, "run_id": job.run_id, "state": state, "previous_state": previous,
+            "occurred_at": rfc3339(self.now), "idempotency_key": key, "attempt": attempt,
+        });
+        for field in ["result", "error"] {
+            if let Some(v) = event.get(field) {
+                body[field] = v.clone();
+            }
+        }
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (tenant_id, job_id, state, idempotency_key, url, body, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&job.tenant_id)
+        .bind(&job.job_id)
+        .bind(state)
+        .bind(&key)
+        .bind(url)
+        .bind(body.to_string())
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.committed.webhooks = true;
         Ok(())
     }
 
@@ -553,6 +597,8 @@ impl Store for SqliteStore {
         .await?;
         let payload =
             json!({"state": "queued", "previousState": null, "attempt": 0, "pack": new.pack});
+        let job = w.job(tenant, &job_id).await?;
+        w.enqueue_webhook(&job, "queued", None, 0, &payload).await?;
         w.append(tenant, &run_id, Some(&job_id), types::JOB_QUEUED, payload)
             .await?;
         w.refresh_run(tenant, &run_id).await?;
@@ -655,6 +701,8 @@ impl Store for SqliteStore {
                 .await?;
             let payload = json!({"state": "loading", "previousState": "queued", "attempt": attempt,
                                  "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
+            w.enqueue_webhook(&job, "loading", Some("queued"), attempt, &payload)
+                .await?;
             w.append(
                 tenant,
                 &job.run_id,
@@ -924,6 +972,118 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(seq.map(|s| s as u64))
+    }
+
+    async fn claim_webhooks(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
+        let mut w = self.begin("webhooks").await?;
+        // A 410 from a job's receiver ends every later delivery of that job.
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'gone' WHERE status = 'pending'
+               AND job_id IN (SELECT job_id FROM webhook_deliveries WHERE status = 'gone')",
+        )
+        .execute(&mut *w.tx)
+        .await?;
+        let due: Vec<WebhookDelivery> = sqlx::query_as(
+            "SELECT d.* FROM webhook_deliveries d
+              WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                                 WHERE e.job_id = d.job_id AND e.id < d.id AND e.status IN ('pending', 'sending'))
+              ORDER BY d.next_attempt_at, d.id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *w.tx)
+        .await?;
+        for d in &due {
+            sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = $1")
+                .bind(d.id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await?;
+        Ok(due
+            .into_iter()
+            .map(|d| WebhookDelivery {
+                status: "sending".into(),
+                attempts: d.attempts + 1,
+                ..d
+            })
+            .collect())
+    }
+
+    async fn finish_webhook(&self, id: i64, outcome: &WebhookOutcome) -> StoreResult<()> {
+        let mut w = self.begin("webhooks").await?;
+        let (status, next, code, error, delivered): (
+            &str,
+            Option<i64>,
+            Option<u16>,
+            Option<&str>,
+            Option<i64>,
+        ) = match outcome {
+            WebhookOutcome::Delivered { status } => {
+                ("delivered", None, Some(*status), None, Some(w.now))
+            }
+            WebhookOutcome::Retry {
+                at_ms,
+                status,
+                error,
+            } => ("pending", Some(*at_ms), *status, Some(error), None),
+            WebhookOutcome::Failed { status, error } => {
+                ("failed", None, *status, Some(error), None)
+            }
+            WebhookOutcome::Gone { status } => (
+                "gone",
+                None,
+                Some(*status),
+                Some("receiver answered 410 Gone"),
+                None,
+            ),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at),
+                 last_status_code = $3, last_error = $4, delivered_at = $5 WHERE id = $6",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(code.map(i64::from))
+        .bind(error)
+        .bind(delivered)
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    async fn next_webhook_due(&self) -> StoreResult<Option<i64>> {
+        self.queries.hit();
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn reset_sending_webhooks(&self) -> StoreResult<u64> {
+        let mut w = self.begin("webhooks").await?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending' WHERE status = 'sending'",
+        )
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>> {
+        self.queries.hit();
+        Ok(sqlx::query_as(
+            "SELECT * FROM webhook_deliveries WHERE tenant_id = $1 AND job_id = $2 ORDER BY id",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>> {
