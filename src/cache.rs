@@ -18,6 +18,8 @@ pub trait FirstSignalCache: Send + Sync + 'static {
     fn put(&self, tenant: &str, run_id: &str, view: Arc<SignalView>);
     /// Drop expired entries (called periodically).
     fn purge_expired(&self);
+    /// Forget a run (it was pruned).
+    fn remove(&self, tenant: &str, run_id: &str);
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -85,6 +87,10 @@ impl FirstSignalCache for InMemoryCache {
                 }
             })
             .or_insert_with(|| Entry { view, expires_at });
+    }
+
+    fn remove(&self, tenant: &str, run_id: &str) {
+        self.map.remove(&self.key(tenant, run_id));
     }
 
     fn purge_expired(&self) {

@@ -139,6 +139,7 @@ pub struct ActorsConfig {
 pub struct JobsConfig {
     pub max_attempts: u32,
     pub retention_hours: u64,
+    pub prune_interval_seconds: u64,
     pub lease_sweep_interval_seconds: u64,
     pub idempotency_window_hours: u64,
 }
@@ -285,6 +286,11 @@ impl Config {
                 ),
             ));
         }
+        positive("Jobs.RetentionHours", self.jobs.retention_hours)?;
+        positive(
+            "Jobs.PruneIntervalSeconds",
+            self.jobs.prune_interval_seconds,
+        )?;
         positive(
             "Jobs.LeaseSweepIntervalSeconds",
             self.jobs.lease_sweep_interval_seconds,

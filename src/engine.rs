@@ -29,6 +29,12 @@ impl Engine {
         written.value
     }
 
+    /// Drop a deleted run from memory: its actor and its cached signal.
+    pub fn forget(&self, key: &runsignal_actors::RunKey) {
+        self.supervisor.forget(key);
+        self.cache.remove(&key.tenant, &key.run_id);
+    }
+
     pub fn publish_committed(&self, committed: Committed) {
         if committed.webhooks {
             self.webhooks.notify_one();

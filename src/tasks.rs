@@ -11,6 +11,8 @@ use crate::AppState;
 pub fn spawn_all(state: Arc<AppState>) {
     let sweep = Duration::from_secs(state.config.jobs.lease_sweep_interval_seconds);
     actix_rt::spawn(every(sweep, state.clone(), |s| Box::pin(sweep_leases(s))));
+    let prune = Duration::from_secs(state.config.jobs.prune_interval_seconds);
+    actix_rt::spawn(every(prune, state.clone(), |s| Box::pin(prune_runs(s))));
     let sw = &state.config.first_signal.snapshot_writer;
     if sw.enabled {
         let period = Duration::from_secs(sw.poll_interval_seconds);
@@ -60,5 +62,30 @@ pub async fn write_snapshots(state: Arc<AppState>) {
     {
         Ok(n) => tracing::debug!(runs = n, "first-signal snapshots written"),
         Err(e) => tracing::warn!(error = %e, "snapshot writer failed"),
+    }
+}
+
+/// Delete runs whose jobs all ended more than `Jobs.RetentionHours` ago
+/// (`Jobs.PruneIntervalSeconds`), a bounded batch at a time.
+pub async fn prune_runs(state: Arc<AppState>) {
+    let cutoff = now_ms() - (state.config.jobs.retention_hours as i64) * 3_600_000;
+    loop {
+        match state.store.prune(cutoff, 100).await {
+            Ok(runs) => {
+                for key in &runs {
+                    state.engine.forget(key);
+                }
+                if !runs.is_empty() {
+                    tracing::info!(runs = runs.len(), "pruned runs past retention");
+                }
+                if runs.len() < 100 {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "prune failed");
+                return;
+            }
+        }
     }
 }

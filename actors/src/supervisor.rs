@@ -209,6 +209,13 @@ impl Supervisor {
         }
     }
 
+    /// Stop the run's actor, if resident (the run was deleted).
+    pub fn forget(&self, key: &RunKey) {
+        if let Some((_, slot)) = self.inner.map.remove(key) {
+            slot.addr.do_send(Evict);
+        }
+    }
+
     /// The resident actor of a run, without spawning one.
     pub fn resident(&self, key: &RunKey) -> Option<Addr<RunActor>> {
         self.inner.map.get(key).map(|s| s.addr.clone())

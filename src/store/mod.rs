@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     async fn reset_sending_webhooks(&self) -> StoreResult<u64>;
     /// The job's deliveries, oldest first (`GET /jobs/{id}`).
     async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>>;
+    /// Delete up to `limit` runs whose jobs are all terminal and finished
+    /// before `cutoff_ms`, with their jobs, events, deliveries and snapshots.
+    /// Runs with a job still active, or with no job, are never touched.
+    async fn prune(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<RunKey>>;
     /// A snapshot written by the snapshot writer, if any.
     async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>>;
     /// Store derived signals of runs updated since `since_ms`; returns how many.

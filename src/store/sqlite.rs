@@ -1086,6 +1086,39 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn prune(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<RunKey>> {
+        let mut w = self.begin("prune").await?;
+        let runs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT tenant_id, run_id FROM jobs GROUP BY tenant_id, run_id
+             HAVING SUM(CASE WHEN state IN ('done', 'failed', 'canceled') THEN 0 ELSE 1 END) = 0
+                AND MAX(finished_at) < $1
+             LIMIT $2",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *w.tx)
+        .await?;
+        for (tenant, run) in &runs {
+            sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE job_id IN (SELECT job_id FROM jobs WHERE tenant_id = $1 AND run_id = $2)",
+            )
+            .bind(tenant)
+            .bind(run)
+            .execute(&mut *w.tx)
+            .await?;
+            for table in ["events", "jobs", "first_signal_snapshots", "runs"] {
+                let sql = format!("DELETE FROM {table} WHERE tenant_id = $1 AND run_id = $2");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(run)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
+        }
+        w.commit().await?;
+        Ok(runs.iter().map(|(t, r)| RunKey::new(t, r)).collect())
+    }
+
     async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>> {
         self.queries.hit();
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(

@@ -7,6 +7,7 @@ mod bad_input;
 mod first_signal;
 mod jobs;
 mod ops;
+mod prune;
 mod runs;
 mod streams;
 mod tenants;
