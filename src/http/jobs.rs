@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{job_id, parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use super::prefer::{wait_for_job, wait_preference};
 use crate::store::{rfc3339, JobQuery, JobRecord, NewJob};
 use crate::AppState;
 
@@ -84,10 +85,16 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     path = "/jobs",
     tag = "jobs",
     summary = "Submit a job",
-    description = "Accepted at once (nothing waits on execution). No `run_id` → a new run.",
-    params(crate::openapi::TenantHeader),
+    description = "Accepted at once (nothing waits on execution). No `run_id` → a new run. With `Prefer: wait=N` (RFC 7240, N ≤ 60) the answer waits up to N seconds for the job to end: 200 with the finished job, else the usual 202.",
+    params(
+        crate::openapi::TenantHeader,
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for the job to end"),
+    ),
     request_body = SubmitJob,
     responses(
+        (status = 200, description = "`Prefer: wait=N` and the job ended within N seconds: the finished job",
+            body = crate::openapi::Job,
+            headers(("Preference-Applied" = String, description = "`wait=N`"), ("Location" = String, description = "`/jobs/{jobId}`"))),
         (status = 202, description = "Job accepted (queued), or the first job for a repeated `idempotency_key`",
             body = crate::openapi::JobAccepted,
             headers(("Location" = String, description = "`/jobs/{jobId}`"))),
@@ -98,6 +105,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     )
 )]
 pub async fn submit_job(
+    req: HttpRequest,
     tenant: Tenant,
     corr: CorrelationId,
     body: JsonBody<SubmitJob>,
@@ -151,9 +159,32 @@ pub async fn submit_job(
                     other => other.into(),
                 }
             })?);
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/jobs/{}", job.job_id)))
-        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
+    let location = format!("/jobs/{}", job.job_id);
+    let Some(wait) = wait_preference(&req) else {
+        return Ok(accepted(&job, location));
+    };
+    let applied = format!("wait={wait}");
+    Ok(match wait_for_job(&state, job.clone(), wait).await? {
+        Some(done) => HttpResponse::Ok()
+            .insert_header((header::LOCATION, location))
+            .insert_header(("Preference-Applied", applied))
+            .json(job_json(&done)),
+        None => {
+            let mut res = accepted(&job, location);
+            // `wait=<digits>` is always a valid header value.
+            res.headers_mut().insert(
+                header::HeaderName::from_static("preference-applied"),
+                header::HeaderValue::from_str(&applied).expect("ASCII digits"),
+            );
+            res
+        }
+    })
+}
+
+fn accepted(job: &JobRecord, location: String) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location))
+        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state}))
 }
 
 #[utoipa::path(

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod first_signal;
 pub mod jobs;
 pub mod ops;
+pub mod prefer;
 pub mod runs;
 pub mod streams;
 pub mod workers;

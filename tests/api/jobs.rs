@@ -193,3 +193,63 @@ async fn accepted_jobs_survive_a_restart() {
     assert_eq!(app.job(&job).await["state"], "queued");
     assert_eq!(app.lease_one().await["jobId"], job);
 }
+
+#[actix_web::test]
+async fn prefer_wait_answers_with_the_finished_job() {
+    let app = spawn_app().await;
+    let worker = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let jobs = app
+            .lease(json!({"workerId": "w", "packs": ["external"], "waitSeconds": 10}))
+            .await;
+        let job = jobs[0]["jobId"].as_str().unwrap().to_owned();
+        app.worker(
+            &job,
+            "complete",
+            json!({"leaseId": jobs[0]["leaseId"], "result": {"answer": 42}}),
+        )
+        .await;
+    };
+    let submit = app
+        .post(
+            "/jobs",
+            &json!({"pack": "external", "state_webhook_url": "https://hooks.example.com/x"}),
+        )
+        .header("Prefer", "wait=10")
+        .send();
+    let (res, ()) = futures_util::join!(submit, worker);
+    let res = res.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "preference-applied"), "wait=10");
+    let job: Value = res.json().await.unwrap();
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["result"], json!({"answer": 42}));
+    // The synchronous path fires the same state webhooks (docs/adr/0017).
+    let job_id = job["job_id"].as_str().unwrap();
+    let queued = app.state.store.job_webhooks(TENANT, job_id).await.unwrap();
+    let states: Vec<&str> = queued.iter().map(|d| d.state.as_str()).collect();
+    assert_eq!(states, ["queued", "loading", "done"]);
+}
+
+#[actix_web::test]
+async fn prefer_wait_falls_back_to_202_when_the_job_is_still_running() {
+    let app = spawn_app().await;
+    let res = app
+        .post("/jobs", &json!({"pack": "external"}))
+        .header("Prefer", "wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(header(&res, "preference-applied"), "wait=1");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["state"], "queued");
+    let res = app
+        .post("/jobs", &json!({"pack": "external"}))
+        .header("Prefer", "wait=soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "an invalid preference is ignored");
+    assert!(header(&res, "preference-applied").is_empty());
+}
