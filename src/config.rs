@@ -148,7 +148,10 @@ pub struct JobsConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct ExecutorConfig {
     pub packs_dir: String,
+    /// Built-in pack jobs running at once (all tenants together).
     pub max_concurrent_jobs: usize,
+    /// Parent of the per-job workspaces (`<WorkspaceDir>/<jobId>`).
+    pub workspace_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +304,18 @@ impl Config {
         )?;
         if self.executor.packs_dir.trim().is_empty() {
             return Err(invalid("Executor.PacksDir", "must be a directory path"));
+        }
+        if !(1..=256).contains(&self.executor.max_concurrent_jobs) {
+            return Err(invalid(
+                "Executor.MaxConcurrentJobs",
+                format!(
+                    "{} is out of range; allowed: 1..=256",
+                    self.executor.max_concurrent_jobs
+                ),
+            ));
+        }
+        if self.executor.workspace_dir.trim().is_empty() {
+            return Err(invalid("Executor.WorkspaceDir", "must be a directory path"));
         }
         one_of("Logging.Format", &self.logging.format, &["pretty", "json"])?;
         Ok(())

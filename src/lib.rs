@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod executor;
 pub mod http;
 pub mod loader;
 pub mod metrics;
@@ -176,6 +177,7 @@ impl Application {
             server = server.workers(workers);
         }
         tasks::spawn_all(state.clone().into_inner());
+        actix_rt::spawn(executor::run(state.clone().into_inner()));
         tracing::info!(port, "runsignal listening");
         let server = server.run();
         let stopper = Stopper {

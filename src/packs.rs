@@ -8,10 +8,16 @@ use serde::{Deserialize, Serialize};
 
 /// The packs shipped in `config/packs/`, compiled in for when the binary runs
 /// away from its source tree with the default `PacksDir`.
-const EMBEDDED: &[(&str, &str)] = &[(
-    "external.json",
-    include_str!("../config/packs/external.json"),
-)];
+const EMBEDDED: &[(&str, &str)] = &[
+    ("demo.json", include_str!("../config/packs/demo.json")),
+    (
+        "external.json",
+        include_str!("../config/packs/external.json"),
+    ),
+];
+
+/// Default per-step timeout.
+const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,8 +33,138 @@ pub struct Pack {
     #[serde(default)]
     pub description: String,
     pub executor: ExecutorKind,
+    /// Declared inputs; a built-in step sees each as `INPUT_<NAME>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputDecl>,
+    /// Built-in packs only: the steps, run in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// Declared artifact paths (relative to the job's workspace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactDecl>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputDecl {
+    pub name: String,
     #[serde(default)]
-    pub steps: Vec<serde_json::Value>,
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    pub stage: String,
+    /// argv: never passed through a shell by the executor.
+    pub run: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactDecl {
+    pub name: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// `[A-Za-z][A-Za-z0-9_]*`
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Semantic checks serde cannot express; `Err((field path, message))`.
+fn check(pack: &Pack) -> Result<(), (String, String)> {
+    let err = |path: String, msg: &str| Err((path, msg.to_owned()));
+    let mut seen = Vec::new();
+    for (i, input) in pack.inputs.iter().enumerate() {
+        if !is_identifier(&input.name) || input.name.len() > 64 {
+            return err(
+                format!("inputs[{i}].name"),
+                "must match [A-Za-z][A-Za-z0-9_]* (at most 64 chars)",
+            );
+        }
+        let upper = input.name.to_ascii_uppercase();
+        if seen.contains(&upper) {
+            return err(format!("inputs[{i}].name"), "is declared twice");
+        }
+        seen.push(upper);
+    }
+    match pack.executor {
+        ExecutorKind::Remote if !pack.steps.is_empty() => {
+            return err("steps".into(), "only `builtin` packs have steps");
+        }
+        ExecutorKind::Builtin if pack.steps.is_empty() => {
+            return err("steps".into(), "a `builtin` pack needs at least one step");
+        }
+        _ => {}
+    }
+    for (i, step) in pack.steps.iter().enumerate() {
+        if step.name.trim().is_empty() || step.name.len() > 128 {
+            return err(format!("steps[{i}].name"), "must be 1-128 chars");
+        }
+        if step.stage.trim().is_empty() || step.stage.len() > 128 {
+            return err(format!("steps[{i}].stage"), "must be 1-128 chars");
+        }
+        if step.run.first().is_none_or(|p| p.is_empty()) {
+            return err(
+                format!("steps[{i}].run"),
+                "must be a non-empty argv whose first element names the program",
+            );
+        }
+        if !(1..=86_400).contains(&step.timeout_seconds) {
+            return err(
+                format!("steps[{i}].timeout_seconds"),
+                "is out of range; allowed: 1..=86400",
+            );
+        }
+        for key in step.env.keys() {
+            if !is_identifier(key) && !key.starts_with('_') {
+                return err(
+                    format!("steps[{i}].env.{key}"),
+                    "variable names must match [A-Za-z_][A-Za-z0-9_]*",
+                );
+            }
+        }
+    }
+    let mut names = Vec::new();
+    for (i, a) in pack.artifacts.iter().enumerate() {
+        if a.name.is_empty() || names.contains(&&a.name) {
+            return err(
+                format!("artifacts[{i}].name"),
+                "must be non-empty and unique",
+            );
+        }
+        names.push(&a.name);
+        let path = Path::new(&a.path);
+        let escapes = path.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if a.path.is_empty() || escapes {
+            return err(
+                format!("artifacts[{i}].path"),
+                "must be a relative path inside the workspace (no `..`, not absolute)",
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +234,7 @@ impl Packs {
                 pack.name
             )));
         }
-        if pack.executor == ExecutorKind::Builtin {
-            return Err(invalid("field `executor`: `builtin` packs need the built-in executor, which is not available yet; use `remote`".into()));
-        }
+        check(&pack).map_err(|(path, msg)| invalid(format!("field `{path}`: {msg}")))?;
         if self.0.contains_key(&pack.name) {
             return Err(invalid(format!(
                 "field `name`: pack `{}` is declared twice",
@@ -117,6 +251,15 @@ impl Packs {
 
     pub fn all(&self) -> impl Iterator<Item = &Pack> {
         self.0.values()
+    }
+
+    /// Names of the packs run by the built-in executor.
+    pub fn builtin(&self) -> Vec<String> {
+        self.0
+            .values()
+            .filter(|p| p.executor == ExecutorKind::Builtin)
+            .map(|p| p.name.clone())
+            .collect()
     }
 }
 
@@ -157,6 +300,72 @@ mod tests {
             err.contains("bad.json") && err.contains("executor"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn embedded_defaults_ship_the_demo_builtin_pack() {
+        let packs = Packs::load("/nonexistent/packs", true).unwrap();
+        let demo = packs.get("demo").unwrap();
+        assert_eq!(demo.executor, ExecutorKind::Builtin);
+        assert!(demo.steps.len() >= 3);
+        assert_eq!(demo.artifacts[0].path, "out/report.txt");
+        assert_eq!(packs.builtin(), vec!["demo".to_owned()]);
+        let shipped = Packs::load(concat!(env!("CARGO_MANIFEST_DIR"), "/config/packs"), false);
+        assert!(shipped.unwrap().get("demo").is_some());
+    }
+
+    fn load_one(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.json"), text).unwrap();
+        match Packs::load(dir.path().to_str().unwrap(), false) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn builtin_packs_are_validated_field_by_field() {
+        let ok = r#"{"name":"b","executor":"builtin","inputs":[{"name":"who","default":"x"}],
+            "steps":[{"name":"s","stage":"one","run":["echo","hi"],"env":{"A":"1"}}],
+            "artifacts":[{"name":"r","path":"out/r.txt","content_type":"text/plain"}]}"#;
+        assert_eq!(load_one(ok), "");
+        for (bad, field) in [
+            (r#"{"name":"b","executor":"builtin"}"#, "`steps`"),
+            (
+                r#"{"name":"b","executor":"builtin","steps":[{"name":"s","stage":"x","run":[]}]}"#,
+                "`steps[0].run`",
+            ),
+            (
+                r#"{"name":"b","executor":"builtin","steps":[{"name":"s","stage":"x","run":["a"],"timeout_seconds":0}]}"#,
+                "`steps[0].timeout_seconds`",
+            ),
+            (
+                r#"{"name":"b","executor":"builtin","steps":[{"name":"s","stage":"x","run":["a"],"shell":true}]}"#,
+                "steps[0]",
+            ),
+            (
+                r#"{"name":"b","executor":"remote","inputs":[{"name":"1x"}]}"#,
+                "`inputs[0].name`",
+            ),
+            (
+                r#"{"name":"b","executor":"remote","artifacts":[{"name":"a","path":"../etc/passwd"}]}"#,
+                "`artifacts[0].path`",
+            ),
+            (
+                r#"{"name":"b","executor":"remote","artifacts":[{"name":"a","path":"/etc/passwd"}]}"#,
+                "`artifacts[0].path`",
+            ),
+            (
+                r#"{"name":"b","executor":"remote","steps":[{"name":"s","stage":"x","run":["a"]}]}"#,
+                "`steps`",
+            ),
+        ] {
+            let err = load_one(bad);
+            assert!(
+                err.contains("p.json") && err.contains(field),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -60,8 +60,15 @@ fn serves_on_embedded_defaults_from_any_directory_and_keeps_jobs_across_sigkill(
         .unwrap()
         .json()
         .unwrap();
+    let names: Vec<&str> = packs["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert_eq!(
-        packs["packs"][0]["name"], "external",
+        names,
+        ["demo", "external"],
         "embedded packs when config/packs is absent"
     );
     let res = client
@@ -257,6 +264,102 @@ fn sigterm_ends_open_streams_and_exits_within_ten_seconds() {
         .json()
         .unwrap();
     assert_eq!(got["state"], "queued");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+fn serve_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env("RUNSIGNAL__Server__Bind", format!("127.0.0.1:{port}"))
+        .env("RUNSIGNAL__Server__Workers", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(format!("RUNSIGNAL__{k}"), v);
+    }
+    cmd.spawn().expect("binary starts")
+}
+
+fn job_state(client: &reqwest::blocking::Client, port: u16, job: &str) -> serde_json::Value {
+    client
+        .get(format!("http://127.0.0.1:{port}/jobs/{job}"))
+        .header("X-Tenant-Id", "acme")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn a_builtin_job_left_working_by_a_sigkill_leaves_working_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("packs");
+    std::fs::create_dir(&packs).unwrap();
+    std::fs::write(
+        packs.join("sleepy.json"),
+        serde_json::json!({"name": "sleepy", "executor": "builtin", "steps": [
+            {"name": "nap", "stage": "s", "run": ["sh", "-c", "echo $$ > step.pid; exec sleep 30"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let ws = dir.path().join("ws");
+    let env = [
+        ("Executor__PacksDir", packs.display().to_string()),
+        ("Executor__WorkspaceDir", ws.display().to_string()),
+        ("Jobs__MaxAttempts", "1".to_owned()),
+        ("Jobs__LeaseSweepIntervalSeconds", "1".to_owned()),
+    ];
+    let port = free_port();
+    let client = reqwest::blocking::Client::new();
+    let mut server = serve_with(dir.path(), port, &env);
+    wait_ready(&client, port);
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/jobs"))
+        .header("X-Tenant-Id", "acme")
+        .json(&serde_json::json!({"pack": "sleepy"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job: serde_json::Value = res.json().unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_state(&client, port, &job_id)["state"] != "working" {
+        assert!(Instant::now() < deadline, "the job never started working");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid_file = ws.join(&job_id).join("step.pid");
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    server.kill().unwrap(); // SIGKILL: the executor dies mid-step
+    server.wait().unwrap();
+    // The orphaned step is not the server's any more: clean it up.
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", pid.trim())])
+            .status();
+    }
+
+    let mut server = serve_with(dir.path(), port, &env);
+    wait_ready(&client, port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        let got = job_state(&client, port, &job_id);
+        if got["state"] != "working" && got["state"] != "loading" {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} 15 s after the restart",
+            got["state"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(got["state"], "failed", "{got}");
+    assert_eq!(got["error"]["code"], "lease_expired", "{got}");
     server.kill().unwrap();
     server.wait().unwrap();
 }

@@ -91,6 +91,17 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         req: &LeaseRequest,
     ) -> StoreResult<Written<Vec<LeasedJob>>>;
+    /// The built-in executor's lease: like [`Store::lease_jobs`] (attempt+1,
+    /// lease, `job.loading`, signal refresh) but across all tenants; each
+    /// leased job comes with its tenant.
+    async fn lease_any_tenant(
+        &self,
+        req: &LeaseRequest,
+    ) -> StoreResult<Written<Vec<(String, LeasedJob)>>>;
+    /// Restart recovery: end now the leases `worker_id` holds (their
+    /// `lease_until` moves to the past) so the sweeper requeues or fails
+    /// them. Returns how many.
+    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<u64>;
     async fn report_progress(
         &self,
         tenant: &str,

@@ -73,6 +73,87 @@ impl SqliteStore {
         })
     }
 
+    /// Lease queued jobs of `req.packs`: of one tenant, or of all (`None`).
+    async fn lease_where(
+        &self,
+        tenant: Option<&str>,
+        req: &LeaseRequest,
+    ) -> StoreResult<Written<Vec<(String, LeasedJob)>>> {
+        let mut w = self.begin(&req.correlation_id).await?;
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM jobs WHERE ");
+        if let Some(tenant) = tenant {
+            q.push("tenant_id = ").push_bind(tenant).push(" AND ");
+        }
+        q.push("state = 'queued' AND pack IN (");
+        let mut packs = q.separated(", ");
+        for pack in &req.packs {
+            packs.push_bind(pack.clone());
+        }
+        q.push(") ORDER BY job_id LIMIT ")
+            .push_bind(i64::from(req.max));
+        let candidates: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *w.tx).await?;
+        let until = w.now + i64::from(req.lease_seconds) * 1000;
+        let mut leased = Vec::with_capacity(candidates.len());
+        let mut runs: Vec<(String, String)> = Vec::new();
+        for job in candidates {
+            let lease_id = new_ulid();
+            sqlx::query(
+                "UPDATE jobs SET attempt = attempt + 1, lease_id = $1, lease_worker = $2, lease_until = $3,
+                     lease_seconds = $4, started_at = COALESCE(started_at, $5)
+                 WHERE job_id = $6 AND state = 'queued'",
+            )
+            .bind(&lease_id)
+            .bind(&req.worker_id)
+            .bind(until)
+            .bind(i64::from(req.lease_seconds))
+            .bind(w.now)
+            .bind(&job.job_id)
+            .execute(&mut *w.tx)
+            .await?;
+            let attempt = job.attempt + 1;
+            sqlx::query("UPDATE jobs SET state = 'loading', updated_at = $1, state_changed_at = $1, blocked_reason = NULL WHERE job_id = $2")
+                .bind(w.now)
+                .bind(&job.job_id)
+                .execute(&mut *w.tx)
+                .await?;
+            let payload = json!({"state": "loading", "previousState": "queued", "attempt": attempt,
+                                 "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
+            w.enqueue_webhook(&job, "loading", Some("queued"), attempt, &payload)
+                .await?;
+            w.append(
+                &job.tenant_id,
+                &job.run_id,
+                Some(&job.job_id),
+                types::JOB_LOADING,
+                payload,
+            )
+            .await?;
+            let run = (job.tenant_id.clone(), job.run_id.clone());
+            if !runs.contains(&run) {
+                runs.push(run);
+            }
+            leased.push((
+                job.tenant_id.clone(),
+                LeasedJob {
+                    inputs: serde_json::from_str(&job.inputs).unwrap_or(Value::Null),
+                    job_id: job.job_id,
+                    run_id: job.run_id,
+                    pack: job.pack,
+                    lease_id,
+                    lease_until: rfc3339(until),
+                    attempt,
+                },
+            ));
+        }
+        for (tenant, run) in runs {
+            w.refresh_run(&tenant, &run).await?;
+        }
+        Ok(Written {
+            value: leased,
+            committed: w.commit().await?,
+        })
+    }
+
     async fn job_in(&self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
         sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND job_id = $2")
             .bind(tenant)
@@ -664,73 +745,47 @@ impl Store for SqliteStore {
         tenant: &str,
         req: &LeaseRequest,
     ) -> StoreResult<Written<Vec<LeasedJob>>> {
-        let mut w = self.begin(&req.correlation_id).await?;
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM jobs WHERE tenant_id = ");
-        q.push_bind(tenant)
-            .push(" AND state = 'queued' AND pack IN (");
+        let written = self.lease_where(Some(tenant), req).await?;
+        Ok(Written {
+            value: written.value.into_iter().map(|(_, job)| job).collect(),
+            committed: written.committed,
+        })
+    }
+
+    async fn lease_any_tenant(
+        &self,
+        req: &LeaseRequest,
+    ) -> StoreResult<Written<Vec<(String, LeasedJob)>>> {
+        // A cheap read first: an idle executor neither takes the write lock
+        // nor counts as a store call.
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND pack IN (",
+        );
         let mut packs = q.separated(", ");
         for pack in &req.packs {
             packs.push_bind(pack.clone());
         }
-        q.push(") ORDER BY job_id LIMIT ")
-            .push_bind(i64::from(req.max));
-        let candidates: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *w.tx).await?;
-        let until = w.now + i64::from(req.lease_seconds) * 1000;
-        let mut leased = Vec::with_capacity(candidates.len());
-        let mut runs: Vec<String> = Vec::new();
-        for job in candidates {
-            let lease_id = new_ulid();
-            sqlx::query(
-                "UPDATE jobs SET attempt = attempt + 1, lease_id = $1, lease_worker = $2, lease_until = $3,
-                     lease_seconds = $4, started_at = COALESCE(started_at, $5)
-                 WHERE job_id = $6 AND state = 'queued'",
-            )
-            .bind(&lease_id)
-            .bind(&req.worker_id)
-            .bind(until)
-            .bind(i64::from(req.lease_seconds))
-            .bind(w.now)
-            .bind(&job.job_id)
-            .execute(&mut *w.tx)
-            .await?;
-            let attempt = job.attempt + 1;
-            sqlx::query("UPDATE jobs SET state = 'loading', updated_at = $1, state_changed_at = $1, blocked_reason = NULL WHERE job_id = $2")
-                .bind(w.now)
-                .bind(&job.job_id)
-                .execute(&mut *w.tx)
-                .await?;
-            let payload = json!({"state": "loading", "previousState": "queued", "attempt": attempt,
-                                 "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
-            w.enqueue_webhook(&job, "loading", Some("queued"), attempt, &payload)
-                .await?;
-            w.append(
-                tenant,
-                &job.run_id,
-                Some(&job.job_id),
-                types::JOB_LOADING,
-                payload,
-            )
-            .await?;
-            if !runs.contains(&job.run_id) {
-                runs.push(job.run_id.clone());
-            }
-            leased.push(LeasedJob {
-                inputs: serde_json::from_str(&job.inputs).unwrap_or(Value::Null),
-                job_id: job.job_id,
-                run_id: job.run_id,
-                pack: job.pack,
-                lease_id,
-                lease_until: rfc3339(until),
-                attempt,
+        q.push("))");
+        let any: bool = q.build_query_scalar().fetch_one(&self.reader).await?;
+        if !any {
+            return Ok(Written {
+                value: Vec::new(),
+                committed: Committed::default(),
             });
         }
-        for run in runs {
-            w.refresh_run(tenant, &run).await?;
-        }
-        Ok(Written {
-            value: leased,
-            committed: w.commit().await?,
-        })
+        self.lease_where(None, req).await
+    }
+
+    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<u64> {
+        self.queries.hit();
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 WHERE lease_worker = $2 AND state IN ('loading', 'working')",
+        )
+        .bind(now_ms() - 1)
+        .bind(worker_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn report_progress(

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bad_input;
+mod executor;
 mod first_signal;
 mod jobs;
 mod ops;
