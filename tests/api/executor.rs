@@ -325,3 +325,82 @@ async fn builtin_packs_are_not_leasable_by_remote_workers() {
     let res = x.app.submit(json!({"pack": "nope"})).await;
     assert_problem(res, 422, "unknown_pack").await;
 }
+
+#[actix_web::test]
+async fn the_shipped_demo_pack_runs_its_stages_and_writes_its_report() {
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path().display().to_string();
+    let app = spawn_with(&[("Executor__WorkspaceDir", w.as_str())]).await;
+    let (job, run) = submit(&app, "demo", json!({"name": "tester"})).await;
+    let got = wait_state(&app, &job, &["done", "failed"], 60).await;
+    assert_eq!(got["state"], "done", "{got}");
+    let events = app.timeline(&run).await;
+    let stages: Vec<&str> = of_type(&events, "job.progress")
+        .iter()
+        .filter_map(|e| e["payload"]["stage"].as_str())
+        .collect();
+    for stage in ["resolve", "fetch", "analyze", "report"] {
+        assert!(stages.contains(&stage), "{stages:?}");
+    }
+    let lines = log_lines(&events);
+    assert!(lines.contains(&"hello tester".to_owned()), "{lines:?}");
+    let report = std::fs::read_to_string(ws.path().join(&job).join("out/report.txt")).unwrap();
+    assert!(report.contains("tester"), "{report}");
+}
+
+#[actix_web::test]
+async fn jobs_of_every_tenant_run_and_long_lines_are_cut() {
+    let x = exec_app(
+        &[pack(
+            "wide",
+            vec![sh(
+                "long",
+                "s",
+                "head -c 20000 /dev/zero | tr '\\0' a; echo; echo short",
+            )],
+        )],
+        &[],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let res = x
+            .app
+            .req_as(tenant, reqwest::Method::POST, "/jobs")
+            .json(&json!({"pack": "wide"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        jobs.push((
+            tenant,
+            v["job_id"].as_str().unwrap().to_owned(),
+            v["run_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    for (tenant, job, _) in &jobs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Value = x
+                .app
+                .req_as(tenant, reqwest::Method::GET, &format!("/jobs/{job}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["state"] == "done" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{tenant}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let lines = log_lines(&x.app.timeline(&jobs[0].2).await);
+    assert_eq!(lines.len(), 2, "{}", lines.len());
+    assert!(lines[0].starts_with("aaaa") && lines[0].ends_with("[truncated]"));
+    assert!(lines[0].len() < 8 * 1024 + 32, "{}", lines[0].len());
+    assert_eq!(lines[1], "short");
+}
