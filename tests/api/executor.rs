@@ -404,3 +404,19 @@ async fn jobs_of_every_tenant_run_and_long_lines_are_cut() {
     assert!(lines[0].len() < 8 * 1024 + 32, "{}", lines[0].len());
     assert_eq!(lines[1], "short");
 }
+
+#[test]
+fn executor_settings_are_validated_naming_the_key() {
+    use runsignal::config::Config;
+    for (key, value) in [
+        ("MaxConcurrentJobs", "0"),
+        ("MaxConcurrentJobs", "1000"),
+        ("WorkspaceDir", " "),
+    ] {
+        let env = vec![(format!("RUNSIGNAL__Executor__{key}"), value.to_owned())];
+        let err = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(err.contains(&format!("Executor.{key}")), "{err}");
+    }
+    let ok = Config::load_from(None, Vec::new()).unwrap();
+    assert_eq!(ok.executor.workspace_dir, "data/workspaces");
+}
