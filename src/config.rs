@@ -161,6 +161,8 @@ pub struct WebhooksConfig {
     pub allowed_networks: Vec<String>,
     pub retry_schedule_seconds: Vec<u64>,
     pub timeout_seconds: u64,
+    /// Deliveries in flight at once.
+    pub max_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +320,20 @@ impl Config {
             return Err(invalid("Executor.WorkspaceDir", "must be a directory path"));
         }
         one_of("Logging.Format", &self.logging.format, &["pretty", "json"])?;
+        let hooks = &self.webhooks;
+        if !(1..=1024).contains(&hooks.max_concurrency) {
+            return Err(invalid(
+                "Webhooks.MaxConcurrency",
+                format!(
+                    "{} is out of range; allowed: 1..=1024",
+                    hooks.max_concurrency
+                ),
+            ));
+        }
+        for (i, net) in hooks.allowed_networks.iter().enumerate() {
+            crate::webhooks::ssrf::parse_network(net)
+                .map_err(|e| invalid(&format!("Webhooks.AllowedNetworks[{i}]"), e))?;
+        }
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod watch;
+pub mod webhooks;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -142,6 +143,10 @@ impl Application {
             queued: Arc::new(Notify::new()),
             webhooks: Arc::new(Notify::new()),
         };
+        let dispatcher =
+            webhooks::Dispatcher::new(&config.webhooks, store.clone(), engine.webhooks.clone())?
+                .recover()
+                .await?;
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("binding Server.Bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -178,6 +183,7 @@ impl Application {
         }
         tasks::spawn_all(state.clone().into_inner());
         actix_rt::spawn(executor::run(state.clone().into_inner()));
+        actix_rt::spawn(dispatcher.run(state.shutdown.clone()));
         tracing::info!(port, "runsignal listening");
         let server = server.run();
         let stopper = Stopper {

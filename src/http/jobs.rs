@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{job_id, parse_query, run_id, CorrelationId, JsonBody, Tenant};
 use super::prefer::{wait_for_job, wait_preference};
-use crate::store::{rfc3339, JobQuery, JobRecord, NewJob};
+use crate::store::{rfc3339, JobQuery, JobRecord, NewJob, WebhookDelivery};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -68,6 +68,32 @@ pub fn job_json(job: &JobRecord) -> Value {
         "artifacts": [],
         "state_webhook_url": job.webhook_url,
     })
+}
+
+/// `webhook` of `GET /jobs/{id}`: null without a `state_webhook_url`, else
+/// the URL and each delivery's status (oldest first), so a poller can see
+/// what its receiver missed.
+pub fn webhook_json(job: &JobRecord, deliveries: &[WebhookDelivery]) -> Value {
+    let Some(url) = &job.webhook_url else {
+        return Value::Null;
+    };
+    let deliveries: Vec<Value> = deliveries
+        .iter()
+        .map(|d| {
+            let open = matches!(d.status.as_str(), "pending" | "sending");
+            json!({
+                "state": d.state,
+                "idempotency_key": d.idempotency_key,
+                "status": d.status,
+                "attempts": d.attempts,
+                "last_status_code": d.last_status_code,
+                "last_error": d.last_error,
+                "next_attempt_at": open.then(|| rfc3339(d.next_attempt_at)),
+                "delivered_at": d.delivered_at.map(rfc3339),
+            })
+        })
+        .collect();
+    json!({"url": url, "deliveries": deliveries})
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
@@ -207,7 +233,13 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
     let job = state.store.get_job(&tenant.0, &id).await?;
-    Ok(HttpResponse::Ok().json(job_json(&job)))
+    let mut body = job_json(&job);
+    let deliveries = match job.webhook_url {
+        Some(_) => state.store.job_webhooks(&tenant.0, &id).await?,
+        None => Vec::new(),
+    };
+    body["webhook"] = webhook_json(&job, &deliveries);
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

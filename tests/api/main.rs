@@ -12,5 +12,6 @@ mod prune;
 mod runs;
 mod streams;
 mod tenants;
+mod webhooks;
 mod workers;
 mod ws;

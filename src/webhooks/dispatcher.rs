@@ -1,0 +1,320 @@
+//! The dispatcher: one background task that drains the durable outbox.
+//!
+//! Rows are written by the store in each job transition's own transaction;
+//! the dispatcher claims due rows (`pending` → `sending`), sends them
+//! concurrently, and records each outcome. On start it puts rows a crash left
+//! `sending` back to `pending`: at-least-once, never at-most-once. The store
+//! hands out only the oldest open row of a job, so a job's webhooks arrive in
+//! state order. The dispatcher never touches jobs: a failing receiver cannot
+//! block or change one.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::policy;
+use super::send::Sender;
+use super::signing::Signer;
+use super::ssrf::Guard;
+use crate::config::WebhooksConfig;
+use crate::store::{now_ms, Store, WebhookDelivery, WebhookOutcome};
+
+/// Pause after a failed store call before trying again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Re-check interval (doubling up to the max) while rows are due but not
+/// claimable because an earlier row of their job is still open, and the
+/// dispatcher does not know when that row will be retried (it was
+/// scheduled before a restart).
+const BLOCKED_POLL_MIN: Duration = Duration::from_secs(1);
+const BLOCKED_POLL_MAX: Duration = Duration::from_secs(10);
+/// Pauses between tries to record an outcome; after the last one the row
+/// stays `sending` and is sent again after the next restart.
+const FINISH_RETRIES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+];
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    /// Notified by the engine after a commit that queued deliveries.
+    wake: Arc<Notify>,
+    sender: Arc<Sender>,
+    schedule: Arc<[u64]>,
+    max_in_flight: usize,
+    /// Whether rows were pending at start-up (see [`Dispatcher::recover`]).
+    pending_at_start: bool,
+}
+
+impl Dispatcher {
+    /// Checks the secrets and networks (the error names the key).
+    pub fn new(
+        config: &WebhooksConfig,
+        store: Arc<dyn Store>,
+        wake: Arc<Notify>,
+    ) -> anyhow::Result<Dispatcher> {
+        let sender = Sender::new(
+            Guard::new(&config.allowed_networks)
+                .map_err(|e| anyhow::anyhow!("Webhooks.AllowedNetworks: {e}"))?,
+            Signer::new(&config.secrets)?,
+            Duration::from_secs(config.timeout_seconds.max(1)),
+        );
+        Ok(Dispatcher {
+            store,
+            wake,
+            sender: Arc::new(sender),
+            schedule: config.retry_schedule_seconds.clone().into(),
+            max_in_flight: config.max_concurrency.max(1),
+            pending_at_start: true,
+        })
+    }
+
+    /// Before the service takes requests: rows a crash left `sending` go
+    /// back to `pending` (at-least-once), and the dispatcher learns whether
+    /// anything is pending, so that an idle service makes no store call
+    /// once it is up.
+    pub async fn recover(mut self) -> anyhow::Result<Dispatcher> {
+        let reset = self
+            .store
+            .reset_sending_webhooks()
+            .await
+            .context("resetting webhooks interrupted by a restart")?;
+        if reset > 0 {
+            tracing::info!(
+                deliveries = reset,
+                "webhooks interrupted by a restart will be sent again"
+            );
+        }
+        self.pending_at_start = self
+            .store
+            .next_webhook_due()
+            .await
+            .context("reading the webhook outbox")?
+            .is_some();
+        Ok(self)
+    }
+
+    /// Run until `shutdown` turns true (or the runtime stops). Sends then in
+    /// flight are left to finish; any the process does not outlive stay
+    /// `sending` and are sent again after the restart. Call
+    /// [`Dispatcher::recover`] first.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        // The semaphore bounds sends in flight; each task holds its permit
+        // until its outcome is recorded, and the loop claims no more rows
+        // than there are free permits, so a claimed row never waits.
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let mut in_flight: JoinSet<Option<i64>> = JoinSet::new();
+        // Retry times this process scheduled: the wake-up for rows blocked
+        // behind them.
+        let mut retries: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
+        let mut blocked_poll = BLOCKED_POLL_MIN;
+        // Whether the outbox may hold due rows; false only while idle at start.
+        let mut look = self.pending_at_start;
+        let mut watching = true;
+        loop {
+            if *shutdown.borrow() {
+                in_flight.detach_all();
+                return;
+            }
+            while let Some(done) = in_flight.try_join_next() {
+                note(done, &mut retries);
+            }
+            let free = permits.available_permits();
+            let mut wake_at = None;
+            if look && free > 0 {
+                let now = now_ms();
+                let batch = match self.store.claim_webhooks(now, free as u32).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook claim failed");
+                        tokio::time::sleep(STORE_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let full = batch.len() >= free;
+                if !batch.is_empty() {
+                    blocked_poll = BLOCKED_POLL_MIN;
+                }
+                for d in batch {
+                    // At most `free` rows were claimed, one permit each.
+                    let permit = permits
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("claimed no more rows than free permits");
+                    in_flight.spawn(deliver(
+                        self.sender.clone(),
+                        self.store.clone(),
+                        self.schedule.clone(),
+                        d,
+                        permit,
+                    ));
+                }
+                if full {
+                    continue; // more may be due: claim again once a slot frees
+                }
+                match self.store.next_webhook_due().await {
+                    Ok(due) => wake_at = next_wake(due, now, &mut retries, blocked_poll),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook due time unavailable");
+                        wake_at = Some((now + STORE_ERROR_PAUSE.as_millis() as i64, false));
+                    }
+                }
+            }
+            look = true;
+            let timer = async {
+                match wake_at {
+                    Some((at, _)) => tokio::time::sleep_until(instant_of(at)).await,
+                    // Nothing pending: no store call until a commit wakes us.
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => blocked_poll = BLOCKED_POLL_MIN,
+                changed = shutdown.changed(), if watching => watching = changed.is_ok(),
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    note(done, &mut retries);
+                }
+                _ = timer => {
+                    if matches!(wake_at, Some((_, true))) {
+                        blocked_poll = (blocked_poll * 2).min(BLOCKED_POLL_MAX);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When to look again, and whether that is a blocked-row poll.
+///
+/// `due` is the earliest `next_attempt_at` of any pending row. In the future,
+/// it is exact. In the past although the claim took everything it could,
+/// those rows wait behind an open earlier row of their job: one in flight
+/// (its end wakes the loop), one whose retry this process scheduled (in
+/// `retries`), or one scheduled before a restart (found by polling).
+fn next_wake(
+    due: Option<i64>,
+    now: i64,
+    retries: &mut BinaryHeap<Reverse<i64>>,
+    blocked_poll: Duration,
+) -> Option<(i64, bool)> {
+    while retries.peek().is_some_and(|Reverse(at)| *at <= now) {
+        retries.pop();
+    }
+    match due {
+        None => {
+            retries.clear();
+            None
+        }
+        Some(at) if at > now => Some((at, false)),
+        Some(_) => {
+            let poll = now + blocked_poll.as_millis() as i64;
+            match retries.peek() {
+                Some(Reverse(at)) if *at < poll => Some((*at, false)),
+                _ => Some((poll, true)),
+            }
+        }
+    }
+}
+
+fn note(done: Result<Option<i64>, tokio::task::JoinError>, retries: &mut BinaryHeap<Reverse<i64>>) {
+    match done {
+        Ok(Some(at)) => retries.push(Reverse(at)),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "webhook send task ended abnormally"),
+    }
+}
+
+fn instant_of(at_ms: i64) -> Instant {
+    let wait = u64::try_from(at_ms - now_ms()).unwrap_or(0);
+    Instant::now() + Duration::from_millis(wait)
+}
+
+/// Send one claimed row and record the outcome; returns the retry time.
+async fn deliver(
+    sender: Arc<Sender>,
+    store: Arc<dyn Store>,
+    schedule: Arc<[u64]>,
+    d: WebhookDelivery,
+    _permit: OwnedSemaphorePermit,
+) -> Option<i64> {
+    let attempt = sender.attempt(&d).await;
+    let outcome = policy::outcome(&attempt, d.attempts, &schedule, now_ms(), fastrand::f64());
+    let key = d.idempotency_key.as_str();
+    match &outcome {
+        WebhookOutcome::Delivered { status } => {
+            tracing::debug!(key, status, attempts = d.attempts, "webhook delivered")
+        }
+        WebhookOutcome::Retry { at_ms, error, .. } => {
+            tracing::info!(key, attempts = d.attempts, retry_in_ms = at_ms - now_ms(), %error, "webhook will be retried")
+        }
+        WebhookOutcome::Failed { error, .. } => {
+            tracing::warn!(key, attempts = d.attempts, %error, "webhook failed")
+        }
+        WebhookOutcome::Gone { .. } => {
+            tracing::warn!(
+                key,
+                "webhook receiver answered 410 Gone: no more deliveries for this job"
+            )
+        }
+    }
+    for pause in FINISH_RETRIES {
+        tokio::time::sleep(pause).await;
+        match store.finish_webhook(d.id, &outcome).await {
+            Ok(()) => {
+                return match outcome {
+                    WebhookOutcome::Retry { at_ms, .. } => Some(at_ms),
+                    _ => None,
+                }
+            }
+            Err(e) => tracing::warn!(key, error = %e, "recording a webhook outcome failed"),
+        }
+    }
+    tracing::error!(
+        key,
+        "webhook outcome not recorded: it will be sent again after a restart"
+    );
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_pending_means_no_wake_up() {
+        let mut r = BinaryHeap::from([Reverse(50)]);
+        assert_eq!(next_wake(None, 10, &mut r, BLOCKED_POLL_MIN), None);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_future_due_time_is_exact() {
+        let mut r = BinaryHeap::new();
+        assert_eq!(
+            next_wake(Some(5000), 10, &mut r, BLOCKED_POLL_MIN),
+            Some((5000, false))
+        );
+    }
+
+    #[test]
+    fn blocked_rows_wake_at_a_known_retry_or_poll() {
+        let mut r = BinaryHeap::from([Reverse(5), Reverse(400)]);
+        assert_eq!(
+            next_wake(Some(0), 10, &mut r, BLOCKED_POLL_MIN),
+            Some((400, false)),
+            "past retries are dropped, the next known one wins"
+        );
+        let mut r = BinaryHeap::from([Reverse(60_000)]);
+        assert_eq!(
+            next_wake(Some(0), 10, &mut r, BLOCKED_POLL_MIN),
+            Some((1010, true))
+        );
+    }
+}
