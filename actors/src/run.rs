@@ -256,13 +256,17 @@ impl RunActor {
 
 /// Send an event to one subscriber; `false` drops it (queue full or closed).
 fn deliver(sub: &Subscriber, event: &Published) -> bool {
-    let Some(name) = sub.filter.matches(&event.envelope) else {
-        return !sub.tx.is_closed();
+    let closes = sub.filter.closes_on(&event.envelope);
+    let frames: Arc<[bytes::Bytes]> = match sub.filter.matches(&event.envelope) {
+        Some(name) => event.frames(sub.filter.kind, sub.wire, name),
+        // Filtered out, but it ends the stream: close without a frame.
+        None if closes => Arc::from(Vec::new()),
+        None => return !sub.tx.is_closed(),
     };
     let delivery = Delivery {
-        frames: event.frames(sub.filter.kind, sub.wire, name),
+        frames,
         seq: event.envelope.seq,
-        closes: sub.filter.closes_on(&event.envelope),
+        closes,
     };
     match sub.tx.try_send(delivery) {
         Ok(()) => true,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use runsignal_actors::subscriber::sse_frame;
 use runsignal_actors::{
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::errors::{ApiError, ErrorCode};
-use super::extract::{job_id, parse_query, run_id, Tenant};
+use super::extract::{job_id, parse_query, run_id, CorrelationId, Tenant};
 use crate::store::TimelineQuery;
 use crate::AppState;
 
@@ -188,12 +188,12 @@ pub async fn run_stream(
             replay: Some((last, live_from)),
         },
         None => {
+            // The request's correlation id (given or generated, and echoed).
             let corr = req
-                .headers()
-                .get("x-correlation-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|c| c.0.clone())
+                .unwrap_or_default();
             let first = signal.filter(|_| filter.wants("first_signal")).map(|view| {
                 let data =
                     view.stream_data(&format!("{}:{}", run_id, view.seq), "snapshot", true, &corr);
@@ -438,11 +438,10 @@ async fn replay(
             };
             after = envelope.seq;
             let event = Published::from_stored(envelope);
-            let Some(name) = filter.matches(&event.envelope) else {
-                continue;
-            };
-            for frame in event.frames(kind, Wire::Sse, name).iter() {
-                out.send(frame.clone()).await.ok()?;
+            if let Some(name) = filter.matches(&event.envelope) {
+                for frame in event.frames(kind, Wire::Sse, name).iter() {
+                    out.send(frame.clone()).await.ok()?;
+                }
             }
             if filter.closes_on(&event.envelope) {
                 return Some(true);

@@ -736,6 +736,10 @@ impl Feed {
                         });
                     }
                     if d.closes {
+                        if d.frames.is_empty() {
+                            // Ended on an event this subscription filters out.
+                            self.queue.push_back(FeedItem::Completed);
+                        }
                         self.ended = true;
                         self.live = None;
                     }

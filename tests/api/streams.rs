@@ -511,15 +511,28 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_others_keep_up() {
     );
     slow.write_all(request.as_bytes()).await.unwrap();
     let mut fast = events(open(&app, &run_path(&run), None).await);
+    // The publisher keeps pace with the reading subscriber (batches of 100,
+    // then it waits for them), so only the silent one falls behind.
+    let received = std::cell::Cell::new(0usize);
     let fast_reader = async {
         read_until(&mut fast, |evs| {
-            evs.last().is_some_and(|e| e.event == "completed")
+            let last = evs.last().unwrap();
+            if last.event == "progress" {
+                received.set(received.get() + 1);
+            }
+            last.event == "completed"
         })
         .await
     };
     let publisher = async {
         // ~12 MB of progress messages: more than the socket buffers can hide.
-        progress_direct(&app, &job, &lease, 3000, 4000).await;
+        for batch in 1..=30 {
+            progress_direct(&app, &job, &lease, 100, 4000).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while received.get() < batch * 100 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         app.worker(&job, "complete", json!({"leaseId": lease}))
             .await;
     };
@@ -593,5 +606,46 @@ async fn a_graceful_stop_ends_open_streams_with_timeout() {
             .await
             .is_err(),
         "new connections refused"
+    );
+}
+
+#[actix_web::test]
+async fn a_filtered_stream_still_ends_when_the_run_completes() {
+    let app = spawn_app().await;
+    let (job, run, lease) = started_job(&app).await;
+    let res = app
+        .get(&format!("{}?events=progress", run_path(&run)))
+        .header("X-Correlation-Id", "conn-1")
+        .send()
+        .await
+        .unwrap();
+    let mut only_progress = events(res);
+    let mut plain = events(
+        app.get(&run_path(&run))
+            .header("X-Correlation-Id", "conn-2")
+            .send()
+            .await
+            .unwrap(),
+    );
+    let first = read_until(&mut plain, |_| true).await;
+    assert_eq!(
+        first[0].data["signal"]["diagnostics"]["correlationId"], "conn-2",
+        "the connect frame names the request"
+    );
+    app.worker(&job, "progress", json!({"leaseId": lease, "percent": 50}))
+        .await;
+    app.worker(&job, "complete", json!({"leaseId": lease}))
+        .await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_until(&mut only_progress, |_| false),
+    )
+    .await
+    .expect("the stream ended");
+    let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        ["progress"],
+        "only what the filter keeps, then the end"
     );
 }

@@ -800,18 +800,42 @@ async fn progress_direct(
 
 #[actix_web::test]
 async fn a_socket_that_stops_reading_loses_the_subscription_and_resumes_with_after() {
-    let app = spawn_with(&[("Streams__BufferSize", "16")]).await;
+    // 64 events of queue: room for the reading socket's client on a busy
+    // machine, far less than the ~12 MB the silent socket is sent.
+    let app = spawn_with(&[("Streams__BufferSize", "64")]).await;
     let (job, _, lease) = started_job(&app).await;
     let mut slow = connect(&app).await;
     subscribe(&mut slow, "job", &job).await;
     let mut fast = connect(&app).await;
     subscribe(&mut fast, "job", &job).await;
-    let fast_reader = async { recv_until(&mut fast, is_completed).await };
+    // The publisher keeps pace with the reading socket (batches of 100
+    // reports, then it waits for them), so only the silent one falls behind.
+    let received = std::cell::Cell::new(0usize);
+    let fast_reader = async {
+        let mut all = Vec::new();
+        loop {
+            let frame = recv(&mut fast).await;
+            if frame["event"] == "log" {
+                received.set(received.get() + 1);
+            }
+            let done = frame["event"] == "completed";
+            all.push(frame);
+            if done {
+                return all;
+            }
+        }
+    };
     let publisher = async {
         // ~12 MB: more than the socket buffers can hide while `slow` sleeps.
         // Several lines per report: the drop may fall between two frames of
         // one event, whose missing lines must still arrive before the error.
-        progress_direct(&app, &job, &lease, 3000, 5, 800).await;
+        for batch in 1..=30 {
+            progress_direct(&app, &job, &lease, 100, 5, 800).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while received.get() < batch * 500 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         app.worker(&job, "complete", json!({"leaseId": lease}))
             .await;
     };
