@@ -826,16 +826,26 @@ impl Store for SqliteStore {
         .bind(job_id)
         .execute(&mut *w.tx)
         .await?;
-        let payload = json!({"stage": r.stage, "step": r.step, "stepIndex": r.step_index,
-                             "message": r.message, "percent": r.percent, "leaseUntil": rfc3339(until)});
-        w.append(
-            tenant,
-            &job.run_id,
-            Some(job_id),
-            types::JOB_PROGRESS,
-            payload,
-        )
-        .await?;
+        // A report that says nothing about progress is a heartbeat (or a log
+        // batch): it extends the lease but is no `job.progress` event, so a
+        // long quiet step does not fill the timeline and the streams.
+        let says_something = r.stage.is_some()
+            || r.step.is_some()
+            || r.step_index.is_some()
+            || r.message.is_some()
+            || r.percent.is_some();
+        if says_something {
+            let payload = json!({"stage": r.stage, "step": r.step, "stepIndex": r.step_index,
+                                 "message": r.message, "percent": r.percent, "leaseUntil": rfc3339(until)});
+            w.append(
+                tenant,
+                &job.run_id,
+                Some(job_id),
+                types::JOB_PROGRESS,
+                payload,
+            )
+            .await?;
+        }
         let blocked = match &r.blocked {
             BlockedChange::Unchanged => None,
             BlockedChange::Set(reason) => Some(Some(reason.as_str())),

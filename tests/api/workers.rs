@@ -346,3 +346,43 @@ async fn fifty_concurrent_leases_on_a_thousand_jobs_lease_each_exactly_once() {
         .unwrap();
     assert!(queued["jobs"].as_array().unwrap().is_empty());
 }
+
+#[actix_web::test]
+async fn a_bare_heartbeat_extends_the_lease_without_a_timeline_event() {
+    let app = spawn_app().await;
+    let (job, run) = app.submit_job(None).await;
+    let l = app
+        .lease(json!({"workerId": "w", "packs": ["external"], "leaseSeconds": 5}))
+        .await
+        .remove(0);
+    app.worker(
+        &job,
+        "progress",
+        json!({"leaseId": l["leaseId"], "percent": 10}),
+    )
+    .await;
+    let before = app.timeline(&run).await.len();
+    let until = app.job(&job).await["lease"]["lease_until"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        app.worker(&job, "progress", json!({"leaseId": l["leaseId"]}))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        app.job(&job).await["lease"]["lease_until"]
+            .as_str()
+            .unwrap()
+            > until.as_str(),
+        "lease extended"
+    );
+    assert_eq!(
+        app.timeline(&run).await.len(),
+        before,
+        "no event for a heartbeat"
+    );
+}
