@@ -70,6 +70,22 @@ pub fn job_json(job: &JobRecord) -> Value {
     })
 }
 
+/// The full `GET /jobs/{id}` body: the job and its webhook delivery status.
+pub async fn job_body(state: &AppState, job: &JobRecord) -> Result<Value, ApiError> {
+    let mut body = job_json(job);
+    let deliveries = match job.webhook_url {
+        Some(_) => {
+            state
+                .store
+                .job_webhooks(&job.tenant_id, &job.job_id)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    body["webhook"] = webhook_json(job, &deliveries);
+    Ok(body)
+}
+
 /// `webhook` of `GET /jobs/{id}`: null without a `state_webhook_url`, else
 /// the URL and each delivery's status (oldest first), so a poller can see
 /// what its receiver missed.
@@ -194,7 +210,7 @@ pub async fn submit_job(
         Some(done) => HttpResponse::Ok()
             .insert_header((header::LOCATION, location))
             .insert_header(("Preference-Applied", applied))
-            .json(job_json(&done)),
+            .json(job_body(&state, &done).await?),
         None => {
             let mut res = accepted(&job, location);
             // `wait=<digits>` is always a valid header value.
@@ -233,12 +249,7 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
     let job = state.store.get_job(&tenant.0, &id).await?;
-    let mut body = job_json(&job);
-    let deliveries = match job.webhook_url {
-        Some(_) => state.store.job_webhooks(&tenant.0, &id).await?,
-        None => Vec::new(),
-    };
-    body["webhook"] = webhook_json(&job, &deliveries);
+    let body = job_body(&state, &job).await?;
     Ok(HttpResponse::Ok().json(body))
 }
 

@@ -225,6 +225,10 @@ async fn prefer_wait_answers_with_the_finished_job() {
     assert_eq!(job["state"], "done");
     assert_eq!(job["result"], json!({"answer": 42}));
     // The synchronous path fires the same state webhooks (docs/adr/0017).
+    assert_eq!(
+        job["webhook"]["url"], "https://hooks.example.com/x",
+        "the same body as GET /jobs/{{id}}"
+    );
     let job_id = job["job_id"].as_str().unwrap();
     let queued = app.state.store.job_webhooks(TENANT, job_id).await.unwrap();
     let states: Vec<&str> = queued.iter().map(|d| d.state.as_str()).collect();
