@@ -417,6 +417,35 @@ pub struct Job {
     pub artifacts: Vec<JobArtifact>,
     #[schema(required = true)]
     pub state_webhook_url: Option<String>,
+    /// Delivery status of the state webhooks (null without a URL).
+    #[schema(required = true)]
+    pub webhook: Option<JobWebhook>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobWebhook {
+    pub url: String,
+    /// Oldest first: one per state transition.
+    pub deliveries: Vec<WebhookDeliveryStatus>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookDeliveryStatus {
+    pub state: String,
+    /// `<job_id>:<state>`, also sent as `webhook-id`.
+    pub idempotency_key: String,
+    /// pending | sending | delivered | failed | gone
+    pub status: String,
+    pub attempts: i64,
+    #[schema(required = true)]
+    pub last_status_code: Option<i64>,
+    #[schema(required = true)]
+    pub last_error: Option<String>,
+    /// When the next attempt is due (null once settled).
+    #[schema(required = true)]
+    pub next_attempt_at: Option<String>,
+    #[schema(required = true)]
+    pub delivered_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
