@@ -169,6 +169,8 @@ pub struct WebhooksConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct ArtifactsConfig {
     pub inline_max_bytes: usize,
+    /// Artifact files live under `<Dir>/<tenant>/<jobId>/<name>`.
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +317,9 @@ impl Config {
                     self.executor.max_concurrent_jobs
                 ),
             ));
+        }
+        if self.artifacts.dir.trim().is_empty() {
+            return Err(invalid("Artifacts.Dir", "must be a directory path"));
         }
         if self.executor.workspace_dir.trim().is_empty() {
             return Err(invalid("Executor.WorkspaceDir", "must be a directory path"));

@@ -4,6 +4,7 @@
 //! and the HTTP server together and binds the listener (port 0 in tests);
 //! [`Application::run_until_stopped`] serves until a signal stops it.
 
+pub mod artifacts;
 pub mod cache;
 pub mod config;
 pub mod engine;

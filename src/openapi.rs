@@ -54,6 +54,7 @@ const CORRELATION_HEADER: &str = "X-Correlation-Id";
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,
+        jobs::get_artifact,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -483,12 +484,16 @@ pub struct JobError {
     pub message: Option<String>,
 }
 
+/// An artifact of a done job (`completion` holds the result JSON). In the
+/// `done` event and webhook, artifacts up to `Artifacts.InlineMaxBytes` also
+/// carry `content_base64`.
 #[derive(Serialize, ToSchema)]
 pub struct JobArtifact {
     pub name: String,
     pub size: u64,
     pub sha256: String,
     pub content_type: String,
+    /// `/jobs/{jobId}/artifacts/{name}`
     pub url: String,
 }
 

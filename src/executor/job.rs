@@ -2,12 +2,13 @@
 //! complete or fail, all through the store with the job's lease id.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::step::{self, Outcome, Reporter};
+use crate::artifacts::{self, NewArtifact, Source};
 use crate::packs::Pack;
 use crate::store::{Completion, Failure, LeasedJob, StoreError};
 use crate::AppState;
@@ -74,10 +75,29 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
         };
         return fail(&reporter, code, message, range, exit_code).await;
     }
+    let result = json!({"steps": total});
+    let items = collect(&pack, &workspace, &result);
+    let cfg = &state.config.artifacts;
+    let stored = match artifacts::store_all(
+        &cfg.dir,
+        &reporter.tenant,
+        &reporter.job_id,
+        items,
+        cfg.inline_max_bytes,
+    )
+    .await
+    {
+        Ok(stored) => stored,
+        Err(e) => {
+            let message = format!("cannot store the job's artifacts: {e}");
+            return fail(&reporter, "artifacts_unavailable", message, None, None).await;
+        }
+    };
     let done = Completion {
         lease_id: reporter.lease_id.clone(),
-        result: Some(json!({"steps": total})),
+        result: Some(result),
         correlation_id: reporter.correlation_id.clone(),
+        artifacts: stored,
     };
     match state
         .store
@@ -92,6 +112,31 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
             tracing::warn!(job = %reporter.job_id, error = %e, "completing a built-in job failed")
         }
     }
+}
+
+/// The `completion` artifact and the pack's declared artifacts (a missing
+/// file is skipped by [`artifacts::store_all`] with a warning).
+fn collect(pack: &Pack, workspace: &Path, result: &Value) -> Vec<NewArtifact> {
+    let mut items = vec![NewArtifact {
+        name: artifacts::COMPLETION.to_owned(),
+        content_type: "application/json".to_owned(),
+        source: Source::Bytes(result.to_string().into_bytes()),
+    }];
+    for decl in &pack.artifacts {
+        if !artifacts::valid_name(&decl.name) || decl.name == artifacts::COMPLETION {
+            tracing::warn!(pack = %pack.name, artifact = %decl.name, "artifact name not storable; skipped");
+            continue;
+        }
+        items.push(NewArtifact {
+            name: decl.name.clone(),
+            content_type: decl
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            source: Source::File(workspace.join(&decl.path)),
+        });
+    }
+    items
 }
 
 /// Fail the job (not retryable: a built-in step fails the same way again).

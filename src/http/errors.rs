@@ -20,6 +20,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RunNotFound,
     JobNotFound,
+    ArtifactNotFound,
     RouteNotFound,
     MethodNotAllowed,
     RunExists,
@@ -68,6 +69,11 @@ impl ErrorCode {
             ),
             RunNotFound => ("run_not_found", StatusCode::NOT_FOUND, "Run not found"),
             JobNotFound => ("job_not_found", StatusCode::NOT_FOUND, "Job not found"),
+            ArtifactNotFound => (
+                "artifact_not_found",
+                StatusCode::NOT_FOUND,
+                "Artifact not found",
+            ),
             RouteNotFound => ("not_found", StatusCode::NOT_FOUND, "No such route"),
             MethodNotAllowed => (
                 "method_not_allowed",

@@ -83,6 +83,14 @@ pub async fn job_body(state: &AppState, job: &JobRecord) -> Result<Value, ApiErr
         None => Vec::new(),
     };
     body["webhook"] = webhook_json(job, &deliveries);
+    // Artifact rows commit with the `done` transition: only done jobs have any.
+    if job.job_state() == JobState::Done {
+        let artifacts = state
+            .store
+            .list_artifacts(&job.tenant_id, &job.job_id)
+            .await?;
+        body["artifacts"] = artifacts.iter().map(|a| a.json()).collect();
+    }
     Ok(body)
 }
 
@@ -346,4 +354,97 @@ pub async fn cancel_job(
         .publish(state.store.cancel_job(&tenant.0, &id, &corr.0).await?);
     Ok(HttpResponse::Accepted()
         .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
+}
+
+#[utoipa::path(
+    get,
+    path = "/jobs/{jobId}/artifacts/{name}",
+    tag = "jobs",
+    summary = "Download a job artifact",
+    description = "The bytes, streamed from storage, with `Content-Type`, `Content-Length` and a strong `ETag` (the SHA-256 in quotes); `If-None-Match` with it → 304.",
+    params(
+        crate::openapi::TenantHeader,
+        ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$"),
+        ("name" = String, Path, description = "The artifact's name (`completion` holds the result JSON)", pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"),
+        ("If-None-Match" = Option<String>, Header, description = "A previous `ETag`: 304 when unchanged"),
+    ),
+    responses(
+        (status = 200, description = "The artifact's bytes", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("ETag" = String, description = "`\"<sha256 hex>\"`"), ("Content-Length" = u64, description = "The size in bytes"))),
+        (status = 304, description = "Not modified (`If-None-Match` matched)"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`, `artifact_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_artifact(
+    req: HttpRequest,
+    tenant: Tenant,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, name) = path.into_inner();
+    let id = job_id(&raw_id)?;
+    let job = state.store.get_job(&tenant.0, &id).await?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::ArtifactNotFound,
+            format!("job {} has no artifact `{name}`", job.job_id),
+        )
+    };
+    if !crate::artifacts::valid_name(&name) {
+        return Err(not_found());
+    }
+    let artifact = state
+        .store
+        .get_artifact(&tenant.0, &id, &name)
+        .await?
+        .ok_or_else(not_found)?;
+    let etag = format!("\"{}\"", artifact.sha256);
+    let matched = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str()));
+    if matched {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    let file = tokio::fs::File::open(&artifact.path).await.map_err(|e| {
+        tracing::warn!(job = %id, artifact = %name, error = %e, "artifact file unreadable");
+        not_found()
+    })?;
+    let size = artifact.size as u64;
+    Ok(HttpResponse::Ok()
+        .content_type(artifact.content_type.as_str())
+        .insert_header((header::ETAG, etag))
+        .no_chunking(size)
+        .streaming(file_chunks(file, size)))
+}
+
+/// The file as a stream of chunks of at most [`crate::artifacts::CHUNK`]
+/// bytes, ending after `size` bytes: never read whole into memory.
+fn file_chunks(
+    file: tokio::fs::File,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    use tokio::io::AsyncReadExt as _;
+    futures_util::stream::unfold((file, size), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = (left as usize).min(crate::artifacts::CHUNK);
+        let mut buf = bytes::BytesMut::zeroed(want);
+        match file.read(&mut buf).await {
+            Ok(0) => Some((Err(std::io::ErrorKind::UnexpectedEof.into()), (file, 0))),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf.freeze()), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    })
 }

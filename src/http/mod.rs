@@ -61,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/jobs/{jobId}").get(jobs::get_job))
     .service(web::resource("/jobs/{jobId}/cancel").post(jobs::cancel_job))
+    .service(web::resource("/jobs/{jobId}/artifacts/{name}").get(jobs::get_artifact))
     .service(web::resource("/healthz").get(ops::healthz))
     .service(web::resource("/readyz").get(ops::readyz))
     .service(web::resource("/metrics").get(ops::metrics))

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use runsignal_actors::JobState;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{job_id, CorrelationId, JsonBody, Tenant};
 use super::jobs::job_json;
+use crate::artifacts::{self, NewArtifact, Source};
 use crate::packs::ExecutorKind;
 use crate::store::{
     BlockedChange, Completion, Failure, LeaseRequest, LogLine, LogStream, ProgressReport,
@@ -259,7 +261,80 @@ fn lease_json(job: &crate::store::JobRecord) -> Value {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompleteBody {
     pub lease_id: String,
+    /// Also stored as the artifact `completion` (application/json).
     pub result: Option<Value>,
+    /// Files the worker produced; the request body limit
+    /// (`Server.MaxBodyBytes`) bounds their total size.
+    #[serde(default)]
+    pub artifacts: Vec<UploadArtifact>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct UploadArtifact {
+    /// `[A-Za-z0-9._-]{1,128}`, no leading dot; `completion` is reserved.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
+    pub name: String,
+    /// Default `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// The bytes, standard base64.
+    pub content_base64: String,
+}
+
+/// Validate and decode uploads, then the `completion` artifact of `result`.
+fn completion_artifacts(
+    result: Option<&Value>,
+    uploads: Vec<UploadArtifact>,
+) -> Result<Vec<NewArtifact>, ApiError> {
+    let mut out: Vec<NewArtifact> = Vec::new();
+    for (i, a) in uploads.into_iter().enumerate() {
+        if !artifacts::valid_name(&a.name) || a.name == artifacts::COMPLETION {
+            return Err(ApiError::field(
+                &format!("artifacts[{i}].name"),
+                "must match [A-Za-z0-9._-]{1,128}, no leading dot, not `completion`",
+            ));
+        }
+        if out.iter().any(|o| o.name == a.name) {
+            return Err(ApiError::field(
+                &format!("artifacts[{i}].name"),
+                "must be unique",
+            ));
+        }
+        let content_type = a
+            .content_type
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        let ok_type = !content_type.is_empty()
+            && content_type.len() <= 255
+            && actix_web::http::header::HeaderValue::from_str(&content_type).is_ok();
+        if !ok_type {
+            return Err(ApiError::field(
+                &format!("artifacts[{i}].content_type"),
+                "must be a valid header value (1..=255 chars)",
+            ));
+        }
+        let bytes = artifacts::decode_base64(&a.content_base64).ok_or_else(|| {
+            ApiError::field(
+                &format!("artifacts[{i}].content_base64"),
+                "must be standard base64",
+            )
+        })?;
+        out.push(NewArtifact {
+            name: a.name,
+            content_type,
+            source: Source::Bytes(bytes),
+        });
+    }
+    if let Some(result) = result.filter(|r| !r.is_null()) {
+        out.insert(
+            0,
+            NewArtifact {
+                name: artifacts::COMPLETION.to_owned(),
+                content_type: "application/json".to_owned(),
+                source: Source::Bytes(result.to_string().into_bytes()),
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[utoipa::path(
@@ -271,10 +346,11 @@ pub struct CompleteBody {
     request_body = CompleteBody,
     responses(
         (status = 200, description = "The done job", body = crate::openapi::Job),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field` (an artifact's name, content type or base64)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: the body (uploads included) exceeds `Server.MaxBodyBytes`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "`internal`: the artifacts could not be written", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -286,15 +362,44 @@ pub async fn complete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
+    let body = body.0;
+    let items = completion_artifacts(body.result.as_ref(), body.artifacts)?;
+    // Files are written before the completing transaction: check the lease
+    // first so a stale completion never overwrites a finished job's files.
+    let current = state.store.get_job(&tenant.0, &id).await?;
+    let running = matches!(current.job_state(), JobState::Loading | JobState::Working);
+    if !running || current.lease_id.as_deref() != Some(body.lease_id.as_str()) {
+        return Err(crate::store::StoreError::LeaseLost.into());
+    }
+    let cfg = &state.config.artifacts;
+    let stored = artifacts::store_all(&cfg.dir, &tenant.0, &id, items, cfg.inline_max_bytes)
+        .await
+        .map_err(|e| {
+            tracing::error!(job = %id, error = %e, "writing artifacts failed");
+            ApiError::new(ErrorCode::Internal, "artifacts could not be stored")
+        })?;
+    let listed: Vec<Value> = stored
+        .iter()
+        .map(|a| {
+            let mut v = a.event_json(&id);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("content_base64");
+            }
+            v
+        })
+        .collect();
     let done = Completion {
-        lease_id: body.0.lease_id,
-        result: body.0.result,
+        lease_id: body.lease_id,
+        result: body.result,
         correlation_id: corr.0,
+        artifacts: stored,
     };
     let job = state
         .engine
         .publish(state.store.complete_job(&tenant.0, &id, &done).await?);
-    Ok(HttpResponse::Ok().json(job_json(&job)))
+    let mut v = job_json(&job);
+    v["artifacts"] = Value::Array(listed);
+    Ok(HttpResponse::Ok().json(v))
 }
 
 /// Log line range that explains the failure (1 <= start <= end).

@@ -120,6 +120,15 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         failure: &Failure,
     ) -> StoreResult<Written<JobRecord>>;
+    /// A job's artifacts, by name.
+    async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>>;
+    /// One artifact of a job of the tenant (`None`: no such artifact).
+    async fn get_artifact(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        name: &str,
+    ) -> StoreResult<Option<ArtifactRecord>>;
     /// Requeue or fail every job whose lease ended before `now_ms`.
     async fn sweep_expired_leases(&self, now_ms: i64) -> StoreResult<Written<usize>>;
 
@@ -150,7 +159,8 @@ pub trait Store: Send + Sync + 'static {
     /// The job's deliveries, oldest first (`GET /jobs/{id}`).
     async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>>;
     /// Delete up to `limit` runs whose jobs are all terminal and finished
-    /// before `cutoff_ms`, with their jobs, events, deliveries and snapshots.
+    /// before `cutoff_ms`, with their jobs, events, deliveries, snapshots and
+    /// artifacts (rows in the transaction, files after the commit).
     /// Runs with a job still active, or with no job, are never touched.
     async fn prune(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<RunKey>>;
     /// A snapshot written by the snapshot writer, if any.

@@ -200,6 +200,35 @@ pub struct Completion {
     pub lease_id: String,
     pub result: Option<Value>,
     pub correlation_id: String,
+    /// Written to disk already; their rows commit with the `done` transition.
+    pub artifacts: Vec<crate::artifacts::StoredArtifact>,
+}
+
+/// An artifact's metadata row (`artifacts`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ArtifactRecord {
+    pub tenant_id: String,
+    pub job_id: String,
+    pub run_id: String,
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub path: String,
+    pub created_at: i64,
+}
+
+impl ArtifactRecord {
+    /// `{"name","size","sha256","content_type","url"}` (`GET /jobs/{id}`).
+    pub fn json(&self) -> Value {
+        crate::artifacts::metadata_json(
+            &self.job_id,
+            &self.name,
+            self.size as u64,
+            &self.sha256,
+            &self.content_type,
+        )
+    }
 }
 
 #[derive(Debug, Clone)]

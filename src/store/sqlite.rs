@@ -362,7 +362,7 @@ impl WriteTx {
             "job_id": job.job_id, "run_id": job.run_id, "state": state, "previous_state": previous,
             "occurred_at": rfc3339(self.now), "idempotency_key": key, "attempt": attempt,
         });
-        for field in ["result", "error"] {
+        for field in ["result", "error", "artifacts"] {
             if let Some(v) = event.get(field) {
                 body[field] = v.clone();
             }
@@ -914,9 +914,31 @@ impl Store for SqliteStore {
             .execute(&mut *w.tx)
             .await?;
         let result = done.result.clone().unwrap_or(Value::Null);
-        w.finish_step(&job, "succeeded", None).await?;
-        w.transition(&job, JobState::Done, json!({"result": result}))
+        let mut artifacts = Vec::new();
+        for a in &done.artifacts {
+            sqlx::query(
+                "INSERT OR REPLACE INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(tenant)
+            .bind(job_id)
+            .bind(&job.run_id)
+            .bind(&a.name)
+            .bind(a.size as i64)
+            .bind(&a.sha256)
+            .bind(&a.content_type)
+            .bind(&a.path)
+            .bind(w.now)
+            .execute(&mut *w.tx)
             .await?;
+            artifacts.push(a.event_json(job_id));
+        }
+        w.finish_step(&job, "succeeded", None).await?;
+        let mut payload = json!({"result": result});
+        if !artifacts.is_empty() {
+            payload["artifacts"] = Value::Array(artifacts);
+        }
+        w.transition(&job, JobState::Done, payload).await?;
         w.refresh_run(tenant, &job.run_id).await?;
         let job = w.job(tenant, job_id).await?;
         Ok(Written {
@@ -948,6 +970,34 @@ impl Store for SqliteStore {
             value: job,
             committed: w.commit().await?,
         })
+    }
+
+    async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>> {
+        self.queries.hit();
+        Ok(sqlx::query_as(
+            "SELECT * FROM artifacts WHERE tenant_id = $1 AND job_id = $2 ORDER BY name",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn get_artifact(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        name: &str,
+    ) -> StoreResult<Option<ArtifactRecord>> {
+        self.queries.hit();
+        Ok(sqlx::query_as(
+            "SELECT * FROM artifacts WHERE tenant_id = $1 AND job_id = $2 AND name = $3",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?)
     }
 
     async fn sweep_expired_leases(&self, now: i64) -> StoreResult<Written<usize>> {
@@ -1163,7 +1213,16 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *w.tx)
         .await?;
+        let mut files = Vec::new();
         for (tenant, run) in &runs {
+            let paths: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM artifacts WHERE tenant_id = $1 AND run_id = $2 RETURNING path",
+            )
+            .bind(tenant)
+            .bind(run)
+            .fetch_all(&mut *w.tx)
+            .await?;
+            files.extend(paths);
             sqlx::query(
                 "DELETE FROM webhook_deliveries WHERE job_id IN (SELECT job_id FROM jobs WHERE tenant_id = $1 AND run_id = $2)",
             )
@@ -1181,6 +1240,7 @@ impl Store for SqliteStore {
             }
         }
         w.commit().await?;
+        crate::artifacts::remove_files(files).await;
         Ok(runs.iter().map(|(t, r)| RunKey::new(t, r)).collect())
     }
 

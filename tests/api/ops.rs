@@ -31,6 +31,7 @@ const UNPREFIXED: &[(&str, &str)] = &[
     ("post", "/jobs"),
     ("get", "/jobs/{jobId}"),
     ("post", "/jobs/{jobId}/cancel"),
+    ("get", "/jobs/{jobId}/artifacts/{name}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
