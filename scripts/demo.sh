@@ -40,6 +40,7 @@ PORT="$(free_port)"; API="http://127.0.0.1:$PORT"
 RUNSIGNAL__Server__Bind="127.0.0.1:$PORT" \
 RUNSIGNAL__Database__Url="sqlite://$TMP/runsignal.db" \
 RUNSIGNAL__Executor__WorkspaceDir="$TMP/workspaces" \
+RUNSIGNAL__Artifacts__Dir="$TMP/artifacts" \
 RUNSIGNAL__Webhooks__AllowedNetworks__0=127.0.0.0/8 \
 RUNSIGNAL__Webhooks__Secrets__0="$SECRET" \
 RUNSIGNAL__Webhooks__RetryScheduleSeconds__0=1 \

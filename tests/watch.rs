@@ -35,6 +35,14 @@ async fn start(dir: &Path, port: u16) -> (Stopper, u16) {
             format!("sqlite://{}/runsignal.db", dir.display()),
         ),
         ("RUNSIGNAL__Logging__Level".into(), "warn".into()),
+        (
+            "RUNSIGNAL__Artifacts__Dir".into(),
+            format!("{}/artifacts", dir.display()),
+        ),
+        (
+            "RUNSIGNAL__Executor__WorkspaceDir".into(),
+            format!("{}/workspaces", dir.display()),
+        ),
     ];
     let config = Config::load_from(None, env).expect("test config");
     let app = Application::build(config).await.expect("app builds");

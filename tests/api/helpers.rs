@@ -41,6 +41,15 @@ async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
         ("RUNSIGNAL__Server__Workers".into(), "2".into()),
         ("RUNSIGNAL__Database__Url".into(), db),
         ("RUNSIGNAL__Logging__Level".into(), "warn".into()),
+        // Everything a test writes stays in its temp dir (later settings win).
+        (
+            "RUNSIGNAL__Artifacts__Dir".into(),
+            format!("{}/artifacts", dir.path().display()),
+        ),
+        (
+            "RUNSIGNAL__Executor__WorkspaceDir".into(),
+            format!("{}/workspaces", dir.path().display()),
+        ),
     ];
     env.extend(
         settings
