@@ -107,6 +107,10 @@ async fn the_full_lifecycle_arrives_in_order_with_payloads_keys_and_verifiable_s
         verify_with_python(hit, &[WHSEC, PLAIN]);
     }
     assert_eq!(hits[3].json()["result"], json!({"answer": 42}));
+    // The result's `completion` artifact rides along, inline (it is small).
+    let artifacts = hits[3].json()["artifacts"].clone();
+    assert_eq!(artifacts[0]["name"], "completion", "{artifacts}");
+    assert!(artifacts[0]["content_base64"].is_string() && artifacts[0]["url"].is_string());
     assert!(hits[0].json().get("result").is_none());
 
     let ds = settled(&app, &job, 4).await;
