@@ -489,6 +489,22 @@ impl WriteTx {
         Ok(job)
     }
 
+    /// The end of every job write: re-derive the run, read the job back,
+    /// commit.
+    async fn settle_job(
+        mut self,
+        tenant: &str,
+        run_id: &str,
+        job_id: &str,
+    ) -> StoreResult<Written<JobRecord>> {
+        self.refresh_run(tenant, run_id).await?;
+        let job = self.job(tenant, job_id).await?;
+        Ok(Written {
+            value: job,
+            committed: self.commit().await?,
+        })
+    }
+
     async fn commit(self) -> StoreResult<Committed> {
         self.tx.commit().await?;
         Ok(self.committed)
@@ -732,12 +748,7 @@ impl Store for SqliteStore {
         }
         w.finish_step(&job, "failed", None).await?;
         w.transition(&job, JobState::Canceled, json!({})).await?;
-        w.refresh_run(tenant, &job.run_id).await?;
-        let job = w.job(tenant, job_id).await?;
-        Ok(Written {
-            value: job,
-            committed: w.commit().await?,
-        })
+        w.settle_job(tenant, &job.run_id, job_id).await
     }
 
     async fn lease_jobs(
@@ -892,12 +903,7 @@ impl Store for SqliteStore {
             )
             .await?;
         }
-        w.refresh_run(tenant, &job.run_id).await?;
-        let job = w.job(tenant, job_id).await?;
-        Ok(Written {
-            value: job,
-            committed: w.commit().await?,
-        })
+        w.settle_job(tenant, &job.run_id, job_id).await
     }
 
     async fn complete_job(
@@ -939,12 +945,7 @@ impl Store for SqliteStore {
             payload["artifacts"] = Value::Array(artifacts);
         }
         w.transition(&job, JobState::Done, payload).await?;
-        w.refresh_run(tenant, &job.run_id).await?;
-        let job = w.job(tenant, job_id).await?;
-        Ok(Written {
-            value: job,
-            committed: w.commit().await?,
-        })
+        w.settle_job(tenant, &job.run_id, job_id).await
     }
 
     async fn fail_job(
@@ -964,12 +965,7 @@ impl Store for SqliteStore {
             f.exit_code,
         )
         .await?;
-        w.refresh_run(tenant, &job.run_id).await?;
-        let job = w.job(tenant, job_id).await?;
-        Ok(Written {
-            value: job,
-            committed: w.commit().await?,
-        })
+        w.settle_job(tenant, &job.run_id, job_id).await
     }
 
     async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>> {
