@@ -335,6 +335,24 @@ impl Config {
                 ),
             ));
         }
+        positive("Webhooks.TimeoutSeconds", hooks.timeout_seconds)?;
+        if hooks.retry_schedule_seconds.is_empty() || hooks.retry_schedule_seconds.len() > 100 {
+            return Err(invalid(
+                "Webhooks.RetryScheduleSeconds",
+                "must list 1..=100 delays in seconds (one per retry)",
+            ));
+        }
+        if let Some((i, d)) = hooks
+            .retry_schedule_seconds
+            .iter()
+            .enumerate()
+            .find(|(_, d)| **d > 86_400)
+        {
+            return Err(invalid(
+                &format!("Webhooks.RetryScheduleSeconds[{i}]"),
+                format!("{d} is out of range; allowed: 0..=86400"),
+            ));
+        }
         for (i, net) in hooks.allowed_networks.iter().enumerate() {
             crate::webhooks::ssrf::parse_network(net)
                 .map_err(|e| invalid(&format!("Webhooks.AllowedNetworks[{i}]"), e))?;

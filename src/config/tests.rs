@@ -123,3 +123,17 @@ fn unknown_file_key_is_refused_with_its_path() {
         .to_string();
     assert!(e.contains("Server.Bnd") && e.contains("c.json"), "{e}");
 }
+
+#[test]
+fn webhook_timing_is_validated() {
+    let err = |pairs: &[(&str, &str)]| Config::load_from(None, env(pairs)).unwrap_err().to_string();
+    let e = err(&[("RUNSIGNAL__Webhooks__TimeoutSeconds", "0")]);
+    assert!(e.contains("Webhooks.TimeoutSeconds"), "{e}");
+    let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds", "[]")]);
+    assert!(
+        e.contains("Webhooks.RetryScheduleSeconds") && e.contains("1..=100"),
+        "{e}"
+    );
+    let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "100000")]);
+    assert!(e.contains("Webhooks.RetryScheduleSeconds[1]"), "{e}");
+}
