@@ -336,10 +336,10 @@ impl Config {
             ));
         }
         positive("Webhooks.TimeoutSeconds", hooks.timeout_seconds)?;
-        if hooks.retry_schedule_seconds.is_empty() || hooks.retry_schedule_seconds.len() > 100 {
+        if hooks.retry_schedule_seconds.is_empty() || hooks.retry_schedule_seconds.len() > 1000 {
             return Err(invalid(
                 "Webhooks.RetryScheduleSeconds",
-                "must list 1..=100 delays in seconds (one per retry)",
+                "must list 1..=1000 delays in seconds (one per retry)",
             ));
         }
         if let Some((i, d)) = hooks

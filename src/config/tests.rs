@@ -131,7 +131,7 @@ fn webhook_timing_is_validated() {
     assert!(e.contains("Webhooks.TimeoutSeconds"), "{e}");
     let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds", "[]")]);
     assert!(
-        e.contains("Webhooks.RetryScheduleSeconds") && e.contains("1..=100"),
+        e.contains("Webhooks.RetryScheduleSeconds") && e.contains("1..=1000"),
         "{e}"
     );
     let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "100000")]);
