@@ -181,3 +181,12 @@ pub fn parse_query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError
     serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))
 }
+
+/// A list route's `limit`: `default` when absent, else within `1..=max`.
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::field("limit", format!("must be 1..={max}")));
+    }
+    Ok(limit)
+}

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, ErrorCode};
-use super::extract::{job_id, parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use super::extract::{job_id, page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant};
 use super::prefer::{wait_for_job, wait_preference};
 use crate::store::{rfc3339, JobQuery, JobRecord, NewJob, WebhookDelivery};
 use crate::AppState;
@@ -296,10 +296,7 @@ pub async fn list_jobs(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q: ListJobs = parse_query(&req)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1..=200"));
-    }
+    let limit = page_limit(q.limit, 50, 200)?;
     let job_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::errors::ApiError;
-use super::extract::{parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use super::extract::{page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant};
 use crate::store::{parse_run_cursor, rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
 use crate::AppState;
 
@@ -153,10 +153,7 @@ pub async fn list_runs(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q: ListRuns = parse_query(&req)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1..=200"));
-    }
+    let limit = page_limit(q.limit, 50, 200)?;
     if let Some(status) = &q.status {
         if !RUN_STATUSES.contains(&status.as_str()) {
             return Err(ApiError::field(
@@ -227,10 +224,7 @@ pub async fn timeline(
 ) -> Result<HttpResponse, ApiError> {
     let run_id = run_id(&path)?;
     let q: TimelineParams = parse_query(&req)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1..=1000"));
-    }
+    let limit = page_limit(q.limit, 100, 1000)?;
     let query = TimelineQuery {
         after: q.after.unwrap_or(0),
         limit,

@@ -206,3 +206,56 @@ pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// A submitted `external` job already leased for an hour: (job, run, leaseId).
+pub async fn started_job(app: &TestApp) -> (String, String, String) {
+    let (job, run) = app.submit_job(None).await;
+    let lease = app
+        .lease(json!({"workerId": "w", "packs": ["external"], "leaseSeconds": 3600}))
+        .await
+        .remove(0);
+    (job, run, lease["leaseId"].as_str().unwrap().to_owned())
+}
+
+/// `n` progress reports written straight through the store and engine, as
+/// fast as the store commits them, without HTTP in between. Each carries a
+/// message of `message_len` bytes (none when 0) and `lines` log lines of
+/// `line_len` bytes.
+pub async fn progress_direct(
+    app: &TestApp,
+    job: &str,
+    lease: &str,
+    n: usize,
+    message_len: usize,
+    lines: usize,
+    line_len: usize,
+) {
+    use runsignal::store::{BlockedChange, LogLine, LogStream, ProgressReport};
+    let message = "x".repeat(message_len);
+    let line = "x".repeat(line_len);
+    for i in 0..n {
+        let report = ProgressReport {
+            lease_id: lease.to_owned(),
+            stage: None,
+            step: None,
+            step_index: None,
+            message: (message_len > 0).then(|| message.clone()),
+            percent: Some((i % 100) as f64),
+            log: (0..lines)
+                .map(|_| LogLine {
+                    stream: LogStream::Stdout,
+                    line: line.clone(),
+                })
+                .collect(),
+            blocked: BlockedChange::Unchanged,
+            correlation_id: format!("bulk-{i}"),
+        };
+        let written = app
+            .state
+            .store
+            .report_progress(TENANT, job, &report)
+            .await
+            .unwrap();
+        app.state.engine.publish(written);
+    }
+}

@@ -5,7 +5,6 @@ use std::time::Duration;
 use crate::helpers::*;
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use runsignal::store::{BlockedChange, ProgressReport};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -54,41 +53,6 @@ async fn read_until(stream: &mut Events, mut stop: impl FnMut(&[Ev]) -> bool) ->
 
 fn run_path(run: &str) -> String {
     format!("{ORCH}/stream/runs/{run}")
-}
-
-/// Progress reports written straight through the store and engine: as fast
-/// as the store can commit, without HTTP in between.
-async fn progress_direct(app: &TestApp, job: &str, lease: &str, n: usize, message_len: usize) {
-    let filler = "x".repeat(message_len);
-    for i in 0..n {
-        let report = ProgressReport {
-            lease_id: lease.to_owned(),
-            stage: None,
-            step: None,
-            step_index: None,
-            message: (message_len > 0).then(|| filler.clone()),
-            percent: Some((i % 100) as f64),
-            log: vec![],
-            blocked: BlockedChange::Unchanged,
-            correlation_id: format!("bulk-{i}"),
-        };
-        let written = app
-            .state
-            .store
-            .report_progress(TENANT, job, &report)
-            .await
-            .unwrap();
-        app.state.engine.publish(written);
-    }
-}
-
-async fn started_job(app: &TestApp) -> (String, String, String) {
-    let (job, run) = app.submit_job(None).await;
-    let lease = app
-        .lease(json!({"workerId": "w", "packs": ["external"], "leaseSeconds": 3600}))
-        .await
-        .remove(0);
-    (job, run, lease["leaseId"].as_str().unwrap().to_owned())
 }
 
 #[actix_web::test]
@@ -292,7 +256,7 @@ async fn resume_during_a_thousand_events_has_no_gap_and_no_duplicate() {
     let (job, run, lease) = started_job(&app).await;
     let mut first = events(open(&app, &run_path(&run), Some(0)).await);
     let publisher = async {
-        progress_direct(&app, &job, &lease, 1000, 0).await;
+        progress_direct(&app, &job, &lease, 1000, 0, 0, 0).await;
         app.worker(&job, "complete", json!({"leaseId": lease}))
             .await;
     };
@@ -483,7 +447,7 @@ async fn ten_thousand_events_reach_a_hundred_subscribers_complete_and_in_order()
         streams.push(open(&app, &run_path(&run), None).await);
     }
     let publisher = async {
-        progress_direct(&app, &job, &lease, 10_000, 0).await;
+        progress_direct(&app, &job, &lease, 10_000, 0, 0, 0).await;
         app.worker(&job, "complete", json!({"leaseId": lease}))
             .await;
     };
@@ -527,7 +491,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_others_keep_up() {
     let publisher = async {
         // ~12 MB of progress messages: more than the socket buffers can hide.
         for batch in 1..=30 {
-            progress_direct(&app, &job, &lease, 100, 4000).await;
+            progress_direct(&app, &job, &lease, 100, 4000, 0, 0).await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while received.get() < batch * 100 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use futures_util::{SinkExt, StreamExt};
-use runsignal::store::{BlockedChange, LogLine, LogStream, ProgressReport};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,15 +112,6 @@ async fn subscribe(ws: &mut Ws, stream: &str, id: &str) -> Value {
     );
     assert!(ack["liveFrom"].is_u64(), "{ack}");
     ack
-}
-
-async fn started_job(app: &TestApp) -> (String, String, String) {
-    let (job, run) = app.submit_job(None).await;
-    let lease = app
-        .lease(json!({"workerId": "w", "packs": ["external"], "leaseSeconds": 3600}))
-        .await
-        .remove(0);
-    (job, run, lease["leaseId"].as_str().unwrap().to_owned())
 }
 
 fn names(frames: &[Value]) -> Vec<&str> {
@@ -760,44 +750,6 @@ async fn a_graceful_stop_closes_sockets_with_1001() {
         .unwrap();
 }
 
-/// Progress reports written straight through the store and engine, each
-/// with `lines` log lines of `line_len` bytes.
-async fn progress_direct(
-    app: &TestApp,
-    job: &str,
-    lease: &str,
-    n: usize,
-    lines: usize,
-    line_len: usize,
-) {
-    let line = "x".repeat(line_len);
-    for i in 0..n {
-        let report = ProgressReport {
-            lease_id: lease.to_owned(),
-            stage: None,
-            step: None,
-            step_index: None,
-            message: None,
-            percent: Some((i % 100) as f64),
-            log: (0..lines)
-                .map(|_| LogLine {
-                    stream: LogStream::Stdout,
-                    line: line.clone(),
-                })
-                .collect(),
-            blocked: BlockedChange::Unchanged,
-            correlation_id: format!("bulk-{i}"),
-        };
-        let written = app
-            .state
-            .store
-            .report_progress(TENANT, job, &report)
-            .await
-            .unwrap();
-        app.state.engine.publish(written);
-    }
-}
-
 #[actix_web::test]
 async fn a_socket_that_stops_reading_loses_the_subscription_and_resumes_with_after() {
     // 64 events of queue: room for the reading socket's client on a busy
@@ -830,7 +782,7 @@ async fn a_socket_that_stops_reading_loses_the_subscription_and_resumes_with_aft
         // Several lines per report: the drop may fall between two frames of
         // one event, whose missing lines must still arrive before the error.
         for batch in 1..=30 {
-            progress_direct(&app, &job, &lease, 100, 5, 800).await;
+            progress_direct(&app, &job, &lease, 100, 0, 5, 800).await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while received.get() < batch * 500 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
