@@ -15,6 +15,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use runsignal_actors::subscriber::sse_frame;
+use runsignal_actors::SignalView;
 use runsignal_actors::{
     Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
     Unsubscribe, Wire,
@@ -110,6 +111,105 @@ pub async fn subscribe(
     ))
 }
 
+/// "Not found" for the kind of id a stream names (never "forbidden": a
+/// foreign run or job is as unknown as a missing one).
+pub fn not_found(kind: StreamKind) -> ApiError {
+    match kind {
+        StreamKind::Run => ApiError::new(ErrorCode::RunNotFound, "no such run for this tenant"),
+        StreamKind::Job | StreamKind::PackRun => {
+            ApiError::new(ErrorCode::JobNotFound, "no such job for this tenant")
+        }
+    }
+}
+
+/// One stream's subscription on its run's actor, shared by SSE and
+/// WebSocket: the live queue, where live events start, and where the stream
+/// ends if it already has.
+pub struct Subscription {
+    pub addr: Addr<RunActor>,
+    pub id: u64,
+    pub key: RunKey,
+    /// Events after `live_from`, bounded by `Streams.BufferSize`.
+    pub live: mpsc::Receiver<Delivery>,
+    pub live_from: u64,
+    /// The run's current signal (a run stream's first frame on connect).
+    pub signal: Option<Arc<SignalView>>,
+    /// Seq of the event that ended this stream (`run.completed`, or the
+    /// job's terminal event), if it has ended.
+    pub end: Option<u64>,
+}
+
+impl Subscription {
+    /// Subscribe to the stream `kind` of `id` (a run id, or a job id for job
+    /// and pack-run streams; `filter` already names the job).
+    pub async fn open(
+        state: &AppState,
+        tenant: &str,
+        kind: StreamKind,
+        id: &str,
+        filter: Filter,
+        wire: Wire,
+    ) -> Result<Subscription, ApiError> {
+        let run = match kind {
+            StreamKind::Run => id.to_owned(),
+            StreamKind::Job | StreamKind::PackRun => state.store.get_job(tenant, id).await?.run_id,
+        };
+        let key = RunKey::new(tenant, &run);
+        let (tx, live) = mpsc::channel(state.config.streams.buffer_size);
+        let (addr, reply) = subscribe(state, &key, filter, wire, tx).await?;
+        let (sub, signal, live_from, completed_seq) = match reply {
+            SubscribeReply::Subscribed {
+                id,
+                signal,
+                live_from,
+                completed_seq,
+            } => (id, signal, live_from, completed_seq),
+            SubscribeReply::NotFound => return Err(not_found(kind)),
+            SubscribeReply::LoadFailed(e) => {
+                return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
+            }
+        };
+        // For a job, read after subscribing: a job that ends meanwhile is
+        // either seen here or arrives live.
+        let end = match kind {
+            StreamKind::Run => completed_seq,
+            StreamKind::Job | StreamKind::PackRun => {
+                match state.store.job_terminal_seq(tenant, id).await {
+                    Ok(end) => end,
+                    Err(e) => {
+                        addr.do_send(Unsubscribe(sub));
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        Ok(Subscription {
+            addr,
+            id: sub,
+            key,
+            live,
+            live_from,
+            signal,
+            end,
+        })
+    }
+
+    /// The stored range to replay before going live, for a client that has
+    /// seen everything up to `after`. `None`: it has seen the end already
+    /// (the subscription is closed; SSE answers 204).
+    pub fn start(&self, after: Option<u64>) -> Option<Option<(u64, u64)>> {
+        match after {
+            Some(after) if self.end.is_some_and(|end| after >= end) => {
+                self.addr.do_send(Unsubscribe(self.id));
+                None
+            }
+            Some(after) => Some(Some((after, self.live_from))),
+            // A fresh connect to an ended stream gets its end, then stops.
+            None => Some(self.end.map(|end| (end - 1, end))),
+        }
+    }
+}
+
 /// Where a new stream starts.
 struct Plan {
     key: RunKey,
@@ -146,71 +246,7 @@ pub async fn run_stream(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = run_id(&path)?;
-    let q: StreamParams = parse_query(&req)?;
-    let filter = stream_filter(
-        StreamKind::Run,
-        q.events.as_deref(),
-        q.correlation_id.clone(),
-    )?;
-    let last = last_event_id(&req, &q)?;
-    let key = RunKey::new(&tenant.0, &run_id);
-    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
-    let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::Sse, tx).await?;
-    let (id, signal, live_from, completed_seq) = match reply {
-        SubscribeReply::Subscribed {
-            id,
-            signal,
-            live_from,
-            completed_seq,
-        } => (id, signal, live_from, completed_seq),
-        SubscribeReply::NotFound => {
-            return Err(ApiError::new(
-                ErrorCode::RunNotFound,
-                "no such run for this tenant",
-            ))
-        }
-        SubscribeReply::LoadFailed(e) => {
-            return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
-        }
-    };
-    let plan = match last {
-        // The client has seen the run complete: EventSource stops on 204.
-        Some(last) if completed_seq.is_some_and(|c| last >= c) => {
-            addr.do_send(Unsubscribe(id));
-            return Ok(HttpResponse::NoContent().finish());
-        }
-        Some(last) => Plan {
-            key,
-            kind: StreamKind::Run,
-            filter,
-            first: None,
-            replay: Some((last, live_from)),
-        },
-        None => {
-            // The request's correlation id (given or generated, and echoed).
-            let corr = req
-                .extensions()
-                .get::<CorrelationId>()
-                .map(|c| c.0.clone())
-                .unwrap_or_default();
-            let first = signal.filter(|_| filter.wants("first_signal")).map(|view| {
-                let data =
-                    view.stream_data(&format!("{}:{}", run_id, view.seq), "snapshot", true, &corr);
-                sse_frame(view.seq, "first_signal", &[data])
-            });
-            // A complete run also sends its `completed` and ends.
-            let replay = completed_seq.map(|c| (c - 1, c));
-            Plan {
-                key,
-                kind: StreamKind::Run,
-                filter,
-                first,
-                replay,
-            }
-        }
-    };
-    Ok(open(&state, addr, id, plan, rx))
+    sse_stream(req, tenant, path, state, StreamKind::Run).await
 }
 
 #[utoipa::path(
@@ -238,7 +274,7 @@ pub async fn job_stream(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    job_or_pack_stream(req, tenant, path, state, StreamKind::Job).await
+    sse_stream(req, tenant, path, state, StreamKind::Job).await
 }
 
 #[utoipa::path(
@@ -266,75 +302,68 @@ pub async fn pack_run_stream(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    job_or_pack_stream(req, tenant, path, state, StreamKind::PackRun).await
+    sse_stream(req, tenant, path, state, StreamKind::PackRun).await
 }
 
-async fn job_or_pack_stream(
+/// Any SSE stream: subscribe, then 204 (end already seen) or the stream.
+async fn sse_stream(
     req: HttpRequest,
     tenant: Tenant,
     path: web::Path<String>,
     state: web::Data<AppState>,
     kind: StreamKind,
 ) -> Result<HttpResponse, ApiError> {
-    let job_id = job_id(&path)?;
+    let id = match kind {
+        StreamKind::Run => run_id(&path)?,
+        StreamKind::Job | StreamKind::PackRun => job_id(&path)?,
+    };
     let q: StreamParams = parse_query(&req)?;
     let mut filter = stream_filter(kind, q.events.as_deref(), q.correlation_id.clone())?;
-    filter.job_id = Some(job_id.as_str().into());
+    if kind != StreamKind::Run {
+        filter.job_id = Some(id.as_str().into());
+    }
     let last = last_event_id(&req, &q)?;
-    let job = state.store.get_job(&tenant.0, &job_id).await?;
-    let key = RunKey::new(&tenant.0, &job.run_id);
-    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
-    let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::Sse, tx).await?;
-    let (id, live_from) = match reply {
-        SubscribeReply::Subscribed { id, live_from, .. } => (id, live_from),
-        SubscribeReply::NotFound => {
-            return Err(ApiError::new(
-                ErrorCode::JobNotFound,
-                "no such job for this tenant",
-            ))
-        }
-        SubscribeReply::LoadFailed(e) => {
-            return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
-        }
+    let sub = Subscription::open(&state, &tenant.0, kind, &id, filter.clone(), Wire::Sse).await?;
+    let Some(replay) = sub.start(last) else {
+        return Ok(HttpResponse::NoContent().finish());
     };
-    // Read after subscribing: a job that ends meanwhile is either here or live.
-    let terminal = state.store.job_terminal_seq(&tenant.0, &job_id).await?;
-    let replay = match (last, terminal) {
-        (Some(last), Some(end)) if last >= end => {
-            addr.do_send(Unsubscribe(id));
-            return Ok(HttpResponse::NoContent().finish());
+    // A fresh run stream starts with the current signal, tagged with the
+    // request's correlation id (given or generated, and echoed).
+    let first = match (kind, last, &sub.signal) {
+        (StreamKind::Run, None, Some(view)) if filter.wants("first_signal") => {
+            let corr = req
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|c| c.0.clone())
+                .unwrap_or_default();
+            let data = view.stream_data(&format!("{}:{}", id, view.seq), "snapshot", true, &corr);
+            Some(sse_frame(view.seq, "first_signal", &[data]))
         }
-        (Some(last), _) => Some((last, live_from)),
-        (None, Some(end)) => Some((end - 1, end)),
-        (None, None) => None,
+        _ => None,
     };
-    Ok(open(
-        &state,
-        addr,
-        id,
-        Plan {
-            key,
-            kind,
-            filter,
-            first: None,
-            replay,
-        },
-        rx,
-    ))
+    let plan = Plan {
+        key: sub.key.clone(),
+        kind,
+        filter,
+        first,
+        replay,
+    };
+    Ok(open(&state, sub, plan))
 }
 
 /// Start the pump task and answer with its frames as the SSE body.
-fn open(
-    state: &web::Data<AppState>,
-    addr: Addr<RunActor>,
-    id: u64,
-    plan: Plan,
-    live: mpsc::Receiver<Delivery>,
-) -> HttpResponse {
+fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan) -> HttpResponse {
     // Small: the pump waits on a slow client here, while the subscriber's
     // own queue (`Streams.BufferSize`) absorbs the run's bursts.
     let (out, body) = mpsc::channel::<Bytes>(16);
-    actix_rt::spawn(pump(state.clone().into_inner(), addr, id, plan, live, out));
+    actix_rt::spawn(pump(
+        state.clone().into_inner(),
+        sub.addr,
+        sub.id,
+        plan,
+        sub.live,
+        out,
+    ));
     let stream = futures_util::stream::unfold(body, |mut rx| async move {
         rx.recv()
             .await

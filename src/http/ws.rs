@@ -53,8 +53,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use runsignal_actors::subscriber::ws_frames;
 use runsignal_actors::{
-    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, SubscribeReply,
-    Unsubscribe, Wire,
+    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Unsubscribe, Wire,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -63,7 +62,7 @@ use tokio::sync::mpsc;
 
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{job_id, run_id, CorrelationId, Tenant};
-use super::streams::{stream_filter, subscribe};
+use super::streams::{stream_filter, Subscription};
 use crate::store::TimelineQuery;
 use crate::AppState;
 
@@ -550,15 +549,9 @@ struct Opened {
     feed: Option<Feed>,
 }
 
-fn not_found(kind: StreamKind) -> ApiError {
-    match kind {
-        StreamKind::Run => ApiError::new(ErrorCode::RunNotFound, "no such run for this tenant"),
-        _ => ApiError::new(ErrorCode::JobNotFound, "no such job for this tenant"),
-    }
-}
-
-/// Subscribe to the run's actor and plan the replay (as `streams.rs` does
-/// for SSE): a foreign run or job is "not found", never "forbidden".
+/// Subscribe to the run's actor and plan the replay, as SSE does
+/// (`streams::Subscription`): a foreign run or job is "not found", never
+/// "forbidden".
 async fn open_subscription(
     state: Arc<AppState>,
     tenant: String,
@@ -568,65 +561,40 @@ async fn open_subscription(
     filter: Filter,
     after: Option<u64>,
 ) -> Result<Opened, ApiError> {
-    let run = match kind {
-        StreamKind::Run => id.clone(),
-        StreamKind::Job | StreamKind::PackRun => state.store.get_job(&tenant, &id).await?.run_id,
+    let sub =
+        Subscription::open(&state, &tenant, kind, &id, filter.clone(), Wire::WebSocket).await?;
+    let Some(replay) = sub.start(after) else {
+        return Ok(Opened {
+            addr: sub.addr,
+            subscriber: sub.id,
+            live_from: sub.live_from,
+            first: None,
+            feed: None,
+        });
     };
-    let key = RunKey::new(&tenant, &run);
-    let (tx, rx) = mpsc::channel(state.config.streams.buffer_size);
-    let (addr, reply) = subscribe(&state, &key, filter.clone(), Wire::WebSocket, tx).await?;
-    let (subscriber, signal, live_from, completed_seq) = match reply {
-        SubscribeReply::Subscribed {
-            id,
-            signal,
-            live_from,
-            completed_seq,
-        } => (id, signal, live_from, completed_seq),
-        SubscribeReply::NotFound => return Err(not_found(kind)),
-        SubscribeReply::LoadFailed(e) => {
-            return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
+    let first = match (kind, after, &sub.signal) {
+        (StreamKind::Run, None, Some(view)) if filter.wants("first_signal") => {
+            let run = &*sub.key.run_id;
+            let data = view.stream_data(
+                &format!("{}:{}", run, view.seq),
+                "snapshot",
+                true,
+                &correlation_id,
+            );
+            ws_frames(StreamKind::Run, run, view.seq, "first_signal", &[data])
+                .into_iter()
+                .next()
         }
+        _ => None,
     };
-    // The seq that ends this stream, if it has ended. For jobs, read after
-    // subscribing: a job that ends meanwhile is either here or live.
-    let end = match kind {
-        StreamKind::Run => completed_seq,
-        StreamKind::Job | StreamKind::PackRun => {
-            match state.store.job_terminal_seq(&tenant, &id).await {
-                Ok(end) => end,
-                Err(e) => {
-                    addr.do_send(Unsubscribe(subscriber));
-                    return Err(e.into());
-                }
-            }
-        }
-    };
-    let (first, replay) = match after {
-        Some(after) if end.is_some_and(|end| after >= end) => {
-            addr.do_send(Unsubscribe(subscriber));
-            return Ok(Opened {
-                addr,
-                subscriber,
-                live_from,
-                first: None,
-                feed: None,
-            });
-        }
-        Some(after) => (None, Some((after, live_from))),
-        None => {
-            let first = signal
-                .filter(|_| kind == StreamKind::Run && filter.wants("first_signal"))
-                .and_then(|view| {
-                    let signal_id = format!("{}:{}", run, view.seq);
-                    let data = view.stream_data(&signal_id, "snapshot", true, &correlation_id);
-                    ws_frames(StreamKind::Run, &run, view.seq, "first_signal", &[data])
-                        .into_iter()
-                        .next()
-                });
-            // An ended stream still sends its end (`completed`), then stops.
-            (first, end.map(|end| (end - 1, end)))
-        }
-    };
+    let Subscription {
+        addr,
+        id: subscriber,
+        key,
+        live,
+        live_from,
+        ..
+    } = sub;
     let feed = Feed {
         state,
         key,
@@ -637,7 +605,7 @@ async fn open_subscription(
         last_seq: after.unwrap_or(live_from),
         last_seq_frames: 0,
         live_from,
-        live: Some(rx),
+        live: Some(live),
         queue: VecDeque::new(),
         ended: false,
     };
