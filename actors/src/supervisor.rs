@@ -104,6 +104,17 @@ impl Supervisor {
     /// called from within an actix system.
     pub fn lookup(&self, key: &RunKey) -> ActorHandle {
         let now = self.inner.clock.fetch_add(1, Ordering::Relaxed);
+        // The common case, a resident actor, takes only the shard's shared
+        // lock; `entry` (the shard's exclusive lock) is for spawning.
+        if let Some(slot) = self.inner.map.get(key) {
+            if slot.addr.connected() {
+                slot.shared.last_used.store(now, Ordering::Relaxed);
+                return ActorHandle {
+                    addr: slot.addr.clone(),
+                    warm: slot.shared.ready.load(Ordering::Acquire),
+                };
+            }
+        }
         let handle = match self.inner.map.entry(key.clone()) {
             Entry::Occupied(slot) if slot.get().addr.connected() => {
                 let slot = slot.get();
