@@ -70,6 +70,9 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// PostgreSQL: write transactions in flight at once (group-commit
+    /// lanes). SQLite always has one writer.
+    pub write_lanes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,10 +239,19 @@ impl Config {
             .map_err(|_| invalid("Server.Bind", "must be an address like 127.0.0.1:8080"))?;
         positive("Server.MaxBodyBytes", self.server.max_body_bytes as u64)?;
         let url = &self.database.url;
-        if !url.starts_with("sqlite:") {
+        if !url.starts_with("sqlite:") && !crate::store::postgres::is_postgres_url(url) {
             return Err(invalid(
                 "Database.Url",
-                format!("`{url}` is not supported; allowed: sqlite://PATH or sqlite::memory: (the PostgreSQL store is not built yet)"),
+                format!("`{}` is not supported; allowed: sqlite://PATH, sqlite::memory:, postgres://USER@HOST/DB", crate::redact(url)),
+            ));
+        }
+        if !(1..=64).contains(&self.database.write_lanes) {
+            return Err(invalid(
+                "Database.WriteLanes",
+                format!(
+                    "{} is out of range; allowed: 1..=64",
+                    self.database.write_lanes
+                ),
             ));
         }
         positive(

@@ -1,6 +1,7 @@
-//! The write side: every store write goes through here so that what it
-//! committed is published afterwards, in order: first the cache (write-through
-//! of the newest signal), then the run's actor if it is resident.
+//! Where committed events go: the store's writer hands every commit here
+//! (after it committed, in commit order): first the cache (write-through of
+//! the newest signal), then the run's actor if it is resident, then the
+//! wake-ups (webhook dispatcher, lease long-polls, the built-in executor).
 
 use std::sync::Arc;
 
@@ -9,9 +10,9 @@ use runsignal_actors::Supervisor;
 use tokio::sync::Notify;
 
 use crate::cache::FirstSignalCache;
-use crate::store::{Committed, Written};
+use crate::store::{CommitSink, Committed};
 
-/// Publishes committed events; shared by HTTP handlers and background tasks.
+/// The in-memory side of the runtime that commits feed.
 #[derive(Clone)]
 pub struct Engine {
     pub supervisor: Supervisor,
@@ -23,19 +24,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Publish what a write committed and hand back its value.
-    pub fn publish<T>(&self, written: Written<T>) -> T {
-        self.publish_committed(written.committed);
-        written.value
-    }
-
     /// Drop a deleted run from memory: its actor and its cached signal.
     pub fn forget(&self, key: &runsignal_actors::RunKey) {
         self.supervisor.forget(key);
         self.cache.remove(&key.tenant, &key.run_id);
     }
+}
 
-    pub fn publish_committed(&self, committed: Committed) {
+/// The store's writer publishes here, after each commit, in commit order.
+impl CommitSink for Engine {
+    fn publish(&self, committed: Committed) {
         if committed.webhooks {
             self.webhooks.notify_one();
         }

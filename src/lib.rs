@@ -38,13 +38,12 @@ use engine::Engine;
 use loader::StoreLoader;
 use metrics::Metrics;
 use packs::Packs;
-use store::sqlite::SqliteStore;
 use store::{QueryCounter, Store};
 
 /// Everything a handler or background task needs; shared read-only.
 pub struct AppState {
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub packs: Packs,
@@ -94,24 +93,34 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Open the configured store (creating and migrating it).
-pub async fn open_store(
-    config: &Config,
-    queries: Arc<QueryCounter>,
-) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(
+/// Open the configured store (creating and migrating it) and start its
+/// writer.
+pub async fn open_store(config: &Config, queries: Arc<QueryCounter>) -> anyhow::Result<Arc<Store>> {
+    let store = Store::open(
         &config.database.url,
         config.database.max_connections,
+        config.database.write_lanes,
         queries,
     )
     .await
     .with_context(|| {
         format!(
             "opening the store at Database.Url = {}",
-            config.database.url
+            redact(&config.database.url)
         )
     })?;
     Ok(Arc::new(store))
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Application {
@@ -144,6 +153,7 @@ impl Application {
             queued: Arc::new(Notify::new()),
             webhooks: Arc::new(Notify::new()),
         };
+        store.attach(Arc::new(engine.clone()));
         let dispatcher =
             webhooks::Dispatcher::new(&config.webhooks, store.clone(), engine.webhooks.clone())?
                 .recover()

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, TimelineQuery};
 
 pub struct StoreLoader {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     pub cache: Arc<dyn FirstSignalCache>,
     pub metrics: Arc<Metrics>,
 }
@@ -82,10 +82,6 @@ impl RunLoader for StoreLoader {
             .timeline(&key.tenant, &key.run_id, &query)
             .await
             .map_err(|e| LoadError(e.to_string()))?;
-        Ok(stored
-            .iter()
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .map(Published::from_stored)
-            .collect())
+        Ok(stored.into_iter().map(Published::from_stored).collect())
     }
 }

@@ -1,11 +1,11 @@
 //! Background tasks: the lease-expiry sweeper, the snapshot writer and the
 //! cache purge. Each runs on its own interval and publishes what it commits
-//! through the engine, like any other writer.
+//! through the store's writer, like any other write.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::now_ms;
+use crate::store::{now_ms, StoreResult};
 use crate::AppState;
 
 pub fn spawn_all(state: Arc<AppState>) {
@@ -41,8 +41,7 @@ async fn every(period: Duration, state: Arc<AppState>, tick: Tick) {
 /// Requeue (attempts left) or fail (`lease_expired`) jobs whose lease ended.
 pub async fn sweep_leases(state: Arc<AppState>) {
     match state.store.sweep_expired_leases(now_ms()).await {
-        Ok(written) => {
-            let n = state.engine.publish(written);
+        Ok(n) => {
             if n > 0 {
                 tracing::info!(jobs = n, "expired leases swept");
             }
@@ -70,15 +69,12 @@ pub async fn write_snapshots(state: Arc<AppState>) {
 pub async fn prune_runs(state: Arc<AppState>) {
     let cutoff = now_ms() - (state.config.jobs.retention_hours as i64) * 3_600_000;
     loop {
-        match state.store.prune(cutoff, 100).await {
-            Ok(runs) => {
-                for key in &runs {
-                    state.engine.forget(key);
+        match prune_batch(&state, cutoff, 100).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(runs = n, "pruned runs past retention");
                 }
-                if !runs.is_empty() {
-                    tracing::info!(runs = runs.len(), "pruned runs past retention");
-                }
-                if runs.len() < 100 {
+                if n < 100 {
                     return;
                 }
             }
@@ -88,4 +84,16 @@ pub async fn prune_runs(state: Arc<AppState>) {
             }
         }
     }
+}
+
+/// One prune batch: up to `limit` runs finished before `cutoff_ms` leave
+/// the store (one commit), then their artifact files leave the disk and
+/// the runs leave memory (actor, cached signal). Returns how many runs.
+pub async fn prune_batch(state: &AppState, cutoff_ms: i64, limit: u32) -> StoreResult<usize> {
+    let (runs, files) = state.store.prune(cutoff_ms, limit).await?;
+    crate::artifacts::remove_files(files).await;
+    for key in &runs {
+        state.engine.forget(key);
+    }
+    Ok(runs.len())
 }

@@ -3,6 +3,9 @@
 //! same data directory, and every state still reaches the receiver once it
 //! comes up — duplicates allowed, losses not.
 
+#[path = "common/testdb.rs"]
+mod testdb;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -11,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testdb::{backends, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_runsignal");
 const ORCH: &str = "/api/v1/orchestrator";
@@ -23,9 +27,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(dir: &Path, port: u16, timeout_seconds: u32) -> Child {
+fn serve(dir: &Path, db: &TestDb, port: u16, timeout_seconds: u32) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
+        .env("RUNSIGNAL__Database__Url", &db.url)
         .env("RUNSIGNAL__Server__Bind", format!("127.0.0.1:{port}"))
         .env("RUNSIGNAL__Server__Workers", "1")
         .env("RUNSIGNAL__Webhooks__AllowedNetworks__0", "127.0.0.0/8")
@@ -225,56 +230,62 @@ fn assert_every_state_arrives(api: &Api, port: u16, job: &str) {
 
 #[test]
 fn deliveries_pending_at_a_sigkill_are_sent_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let hook_port = free_port(); // nothing listens here yet
-    let api = Api::new(port);
-    let mut server = serve(dir.path(), port, 2);
-    api.wait_ready();
-    let job = api.run_job(&format!("http://127.0.0.1:{hook_port}/hook"));
-    let ds = api.wait_deliveries(&job, "failed attempts", |ds| {
-        ds.len() == 4 && ds[0]["attempts"].as_i64() >= Some(2)
-    });
-    for d in &ds {
-        assert!(
-            d["status"] == "pending" || d["status"] == "sending",
-            "nothing delivered while the receiver is down: {d}"
-        );
-    }
-    server.kill().unwrap(); // SIGKILL: no graceful shutdown
-    server.wait().unwrap();
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path());
+        let port = free_port();
+        let hook_port = free_port(); // nothing listens here yet
+        let api = Api::new(port);
+        let mut server = serve(dir.path(), &db, port, 2);
+        api.wait_ready();
+        let job = api.run_job(&format!("http://127.0.0.1:{hook_port}/hook"));
+        let ds = api.wait_deliveries(&job, "failed attempts", |ds| {
+            ds.len() == 4 && ds[0]["attempts"].as_i64() >= Some(2)
+        });
+        for d in &ds {
+            assert!(
+                d["status"] == "pending" || d["status"] == "sending",
+                "nothing delivered while the receiver is down: {d}"
+            );
+        }
+        server.kill().unwrap(); // SIGKILL: no graceful shutdown
+        server.wait().unwrap();
 
-    let mut server = serve(dir.path(), port, 2);
-    api.wait_ready();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_every_state_arrives(&api, hook_port, &job);
-    server.kill().unwrap();
-    server.wait().unwrap();
+        let mut server = serve(dir.path(), &db, port, 2);
+        api.wait_ready();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_every_state_arrives(&api, hook_port, &job);
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
 }
 
 #[test]
 fn a_delivery_in_flight_at_a_sigkill_is_sent_again_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    // A listener that never accepts: the connection is made (backlog) but
-    // never answered, so the first attempt stays `sending` for its timeout.
-    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook_port = blackhole.local_addr().unwrap().port();
-    let api = Api::new(port);
-    let mut server = serve(dir.path(), port, 60);
-    api.wait_ready();
-    let job = api.run_job(&format!("http://127.0.0.1:{hook_port}/hook"));
-    let ds = api.wait_deliveries(&job, "a send in flight", |ds| {
-        ds.len() == 4 && ds[0]["status"] == "sending"
-    });
-    assert!(ds[1..].iter().all(|d| d["status"] == "pending"), "{ds:?}");
-    server.kill().unwrap();
-    server.wait().unwrap();
-    drop(blackhole);
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path());
+        let port = free_port();
+        // A listener that never accepts: the connection is made (backlog) but
+        // never answered, so the first attempt stays `sending` for its timeout.
+        let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hook_port = blackhole.local_addr().unwrap().port();
+        let api = Api::new(port);
+        let mut server = serve(dir.path(), &db, port, 60);
+        api.wait_ready();
+        let job = api.run_job(&format!("http://127.0.0.1:{hook_port}/hook"));
+        let ds = api.wait_deliveries(&job, "a send in flight", |ds| {
+            ds.len() == 4 && ds[0]["status"] == "sending"
+        });
+        assert!(ds[1..].iter().all(|d| d["status"] == "pending"), "{ds:?}");
+        server.kill().unwrap();
+        server.wait().unwrap();
+        drop(blackhole);
 
-    let mut server = serve(dir.path(), port, 60);
-    api.wait_ready();
-    assert_every_state_arrives(&api, hook_port, &job);
-    server.kill().unwrap();
-    server.wait().unwrap();
+        let mut server = serve(dir.path(), &db, port, 60);
+        api.wait_ready();
+        assert_every_state_arrives(&api, hook_port, &job);
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
 }

@@ -123,8 +123,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                     blocked: BlockedChange::Unchanged,
                     correlation_id: "bench".into(),
                 };
-                let written = state.store.report_progress(T, &job, &report).await?;
-                state.engine.publish(written);
+                state.store.report_progress(T, &job, &report).await?;
             }
             anyhow::Ok(started.elapsed())
         };

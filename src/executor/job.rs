@@ -104,9 +104,7 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
         .complete_job(&reporter.tenant, &reporter.job_id, &done)
         .await
     {
-        Ok(written) => {
-            state.engine.publish(written);
-        }
+        Ok(_) => {}
         Err(StoreError::LeaseLost) => {}
         Err(e) => {
             tracing::warn!(job = %reporter.job_id, error = %e, "completing a built-in job failed")
@@ -162,9 +160,7 @@ async fn fail(
         .fail_job(&reporter.tenant, &reporter.job_id, &failure)
         .await
     {
-        Ok(written) => {
-            state.engine.publish(written);
-        }
+        Ok(_) => {}
         Err(StoreError::LeaseLost) => {}
         Err(e) => {
             tracing::warn!(job = %reporter.job_id, error = %e, "failing a built-in job failed")

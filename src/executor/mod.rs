@@ -52,8 +52,8 @@ pub async fn run(state: Arc<AppState>) {
                 correlation_id: new_ulid(),
             };
             match state.store.lease_any_tenant(&req).await {
-                Ok(written) => {
-                    for (tenant, leased) in state.engine.publish(written) {
+                Ok(leased_jobs) => {
+                    for (tenant, leased) in leased_jobs {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             // Cannot happen: we leased at most `free`.
                             tracing::error!(job = %leased.job_id, "no free executor slot");

@@ -63,8 +63,8 @@ impl Reporter {
             .report_progress(&self.tenant, &self.job_id, &report)
             .await
         {
-            Ok(written) => {
-                self.log_lines = state.engine.publish(written).log_lines;
+            Ok(job) => {
+                self.log_lines = job.log_lines;
                 true
             }
             Err(StoreError::LeaseLost | StoreError::JobNotFound | StoreError::InvalidState(_)) => {

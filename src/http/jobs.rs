@@ -196,19 +196,16 @@ pub async fn submit_job(
         max_attempts: state.config.jobs.max_attempts,
         idempotency_window_ms: state.config.jobs.idempotency_window_hours as i64 * 3_600_000,
     };
-    let (job, _created) =
-        state
-            .engine
-            .publish(state.store.submit_job(&tenant.0, new).await.map_err(|e| {
-                match e {
-                    // A `run_id` in the body that names no run: the request is well
-                    // formed but impossible.
-                    crate::store::StoreError::RunNotFound => {
-                        ApiError::new(ErrorCode::UnknownRun, "run_id names no run of this tenant")
-                    }
-                    other => other.into(),
-                }
-            })?);
+    let (job, _created) = state.store.submit_job(&tenant.0, new).await.map_err(|e| {
+        match e {
+            // A `run_id` in the body that names no run: the request is well
+            // formed but impossible.
+            crate::store::StoreError::RunNotFound => {
+                ApiError::new(ErrorCode::UnknownRun, "run_id names no run of this tenant")
+            }
+            other => other.into(),
+        }
+    })?;
     let location = format!("/jobs/{}", job.job_id);
     let Some(wait) = wait_preference(&req) else {
         return Ok(accepted(&job, location));
@@ -346,9 +343,7 @@ pub async fn cancel_job(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
-    let job = state
-        .engine
-        .publish(state.store.cancel_job(&tenant.0, &id, &corr.0).await?);
+    let job = state.store.cancel_job(&tenant.0, &id, &corr.0).await?;
     Ok(HttpResponse::Accepted()
         .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
 }

@@ -82,9 +82,7 @@ pub async fn create_run(
         labels: Value::Object(body.labels.unwrap_or_default()),
         correlation_id: corr.0,
     };
-    let run = state
-        .engine
-        .publish(state.store.create_run(&tenant.0, new).await?);
+    let run = state.store.create_run(&tenant.0, new).await?;
     Ok(HttpResponse::Created()
         .insert_header((
             header::LOCATION,
@@ -231,21 +229,12 @@ pub async fn timeline(
         correlation_id: q.correlation_id,
     };
     let events = state.store.timeline(&tenant.0, &run_id, &query).await?;
-    // Envelopes are stored as their JSON: splice them in without re-encoding.
     let next = if events.len() == limit as usize {
-        events
-            .last()
-            .and_then(|e| serde_json::from_str::<Value>(e).ok())
-            .and_then(|v| v["seq"].as_u64())
+        events.last().map(|e| e.seq)
     } else {
         None
     };
-    let mut body = String::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 32);
-    body.push_str("{\"events\":[");
-    body.push_str(&events.join(","));
-    body.push_str("],\"next\":");
-    body.push_str(&next.map_or("null".to_owned(), |n| n.to_string()));
-    body.push('}');
+    let body = json!({"events": events, "next": next}).to_string();
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use runsignal_actors::subscriber::sse_frame;
 use runsignal_actors::SignalView;
 use runsignal_actors::{
-    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
+    Delivery, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
     Unsubscribe, Wire,
 };
 use serde::Deserialize;
@@ -461,10 +461,7 @@ async fn replay(
         if page.is_empty() {
             break;
         }
-        for json in &page {
-            let Ok(envelope) = serde_json::from_str::<Envelope>(json) else {
-                continue;
-            };
+        for envelope in page {
             after = envelope.seq;
             let event = Published::from_stored(envelope);
             if let Some(name) = filter.matches(&event.envelope) {

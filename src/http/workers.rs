@@ -115,9 +115,7 @@ pub async fn lease(
         let notified = state.engine.queued.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let jobs = state
-            .engine
-            .publish(state.store.lease_jobs(&tenant.0, &req).await?);
+        let jobs = state.store.lease_jobs(&tenant.0, &req).await?;
         if !jobs.is_empty() || Instant::now() >= deadline {
             return Ok(HttpResponse::Ok().json(json!({"jobs": jobs})));
         }
@@ -245,9 +243,7 @@ pub async fn progress(
         blocked: b.blocked,
         correlation_id: corr.0,
     };
-    let job = state
-        .engine
-        .publish(state.store.report_progress(&tenant.0, &id, &report).await?);
+    let job = state.store.report_progress(&tenant.0, &id, &report).await?;
     Ok(HttpResponse::Ok().json(lease_json(&job)))
 }
 
@@ -394,9 +390,7 @@ pub async fn complete(
         correlation_id: corr.0,
         artifacts: stored,
     };
-    let job = state
-        .engine
-        .publish(state.store.complete_job(&tenant.0, &id, &done).await?);
+    let job = state.store.complete_job(&tenant.0, &id, &done).await?;
     let mut v = job_json(&job);
     v["artifacts"] = Value::Array(listed);
     Ok(HttpResponse::Ok().json(v))
@@ -477,8 +471,6 @@ pub async fn fail(
         exit_code: b.exit_code,
         correlation_id: corr.0,
     };
-    let job = state
-        .engine
-        .publish(state.store.fail_job(&tenant.0, &id, &failure).await?);
+    let job = state.store.fail_job(&tenant.0, &id, &failure).await?;
     Ok(HttpResponse::Ok().json(job_json(&job)))
 }

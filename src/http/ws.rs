@@ -53,7 +53,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use runsignal_actors::subscriber::ws_frames;
 use runsignal_actors::{
-    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Unsubscribe, Wire,
+    Delivery, Filter, Published, RunActor, RunKey, StreamKind, Unsubscribe, Wire,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -736,12 +736,7 @@ impl Feed {
             .timeline(&self.key.tenant, &self.key.run_id, &query)
             .await
             .ok()?;
-        Some(
-            page.iter()
-                .filter_map(|json| serde_json::from_str::<Envelope>(json).ok())
-                .map(Published::from_stored)
-                .collect(),
-        )
+        Some(page.into_iter().map(Published::from_stored).collect())
     }
 
     /// The queue was dropped: if that happened between two frames of one

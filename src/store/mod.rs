@@ -1,21 +1,36 @@
-//! Persistence: runs, jobs, the event timeline and first-signal snapshots.
+//! Persistence: runs, jobs and leases, the event timeline, the webhook
+//! outbox, first-signal snapshots and prune.
 //!
-//! One [`Store`] trait; [`sqlite::SqliteStore`] is the embedded default. Every
-//! write runs in one transaction that also appends its timeline events (seq
-//! 1, 2, 3… per run, no gap) and, when the run's signal changed, a
-//! `signal.changed` event: the caller publishes the returned [`Committed`]
-//! events only after the commit.
+//! The layers:
+//! - [`lifecycle`]: the rules (transitions, retries and lease expiry, steps,
+//!   run status, which events and outbox rows a change writes), written once
+//!   over the [`tx::WriteTx`] primitives;
+//! - [`writer`]: group commit. Every write is a [`writer::Cmd`] applied in a
+//!   batch (one transaction, one savepoint per write), answered after the
+//!   commit; the writer publishes what the batch committed, in one place;
+//! - [`sqlite`] and [`postgres`]: the backends. Each implements the
+//!   primitives and the reads (one SQL body, see [`sql`]).
+//!
+//! [`Store`] is the facade handlers and tasks use: reads by concern through
+//! the backend's traits, writes through the writer.
 
+pub mod lifecycle;
 pub mod model;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
+pub mod tx;
+pub mod writer;
+mod writes;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runsignal_actors::{Published, RunKey, Signal};
+use runsignal_actors::{Envelope, Published, RunKey, Signal};
 
 pub use model::*;
+pub use writer::{CommitSink, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +48,24 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The batch this write was part of did not commit (shared by every
+    /// write of the batch, hence a message rather than the source error).
+    #[error("the write did not commit: {0}")]
+    NotCommitted(String),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Worth running the same write again in a later batch: it lost a race
+    /// with a concurrent transaction (PostgreSQL: deadlock, serialization
+    /// failure, or a unique index another writer filled first).
+    pub fn is_retryable(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        matches!(e.code().as_deref(), Some("40P01" | "40001" | "23505"))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -45,13 +78,6 @@ pub struct Committed {
     pub webhooks: bool,
 }
 
-/// The outcome of a write plus the events it committed.
-#[derive(Debug)]
-pub struct Written<T> {
-    pub value: T,
-    pub committed: Committed,
-}
-
 /// A run's state computed from its jobs (the cold path).
 #[derive(Debug, Clone)]
 pub struct ColdRun {
@@ -62,64 +88,35 @@ pub struct ColdRun {
     pub signal: Option<(Signal, u64)>,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Reachability probe for `/readyz`.
-    async fn ping(&self) -> StoreResult<()>;
+/// Where a run's timeline stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunHead {
+    pub last_seq: u64,
+    /// Seq of `run.completed` while the run is complete.
+    pub completed_seq: Option<u64>,
+}
 
-    async fn create_run(&self, tenant: &str, new: NewRun) -> StoreResult<Written<RunRecord>>;
+/// Reads of runs.
+#[async_trait]
+pub trait RunReads: Send + Sync {
     async fn get_run(&self, tenant: &str, run_id: &str) -> StoreResult<RunRecord>;
     async fn list_runs(&self, tenant: &str, query: &RunQuery) -> StoreResult<Page<RunRecord>>;
+    /// Cold path: the run's signal derived from its jobs now (`None`: no run).
+    async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>>;
+    /// The run's last seq and completion (`None`: no run).
+    async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>>;
+}
 
-    /// Submit a job; `created` is false when the idempotency key matched.
-    async fn submit_job(
-        &self,
-        tenant: &str,
-        new: NewJob,
-    ) -> StoreResult<Written<(JobRecord, bool)>>;
+/// Reads of jobs and their artifacts.
+#[async_trait]
+pub trait JobReads: Send + Sync {
     async fn get_job(&self, tenant: &str, job_id: &str) -> StoreResult<JobRecord>;
     async fn list_jobs(&self, tenant: &str, query: &JobQuery) -> StoreResult<Page<JobRecord>>;
-    async fn cancel_job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        correlation_id: &str,
-    ) -> StoreResult<Written<JobRecord>>;
-
-    async fn lease_jobs(
-        &self,
-        tenant: &str,
-        req: &LeaseRequest,
-    ) -> StoreResult<Written<Vec<LeasedJob>>>;
-    /// The built-in executor's lease: like [`Store::lease_jobs`] (attempt+1,
-    /// lease, `job.loading`, signal refresh) but across all tenants; each
-    /// leased job comes with its tenant.
-    async fn lease_any_tenant(
-        &self,
-        req: &LeaseRequest,
-    ) -> StoreResult<Written<Vec<(String, LeasedJob)>>>;
-    /// Restart recovery: end now the leases `worker_id` holds (their
-    /// `lease_until` moves to the past) so the sweeper requeues or fails
-    /// them. Returns how many.
-    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<u64>;
-    async fn report_progress(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        report: &ProgressReport,
-    ) -> StoreResult<Written<JobRecord>>;
-    async fn complete_job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        done: &Completion,
-    ) -> StoreResult<Written<JobRecord>>;
-    async fn fail_job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        failure: &Failure,
-    ) -> StoreResult<Written<JobRecord>>;
+    /// Seq of the job's terminal state event (`None` while it runs).
+    async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>>;
+    /// Whether any job of `packs` is queued, in any tenant (a cheap read
+    /// before the built-in executor asks the writer for a lease).
+    async fn any_queued(&self, packs: &[String]) -> StoreResult<bool>;
     /// A job's artifacts, by name.
     async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>>;
     /// One artifact of a job of the tenant (`None`: no such artifact).
@@ -129,57 +126,128 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         name: &str,
     ) -> StoreResult<Option<ArtifactRecord>>;
-    /// Requeue or fail every job whose lease ended before `now_ms`.
-    async fn sweep_expired_leases(&self, now_ms: i64) -> StoreResult<Written<usize>>;
+}
 
+/// Reads of the timeline: typed envelopes, decoded in one place.
+#[async_trait]
+pub trait TimelineReads: Send + Sync {
+    /// The run's events after `query.after`, in seq order (`RunNotFound`
+    /// when the tenant has no such run).
     async fn timeline(
         &self,
         tenant: &str,
         run_id: &str,
         query: &TimelineQuery,
-    ) -> StoreResult<Vec<String>>;
+    ) -> StoreResult<Vec<Envelope>>;
+}
 
-    /// Cold path: the run's signal derived from its jobs now (`None`: no run).
-    async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>>;
-    /// The run's last seq and completion (`None`: no run).
-    async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>>;
-    /// Seq of the job's terminal state event (`None` while it runs).
-    async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>>;
-    /// Claim up to `limit` due deliveries (`pending`, due by `now_ms`, and
-    /// the oldest open one of their job, so each job's arrive in state
-    /// order), marking them `sending`.
-    async fn claim_webhooks(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>>;
-    /// Record how an attempt ended.
-    async fn finish_webhook(&self, id: i64, outcome: &WebhookOutcome) -> StoreResult<()>;
+/// Reads of the webhook outbox.
+#[async_trait]
+pub trait OutboxReads: Send + Sync {
     /// When the next pending delivery is due (`None`: nothing pending), so
     /// an idle dispatcher sleeps instead of polling.
     async fn next_webhook_due(&self) -> StoreResult<Option<i64>>;
-    /// After a restart: deliveries left `sending` by a crash go back to `pending`.
-    async fn reset_sending_webhooks(&self) -> StoreResult<u64>;
     /// The job's deliveries, oldest first (`GET /jobs/{id}`).
     async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>>;
-    /// Delete up to `limit` runs whose jobs are all terminal and finished
-    /// before `cutoff_ms`, with their jobs, events, deliveries, snapshots and
-    /// artifacts (rows in the transaction, files after the commit).
-    /// Runs with a job still active, or with no job, are never touched.
-    async fn prune(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<RunKey>>;
+}
+
+/// Reads for the snapshot writer and the loader.
+#[async_trait]
+pub trait SnapshotReads: Send + Sync {
     /// A snapshot written by the snapshot writer, if any.
     async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>>;
-    /// Store derived signals of runs updated since `since_ms`; returns how many.
-    async fn write_snapshots(
+    /// Runs updated since `since_ms` (newest first, at most `max`).
+    async fn recent_runs(
         &self,
         since_ms: i64,
         tenant: Option<&str>,
         max: u32,
-    ) -> StoreResult<usize>;
+    ) -> StoreResult<Vec<(String, String)>>;
 }
 
-/// Where a run's timeline stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunHead {
-    pub last_seq: u64,
-    /// Seq of `run.completed` while the run is complete.
-    pub completed_seq: Option<u64>,
+/// A backend: the reads by concern, plus the write lanes the writer drives.
+#[async_trait]
+pub trait Backend:
+    RunReads + JobReads + TimelineReads + OutboxReads + SnapshotReads + 'static
+{
+    /// Reachability probe for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// How many transactions may run at once (SQLite: 1).
+    fn lanes(&self) -> usize;
+    /// Begin a write transaction on lane `lane`.
+    async fn begin(&self, lane: usize) -> StoreResult<Box<dyn tx::WriteTx>>;
+}
+
+/// The store handlers and tasks use: reads through the backend (by
+/// concern, via `Deref`), writes through the group-commit writer.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    writer: Writer,
+    queries: Arc<QueryCounter>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        self.queries.hit();
+        &*self.backend
+    }
+}
+
+impl Store {
+    /// Open the backend `url` names (creating and migrating it) and start
+    /// its writer. `write_lanes` bounds concurrent write transactions where
+    /// the backend allows several (PostgreSQL).
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        write_lanes: u32,
+        queries: Arc<QueryCounter>,
+    ) -> StoreResult<Store> {
+        let backend: Arc<dyn Backend> = if postgres::is_postgres_url(url) {
+            Arc::new(postgres::PgBackend::open(url, max_connections, write_lanes).await?)
+        } else {
+            Arc::new(sqlite::SqliteBackend::open(url, max_connections).await?)
+        };
+        let writer = Writer::start(backend.clone());
+        Ok(Store {
+            backend,
+            writer,
+            queries,
+        })
+    }
+
+    /// Where committed events go (the engine); set once at start-up.
+    pub fn attach(&self, sink: Arc<dyn CommitSink>) {
+        self.writer.attach(sink);
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Store derived signals of runs updated since `since_ms`; returns how many.
+    pub async fn write_snapshots(
+        &self,
+        since_ms: i64,
+        tenant: Option<&str>,
+        max: u32,
+    ) -> StoreResult<usize> {
+        let runs = self.backend.recent_runs(since_ms, tenant, max).await?;
+        let mut written = 0;
+        for (tenant, run) in runs {
+            let Some(ColdRun {
+                signal: Some((signal, seq)),
+                ..
+            }) = self.backend.cold_run(&tenant, &run).await?
+            else {
+                continue;
+            };
+            self.writer.put_snapshot(tenant, run, seq, &signal).await?;
+            written += 1;
+        }
+        Ok(written)
+    }
 }
 
 /// Counts store calls: the proof that first-signal hits never reach the store.

@@ -106,6 +106,58 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job just accepted by `POST /jobs`.
+    pub fn queued(tenant: &str, run_id: &str, new: &NewJob, now: i64) -> JobRecord {
+        JobRecord {
+            job_id: runsignal_actors::new_ulid(),
+            tenant_id: tenant.to_owned(),
+            run_id: run_id.to_owned(),
+            pack: new.pack.clone(),
+            inputs: new.inputs.to_string(),
+            state: JobState::Queued.as_str().to_owned(),
+            blocked_reason: None,
+            attempt: 0,
+            max_attempts: i64::from(new.max_attempts),
+            lease_id: None,
+            lease_worker: None,
+            lease_until: None,
+            lease_seconds: None,
+            stage: None,
+            step: None,
+            step_index: None,
+            message: None,
+            percent: None,
+            log_lines: 0,
+            result: None,
+            error_code: None,
+            error_message: None,
+            failure_start: None,
+            failure_end: None,
+            correlation_id: new.correlation_id.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            webhook_url: new.webhook_url.clone(),
+            created_at: now,
+            updated_at: now,
+            state_changed_at: now,
+            started_at: None,
+            finished_at: None,
+            step_started_at: None,
+        }
+    }
+
+    /// What a lessee is handed for this (just leased) job.
+    pub fn leased(&self, until: i64) -> LeasedJob {
+        LeasedJob {
+            job_id: self.job_id.clone(),
+            run_id: self.run_id.clone(),
+            pack: self.pack.clone(),
+            inputs: serde_json::from_str(&self.inputs).unwrap_or(Value::Null),
+            lease_id: self.lease_id.clone().unwrap_or_default(),
+            lease_until: rfc3339(until),
+            attempt: self.attempt,
+        }
+    }
+
     pub fn job_state(&self) -> JobState {
         // Only this module writes `state`, always from `JobState::as_str`.
         JobState::parse(&self.state).unwrap_or(JobState::Failed)

@@ -43,7 +43,7 @@ const FINISH_RETRIES: [Duration; 4] = [
 ];
 
 pub struct Dispatcher {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     /// Notified by the engine after a commit that queued deliveries.
     wake: Arc<Notify>,
     sender: Arc<Sender>,
@@ -57,7 +57,7 @@ impl Dispatcher {
     /// Checks the secrets and networks (the error names the key).
     pub fn new(
         config: &WebhooksConfig,
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         wake: Arc<Notify>,
     ) -> anyhow::Result<Dispatcher> {
         let sender = Sender::new(
@@ -239,7 +239,7 @@ fn instant_of(at_ms: i64) -> Instant {
 /// Send one claimed row and record the outcome; returns the retry time.
 async fn deliver(
     sender: Arc<Sender>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     schedule: Arc<[u64]>,
     d: WebhookDelivery,
     _permit: OwnedSemaphorePermit,

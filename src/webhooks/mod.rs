@@ -3,6 +3,7 @@
 //! in each job transition's transaction (ADR 0014); this module only sends
 //! them. See ADR 0015 for the guard.
 
+pub mod body;
 pub mod dispatcher;
 pub mod policy;
 pub mod send;

@@ -318,11 +318,10 @@ async fn prune_removes_artifact_rows_and_files() {
     assert_eq!(artifact(&app, &job, "a.bin").await.status(), 200);
 
     let cutoff = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    let runs = app.state.store.prune(cutoff, 100).await.unwrap();
-    assert_eq!(runs.len(), 1);
-    for key in &runs {
-        app.state.engine.forget(key);
-    }
+    let runs = runsignal::tasks::prune_batch(&app.state, cutoff, 100)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
     assert_problem(artifact(&app, &job, "a.bin").await, 404, "job_not_found").await;
     assert!(app
         .state

@@ -10,6 +10,8 @@ use runsignal::{AppState, Application};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::testdb::TestDb;
+
 pub const TENANT: &str = "acme";
 pub const ORCH: &str = "/api/v1/orchestrator";
 pub const ENGINE: &str = "/api/v1/jobengine";
@@ -19,6 +21,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: web::Data<AppState>,
     pub dir: Arc<TempDir>,
+    pub db: Arc<TestDb>,
     pub env: Vec<(String, String)>,
     pub server: runsignal::Stopper,
 }
@@ -31,15 +34,15 @@ pub async fn spawn_app() -> TestApp {
 /// A server with extra `RUNSIGNAL__…` settings.
 pub async fn spawn_with(settings: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    start(dir, settings).await
+    let db = Arc::new(TestDb::new(crate::BACKEND, dir.path()));
+    start(dir, db, settings).await
 }
 
-async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
-    let db = format!("sqlite://{}/runsignal.db", dir.path().display());
+async fn start(dir: Arc<TempDir>, db: Arc<TestDb>, settings: &[(&str, &str)]) -> TestApp {
     let mut env: Vec<(String, String)> = vec![
         ("RUNSIGNAL__Server__Bind".into(), "127.0.0.1:0".into()),
         ("RUNSIGNAL__Server__Workers".into(), "2".into()),
-        ("RUNSIGNAL__Database__Url".into(), db),
+        ("RUNSIGNAL__Database__Url".into(), db.url.clone()),
         ("RUNSIGNAL__Logging__Level".into(), "warn".into()),
         // Everything a test writes stays in its temp dir (later settings win).
         (
@@ -71,6 +74,7 @@ async fn start(dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
         client,
         state,
         dir,
+        db,
         env,
         server,
     }
@@ -80,7 +84,7 @@ impl TestApp {
     /// Stop this server and start a new one on the same database.
     pub async fn restart(self, settings: &[(&str, &str)]) -> TestApp {
         self.server.stop().await;
-        start(self.dir.clone(), settings).await
+        start(self.dir.clone(), self.db.clone(), settings).await
     }
 
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
@@ -250,12 +254,10 @@ pub async fn progress_direct(
             blocked: BlockedChange::Unchanged,
             correlation_id: format!("bulk-{i}"),
         };
-        let written = app
-            .state
+        app.state
             .store
             .report_progress(TENANT, job, &report)
             .await
             .unwrap();
-        app.state.engine.publish(written);
     }
 }

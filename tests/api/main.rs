@@ -1,18 +1,7 @@
 //! Integration tests against a real server on port 0 with a fresh SQLite
-//! database per test. One module per feature.
+//! database per test. One module per feature (`suite.rs`); the same suite
+//! runs on PostgreSQL as the `api_postgres` test binary.
 
-mod helpers;
+const BACKEND: testdb::Backend = testdb::Backend::Sqlite;
 
-mod artifacts;
-mod bad_input;
-mod executor;
-mod first_signal;
-mod jobs;
-mod ops;
-mod prune;
-mod runs;
-mod streams;
-mod tenants;
-mod webhooks;
-mod workers;
-mod ws;
+include!("suite.rs");

@@ -9,11 +9,9 @@ fn future_cutoff() -> i64 {
 }
 
 async fn prune(app: &TestApp) -> usize {
-    let runs = app.state.store.prune(future_cutoff(), 100).await.unwrap();
-    for key in &runs {
-        app.state.engine.forget(key);
-    }
-    runs.len()
+    runsignal::tasks::prune_batch(&app.state, future_cutoff(), 100)
+        .await
+        .unwrap()
 }
 
 #[actix_web::test]
@@ -135,7 +133,10 @@ async fn runs_inside_retention_are_kept() {
         .await;
     let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
     assert!(
-        app.state.store.prune(past, 100).await.unwrap().is_empty(),
+        runsignal::tasks::prune_batch(&app.state, past, 100)
+            .await
+            .unwrap()
+            == 0,
         "finished after the cutoff"
     );
     runsignal::tasks::prune_runs(app.state.clone().into_inner()).await;

@@ -1,0 +1,703 @@
+//! The job lifecycle, written once for every backend (SPEC §3, §7).
+//!
+//! An [`Op`] is one write: it reads and changes rows through the
+//! [`WriteTx`] primitives, keeps the runs it touched in memory (each run row
+//! read once, locked, written back once), appends timeline events with the
+//! run's next seq, and at [`Op::finish`] writes its events in one statement.
+//! What it committed is handed to the writer, which publishes it after the
+//! batch commits.
+
+use std::sync::Arc;
+
+use runsignal_actors::envelope::{types, NewEnvelope};
+use runsignal_actors::signal::derive;
+use runsignal_actors::{new_ulid, JobState, Published, RunKey, SignalView};
+use serde_json::{json, Value};
+
+use super::tx::{RunRow, WriteTx};
+use super::writer::{Cmd, Done};
+use super::*;
+
+/// One write in progress.
+pub struct Op<'t> {
+    tx: &'t mut dyn WriteTx,
+    pub now: i64,
+    correlation_id: String,
+    /// Runs touched so far: their row as it will be written back, and
+    /// whether it changed.
+    runs: Vec<(RunKey, RunRow, bool)>,
+    events: Vec<Arc<Published>>,
+    committed: Committed,
+}
+
+/// Apply one command. On error nothing it did may be kept (the writer rolls
+/// its savepoint back).
+pub async fn apply(tx: &mut dyn WriteTx, cmd: &Cmd) -> StoreResult<(Done, Committed)> {
+    let mut op = Op::new(tx, cmd.correlation_id());
+    let done = match cmd {
+        Cmd::CreateRun { tenant, new } => Done::Run(op.create_run(tenant, new).await?),
+        Cmd::Submit { tenant, new } => {
+            let (job, created) = op.submit(tenant, new).await?;
+            Done::Submitted(job, created)
+        }
+        Cmd::Cancel { tenant, job_id, .. } => Done::Job(op.cancel(tenant, job_id).await?),
+        Cmd::Lease { tenant, req } => Done::Leased(op.lease(tenant.as_deref(), req).await?),
+        Cmd::Progress {
+            tenant,
+            job_id,
+            report,
+        } => Done::Job(op.progress(tenant, job_id, report).await?),
+        Cmd::Complete {
+            tenant,
+            job_id,
+            done,
+        } => Done::Job(op.complete(tenant, job_id, done).await?),
+        Cmd::Fail {
+            tenant,
+            job_id,
+            failure,
+        } => Done::Job(op.fail(tenant, job_id, failure).await?),
+        Cmd::SweepLeases { now_ms } => Done::Count(op.sweep(*now_ms).await? as u64),
+        Cmd::ExpireWorkerLeases { worker_id } => {
+            let now = op.now;
+            Done::Count(op.tx.expire_worker_leases(worker_id, now - 1).await?)
+        }
+        Cmd::ClaimWebhooks { now_ms, limit } => {
+            Done::Claimed(op.tx.claim_deliveries(*now_ms, *limit).await?)
+        }
+        Cmd::FinishWebhook { id, outcome } => {
+            let now = op.now;
+            op.tx.finish_delivery(*id, outcome, now).await?;
+            Done::Unit
+        }
+        Cmd::ResetSendingWebhooks => Done::Count(op.tx.reset_sending().await?),
+        Cmd::PutSnapshot {
+            tenant,
+            run_id,
+            seq,
+            signal,
+        } => {
+            let now = op.now;
+            op.tx
+                .put_snapshot(tenant, run_id, *seq as i64, signal, now)
+                .await?;
+            Done::Unit
+        }
+        Cmd::Prune { cutoff_ms, limit } => {
+            let runs = op.tx.prunable_runs(*cutoff_ms, *limit).await?;
+            let mut files = Vec::new();
+            for (tenant, run) in &runs {
+                files.extend(op.tx.delete_run(tenant, run).await?);
+            }
+            let keys = runs.iter().map(|(t, r)| RunKey::new(t, r)).collect();
+            Done::Pruned(keys, files)
+        }
+    };
+    let committed = op.finish().await?;
+    Ok((done, committed))
+}
+
+impl<'t> Op<'t> {
+    fn new(tx: &'t mut dyn WriteTx, correlation_id: &str) -> Op<'t> {
+        Op {
+            tx,
+            now: now_ms(),
+            correlation_id: correlation_id.to_owned(),
+            runs: Vec::new(),
+            events: Vec::new(),
+            committed: Committed::default(),
+        }
+    }
+
+    /// Write the events and the changed run rows; hand back what to publish.
+    async fn finish(self) -> StoreResult<Committed> {
+        if !self.events.is_empty() {
+            self.tx.insert_events(&self.events).await?;
+        }
+        for (key, row, dirty) in &self.runs {
+            if *dirty {
+                self.tx.save_run(&key.tenant, &key.run_id, row).await?;
+            }
+        }
+        Ok(self.committed)
+    }
+
+    /// Index of the run's row in `self.runs`, reading (and locking) it once.
+    async fn run(&mut self, tenant: &str, run: &str) -> StoreResult<usize> {
+        if let Some(i) = self
+            .runs
+            .iter()
+            .position(|(k, _, _)| &*k.tenant == tenant && &*k.run_id == run)
+        {
+            return Ok(i);
+        }
+        let row = self
+            .tx
+            .run_row(tenant, run)
+            .await?
+            .ok_or(StoreError::RunNotFound)?;
+        self.runs.push((RunKey::new(tenant, run), row, false));
+        Ok(self.runs.len() - 1)
+    }
+
+    /// Append one event to the run's timeline with the next seq.
+    async fn append(
+        &mut self,
+        tenant: &str,
+        run: &str,
+        job: Option<&str>,
+        ty: &str,
+        payload: Value,
+    ) -> StoreResult<u64> {
+        self.append_with(tenant, run, job, ty, |_| (payload, None))
+            .await
+    }
+
+    /// Append an event whose payload depends on its seq (`signal.changed`).
+    async fn append_with(
+        &mut self,
+        tenant: &str,
+        run: &str,
+        job: Option<&str>,
+        ty: &str,
+        make: impl FnOnce(u64) -> (Value, Option<Arc<SignalView>>),
+    ) -> StoreResult<u64> {
+        let i = self.run(tenant, run).await?;
+        let (key, row, dirty) = &mut self.runs[i];
+        row.last_seq += 1;
+        row.updated_at = self.now;
+        *dirty = true;
+        let seq = row.last_seq as u64;
+        let key = key.clone();
+        let (payload, signal) = make(seq);
+        let envelope = NewEnvelope {
+            event_id: new_ulid(),
+            event_type: ty,
+            tenant_id: tenant,
+            run_id: run,
+            job_id: job,
+            seq,
+            occurred_at: rfc3339(self.now),
+            correlation_id: &self.correlation_id,
+            payload,
+        }
+        .seal();
+        let published = Published::new(envelope, signal);
+        self.events.push(published.clone());
+        match self.committed.runs.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, events)) => events.push(published),
+            None => self.committed.runs.push((key, vec![published])),
+        }
+        Ok(seq)
+    }
+
+    /// Re-derive the run's signal and status; append `signal.changed` and
+    /// `run.completed` when they changed.
+    async fn refresh_run(&mut self, tenant: &str, run: &str) -> StoreResult<()> {
+        // The run row first: its lock orders concurrent writers of the run,
+        // so the jobs read next include every committed change before ours.
+        let i = self.run(tenant, run).await?;
+        let jobs = self.tx.run_jobs(tenant, run).await?;
+        let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
+        if let Some(signal) = derive(run, &facts) {
+            let etag = signal.etag();
+            if self.runs[i].1.signal_etag.as_deref() != Some(etag.as_str()) {
+                let payload = json!({"etag": etag, "signal": signal});
+                let seq = self
+                    .append_with(tenant, run, None, types::SIGNAL_CHANGED, |seq| {
+                        let view = Arc::new(SignalView::new(signal, seq));
+                        (payload, Some(view))
+                    })
+                    .await?;
+                let row = &mut self.runs[i].1;
+                row.signal_etag = Some(etag);
+                row.signal_seq = Some(seq as i64);
+            }
+        }
+        let status = run_status(&jobs);
+        if status != self.runs[i].1.status {
+            let completed_seq = if matches!(status, "succeeded" | "failed" | "canceled") {
+                let payload = json!({"status": status});
+                Some(
+                    self.append(tenant, run, None, types::RUN_COMPLETED, payload)
+                        .await? as i64,
+                )
+            } else {
+                None
+            };
+            let (_, row, dirty) = &mut self.runs[i];
+            row.status = status.to_owned();
+            row.completed_seq = completed_seq;
+            *dirty = true;
+        }
+        Ok(())
+    }
+
+    async fn insert_run(
+        &mut self,
+        tenant: &str,
+        run_id: &str,
+        name: Option<&str>,
+        labels: &Value,
+    ) -> StoreResult<RunRecord> {
+        let mut run = RunRecord {
+            tenant_id: tenant.to_owned(),
+            run_id: run_id.to_owned(),
+            name: name.map(str::to_owned),
+            labels: labels.to_string(),
+            status: "pending".into(),
+            last_seq: 0,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        if !self.tx.insert_run(&run).await? {
+            return Err(StoreError::RunExists);
+        }
+        let row = RunRow {
+            last_seq: 0,
+            signal_etag: None,
+            signal_seq: None,
+            status: run.status.clone(),
+            completed_seq: None,
+            updated_at: self.now,
+        };
+        self.runs.push((RunKey::new(tenant, run_id), row, false));
+        let payload = json!({"name": name, "labels": labels});
+        run.last_seq = self
+            .append(tenant, run_id, None, types::RUN_CREATED, payload)
+            .await? as i64;
+        Ok(run)
+    }
+
+    async fn create_run(&mut self, tenant: &str, new: &NewRun) -> StoreResult<RunRecord> {
+        self.insert_run(tenant, &new.run_id, new.name.as_deref(), &new.labels)
+            .await
+    }
+
+    async fn submit(&mut self, tenant: &str, new: &NewJob) -> StoreResult<(JobRecord, bool)> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(mut job) = self.tx.job_by_idempotency_key(tenant, key).await? {
+                if job.created_at > self.now - new.idempotency_window_ms {
+                    return Ok((job, false));
+                }
+                // Past the window the key is free again.
+                job.idempotency_key = None;
+                self.tx.save_job(&job).await?;
+            }
+        }
+        let run_id = match &new.run_id {
+            Some(run_id) => {
+                self.run(tenant, run_id).await?;
+                run_id.clone()
+            }
+            None => {
+                let run_id = uuid::Uuid::new_v4().to_string();
+                self.insert_run(tenant, &run_id, None, &json!({})).await?;
+                run_id
+            }
+        };
+        let job = JobRecord::queued(tenant, &run_id, new, self.now);
+        self.tx.insert_job(&job).await?;
+        let payload =
+            json!({"state": "queued", "previousState": null, "attempt": 0, "pack": new.pack});
+        self.webhook(&job, "queued", None, 0, &payload).await?;
+        self.append(
+            tenant,
+            &run_id,
+            Some(&job.job_id),
+            types::JOB_QUEUED,
+            payload,
+        )
+        .await?;
+        self.refresh_run(tenant, &run_id).await?;
+        Ok((job, true))
+    }
+
+    async fn cancel(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
+        let mut job = self.job(tenant, job_id).await?;
+        if job.job_state().is_terminal() {
+            return Err(StoreError::InvalidState(job.state));
+        }
+        self.finish_step(&mut job, "failed", None).await?;
+        self.transition(&mut job, JobState::Canceled, json!({}))
+            .await?;
+        self.settle(job).await
+    }
+
+    /// Lease queued jobs of `req.packs`: of one tenant, or of all (`None`).
+    async fn lease(
+        &mut self,
+        tenant: Option<&str>,
+        req: &LeaseRequest,
+    ) -> StoreResult<Vec<(String, LeasedJob)>> {
+        let candidates = self.tx.queued_jobs(tenant, &req.packs, req.max).await?;
+        let until = self.now + i64::from(req.lease_seconds) * 1000;
+        let mut leased = Vec::with_capacity(candidates.len());
+        let mut runs: Vec<(String, String)> = Vec::new();
+        for mut job in candidates {
+            job.attempt += 1;
+            job.lease_id = Some(new_ulid());
+            job.lease_worker = Some(req.worker_id.clone());
+            job.lease_until = Some(until);
+            job.lease_seconds = Some(i64::from(req.lease_seconds));
+            job.started_at = job.started_at.or(Some(self.now));
+            job.state = JobState::Loading.as_str().into();
+            job.updated_at = self.now;
+            job.state_changed_at = self.now;
+            job.blocked_reason = None;
+            self.tx.save_job(&job).await?;
+            let payload = json!({"state": "loading", "previousState": "queued", "attempt": job.attempt,
+                                 "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
+            self.webhook(&job, "loading", Some("queued"), job.attempt, &payload)
+                .await?;
+            self.append(
+                &job.tenant_id,
+                &job.run_id,
+                Some(&job.job_id),
+                types::JOB_LOADING,
+                payload,
+            )
+            .await?;
+            let run = (job.tenant_id.clone(), job.run_id.clone());
+            if !runs.contains(&run) {
+                runs.push(run);
+            }
+            leased.push((job.tenant_id.clone(), job.leased(until)));
+        }
+        for (tenant, run) in runs {
+            self.refresh_run(&tenant, &run).await?;
+        }
+        Ok(leased)
+    }
+
+    async fn progress(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        r: &ProgressReport,
+    ) -> StoreResult<JobRecord> {
+        let mut job = self.leased_job(tenant, job_id, &r.lease_id).await?;
+        let lease = (job.lease_id.clone(), job.lease_worker.clone());
+        if job.job_state() == JobState::Loading {
+            self.transition(&mut job, JobState::Working, json!({}))
+                .await?;
+        }
+        // Steps are keyed by `stepIndex`: a new index starts a step (and ends
+        // the one before it as succeeded).
+        if let Some(index) = r.step_index {
+            if job.step_started_at.is_none() || job.step_index != Some(index) {
+                self.start_step(&mut job, index, r.step.as_deref()).await?;
+            }
+        }
+        // The transition cleared the lease: restore and extend it.
+        let until = self.now + job.lease_seconds.unwrap_or(60) * 1000;
+        (job.lease_id, job.lease_worker) = lease;
+        job.lease_until = Some(until);
+        job.stage = r.stage.clone().or(job.stage);
+        job.step = r.step.clone().or(job.step);
+        job.step_index = r.step_index.or(job.step_index);
+        job.message = r.message.clone().or(job.message);
+        job.percent = r.percent.or(job.percent);
+        job.updated_at = self.now;
+        // A report that says nothing about progress is a heartbeat (or a log
+        // batch): it extends the lease but is no `job.progress` event, so a
+        // long quiet step does not fill the timeline and the streams.
+        let says_something = r.stage.is_some()
+            || r.step.is_some()
+            || r.step_index.is_some()
+            || r.message.is_some()
+            || r.percent.is_some();
+        if says_something {
+            let payload = json!({"stage": r.stage, "step": r.step, "stepIndex": r.step_index,
+                                 "message": r.message, "percent": r.percent, "leaseUntil": rfc3339(until)});
+            self.append(
+                tenant,
+                &job.run_id,
+                Some(job_id),
+                types::JOB_PROGRESS,
+                payload,
+            )
+            .await?;
+        }
+        let blocked = match &r.blocked {
+            BlockedChange::Unchanged => None,
+            BlockedChange::Set(reason) => Some(Some(reason.clone())),
+            BlockedChange::Clear => Some(None),
+        };
+        if let Some(reason) = blocked {
+            if reason != job.blocked_reason {
+                let payload = json!({"blocked": reason.is_some(), "reason": reason});
+                job.blocked_reason = reason;
+                self.append(
+                    tenant,
+                    &job.run_id,
+                    Some(job_id),
+                    types::JOB_BLOCKED,
+                    payload,
+                )
+                .await?;
+            }
+        }
+        if !r.log.is_empty() {
+            let first = job.log_lines + 1;
+            let lines: Vec<Value> = r
+                .log
+                .iter()
+                .enumerate()
+                .map(|(i, l)| json!({"lineNo": first + i as i64, "stream": l.stream, "line": l.line}))
+                .collect();
+            job.log_lines += r.log.len() as i64;
+            let payload = json!({"stepIndex": job.step_index, "lines": lines});
+            self.append(tenant, &job.run_id, Some(job_id), types::LOG, payload)
+                .await?;
+        }
+        self.settle(job).await
+    }
+
+    async fn complete(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        done: &Completion,
+    ) -> StoreResult<JobRecord> {
+        let mut job = self.leased_job(tenant, job_id, &done.lease_id).await?;
+        job.result = done.result.as_ref().map(Value::to_string);
+        job.percent = Some(100.0);
+        let mut artifacts = Vec::new();
+        for a in &done.artifacts {
+            let record = ArtifactRecord {
+                tenant_id: tenant.to_owned(),
+                job_id: job_id.to_owned(),
+                run_id: job.run_id.clone(),
+                name: a.name.clone(),
+                size: a.size as i64,
+                sha256: a.sha256.clone(),
+                content_type: a.content_type.clone(),
+                path: a.path.clone(),
+                created_at: self.now,
+            };
+            self.tx.upsert_artifact(&record).await?;
+            artifacts.push(a.event_json(job_id));
+        }
+        self.finish_step(&mut job, "succeeded", None).await?;
+        let mut payload = json!({"result": done.result.clone().unwrap_or(Value::Null)});
+        if !artifacts.is_empty() {
+            payload["artifacts"] = Value::Array(artifacts);
+        }
+        self.transition(&mut job, JobState::Done, payload).await?;
+        self.settle(job).await
+    }
+
+    async fn fail(&mut self, tenant: &str, job_id: &str, f: &Failure) -> StoreResult<JobRecord> {
+        let mut job = self.leased_job(tenant, job_id, &f.lease_id).await?;
+        let error = (f.code.as_str(), f.message.as_str());
+        self.fail_or_retry(&mut job, f.retryable, error, f.log_range, f.exit_code)
+            .await?;
+        self.settle(job).await
+    }
+
+    /// Requeue or fail every job whose lease ended before `now`.
+    async fn sweep(&mut self, now: i64) -> StoreResult<usize> {
+        let expired = self.tx.expired_jobs(now, 500).await?;
+        for mut job in expired.iter().cloned() {
+            let message = format!(
+                "lease held by {} expired",
+                job.lease_worker.as_deref().unwrap_or("a worker")
+            );
+            let error = ("lease_expired", message.as_str());
+            self.fail_or_retry(&mut job, true, error, None, None)
+                .await?;
+            self.tx.save_job(&job).await?;
+            self.refresh_run(&job.tenant_id, &job.run_id).await?;
+        }
+        Ok(expired.len())
+    }
+
+    async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
+        self.tx
+            .job(tenant, job_id)
+            .await?
+            .ok_or(StoreError::JobNotFound)
+    }
+
+    /// The job, if `lease_id` is its current lease and it is still running.
+    async fn leased_job(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        lease_id: &str,
+    ) -> StoreResult<JobRecord> {
+        let job = self.job(tenant, job_id).await?;
+        let running = matches!(job.job_state(), JobState::Loading | JobState::Working);
+        if !running || job.lease_id.as_deref() != Some(lease_id) {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(job)
+    }
+
+    /// The end of every job write: save the job, re-derive its run.
+    async fn settle(&mut self, job: JobRecord) -> StoreResult<JobRecord> {
+        self.tx.save_job(&job).await?;
+        self.refresh_run(&job.tenant_id, &job.run_id).await?;
+        Ok(job)
+    }
+
+    /// Move a job to `to`, clearing its lease, and append the state event.
+    async fn transition(
+        &mut self,
+        job: &mut JobRecord,
+        to: JobState,
+        extra: Value,
+    ) -> StoreResult<()> {
+        let previous = std::mem::replace(&mut job.state, to.as_str().to_owned());
+        job.lease_id = None;
+        job.lease_worker = None;
+        job.lease_until = None;
+        job.updated_at = self.now;
+        job.state_changed_at = self.now;
+        if to.is_terminal() {
+            job.blocked_reason = None;
+            job.finished_at = Some(self.now);
+        }
+        let mut payload =
+            json!({"state": to.as_str(), "previousState": previous, "attempt": job.attempt});
+        if let (Value::Object(p), Value::Object(e)) = (&mut payload, extra) {
+            p.extend(e);
+        }
+        let ty = match to {
+            JobState::Queued => types::JOB_QUEUED,
+            JobState::Loading => types::JOB_LOADING,
+            JobState::Working => types::JOB_WORKING,
+            JobState::Done => types::JOB_DONE,
+            JobState::Failed => types::JOB_FAILED,
+            JobState::Canceled => types::JOB_CANCELED,
+        };
+        self.webhook(job, to.as_str(), Some(&previous), job.attempt, &payload)
+            .await?;
+        let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+        self.append(&tenant, &run, Some(&job.job_id), ty, payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Queue the state webhook of a job that has a `state_webhook_url`, in
+    /// this transaction: the outbox row commits with the transition or not
+    /// at all (SPEC §7.2). `event` is the state event's payload.
+    async fn webhook(
+        &mut self,
+        job: &JobRecord,
+        state: &str,
+        previous: Option<&str>,
+        attempt: i64,
+        event: &Value,
+    ) -> StoreResult<()> {
+        let change = crate::webhooks::body::StateChange {
+            state,
+            previous,
+            attempt,
+            at_ms: self.now,
+            event,
+        };
+        if let Some(delivery) = crate::webhooks::body::delivery(job, &change) {
+            self.tx.insert_delivery(&delivery).await?;
+            self.committed.webhooks = true;
+        }
+        Ok(())
+    }
+
+    /// Close the job's running step, if one is running (`step.finished`).
+    async fn finish_step(
+        &mut self,
+        job: &mut JobRecord,
+        status: &str,
+        exit_code: Option<i64>,
+    ) -> StoreResult<()> {
+        let (Some(index), Some(started)) = (job.step_index, job.step_started_at.take()) else {
+            return Ok(());
+        };
+        let payload = json!({"stepIndex": index, "stepName": job.step, "status": status, "exitCode": exit_code,
+                             "startedAt": rfc3339(started), "finishedAt": rfc3339(self.now)});
+        let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+        self.append(
+            &tenant,
+            &run,
+            Some(&job.job_id),
+            types::STEP_FINISHED,
+            payload,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Start step `index` (`step.started`), closing the previous one as succeeded.
+    async fn start_step(
+        &mut self,
+        job: &mut JobRecord,
+        index: i64,
+        name: Option<&str>,
+    ) -> StoreResult<()> {
+        self.finish_step(job, "succeeded", None).await?;
+        job.step_started_at = Some(self.now);
+        let payload = json!({"stepIndex": index, "stepName": name, "status": "running", "exitCode": null,
+                             "startedAt": rfc3339(self.now), "finishedAt": null});
+        let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+        self.append(
+            &tenant,
+            &run,
+            Some(&job.job_id),
+            types::STEP_STARTED,
+            payload,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A failure with attempts left requeues the job; otherwise it fails.
+    async fn fail_or_retry(
+        &mut self,
+        job: &mut JobRecord,
+        retryable: bool,
+        (code, message): (&str, &str),
+        range: Option<(i64, i64)>,
+        exit_code: Option<i64>,
+    ) -> StoreResult<()> {
+        self.finish_step(job, "failed", exit_code).await?;
+        let error = json!({"code": code, "message": message});
+        if retryable && job.attempt < job.max_attempts {
+            let payload =
+                json!({"attempt": job.attempt, "maxAttempts": job.max_attempts, "error": error});
+            let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+            self.append(
+                &tenant,
+                &run,
+                Some(&job.job_id),
+                types::JOB_RETRY_SCHEDULED,
+                payload,
+            )
+            .await?;
+            return self.transition(job, JobState::Queued, json!({})).await;
+        }
+        job.error_code = Some(code.to_owned());
+        job.error_message = Some(message.to_owned());
+        job.failure_start = range.map(|r| r.0);
+        job.failure_end = range.map(|r| r.1);
+        self.transition(job, JobState::Failed, json!({"error": error}))
+            .await
+    }
+}
+
+/// Run status from its jobs: pending, running, or the terminal outcome.
+fn run_status(jobs: &[JobRecord]) -> &'static str {
+    let states: Vec<JobState> = jobs.iter().map(JobRecord::job_state).collect();
+    if states.is_empty() {
+        "pending"
+    } else if states.iter().any(|s| !s.is_terminal()) {
+        "running"
+    } else if states.contains(&JobState::Failed) {
+        "failed"
+    } else if states.contains(&JobState::Canceled) {
+        "canceled"
+    } else {
+        "succeeded"
+    }
+}

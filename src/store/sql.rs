@@ -1,0 +1,684 @@
+//! The SQL both backends share, written once.
+//!
+//! SQLite and PostgreSQL accept the same statements here (`$N`
+//! placeholders, `ON CONFLICT`, `RETURNING`); what differs is the driver
+//! type and the row-lock clauses, which [`sql_backend!`] takes as
+//! parameters: PostgreSQL locks the rows a write will change (`FOR UPDATE`)
+//! and lets concurrent lessees skip each other's (`SKIP LOCKED`); SQLite's
+//! single writer needs neither. A macro rather than generics: sqlx's
+//! executor bounds over two databases would say less than the SQL does.
+
+/// Decode one stored timeline event (the only place this happens).
+pub fn decode_event(json: &str) -> Option<runsignal_actors::Envelope> {
+    match serde_json::from_str(json) {
+        Ok(envelope) => Some(envelope),
+        Err(e) => {
+            tracing::error!(error = %e, "a stored event does not decode; skipped");
+            None
+        }
+    }
+}
+
+macro_rules! sql_backend {
+    (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal $(,)?) => {
+        #[async_trait::async_trait]
+        impl $crate::store::tx::WriteTx for $tx {
+            async fn savepoint(&mut self) -> StoreResult<()> {
+                sqlx::raw_sql("SAVEPOINT op").execute(&mut *self.tx).await?;
+                Ok(())
+            }
+
+            async fn release(&mut self) -> StoreResult<()> {
+                sqlx::raw_sql("RELEASE SAVEPOINT op").execute(&mut *self.tx).await?;
+                Ok(())
+            }
+
+            async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn commit(self: Box<Self>) -> StoreResult<()> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rollback(self: Box<Self>) -> StoreResult<()> {
+                self.tx.rollback().await?;
+                Ok(())
+            }
+
+            async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>> {
+                let row: Option<(i64, Option<String>, Option<i64>, String, Option<i64>, i64)> =
+                    sqlx::query_as(concat!(
+                        "SELECT last_seq, signal_etag, signal_seq, status, completed_seq, updated_at
+                           FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                        $lock
+                    ))
+                    .bind(tenant)
+                    .bind(run_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                Ok(row.map(|(last_seq, signal_etag, signal_seq, status, completed_seq, updated_at)| RunRow {
+                    last_seq,
+                    signal_etag,
+                    signal_seq,
+                    status,
+                    completed_seq,
+                    updated_at,
+                }))
+            }
+
+            async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO runs (tenant_id, run_id, name, labels, status, last_seq, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                )
+                .bind(&run.tenant_id)
+                .bind(&run.run_id)
+                .bind(&run.name)
+                .bind(&run.labels)
+                .bind(&run.status)
+                .bind(run.last_seq)
+                .bind(run.created_at)
+                .bind(run.updated_at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn save_run(&mut self, tenant: &str, run_id: &str, row: &RunRow) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE runs SET last_seq = $1, signal_etag = $2, signal_seq = $3, status = $4,
+                         completed_seq = $5, updated_at = $6
+                     WHERE tenant_id = $7 AND run_id = $8",
+                )
+                .bind(row.last_seq)
+                .bind(&row.signal_etag)
+                .bind(row.signal_seq)
+                .bind(&row.status)
+                .bind(row.completed_seq)
+                .bind(row.updated_at)
+                .bind(tenant)
+                .bind(run_id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<Option<JobRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT * FROM jobs WHERE tenant_id = $1 AND job_id = $2",
+                    $lock
+                ))
+                .bind(tenant)
+                .bind(job_id)
+                .fetch_optional(&mut *self.tx)
+                .await?)
+            }
+
+            async fn job_by_idempotency_key(
+                &mut self,
+                tenant: &str,
+                key: &str,
+            ) -> StoreResult<Option<JobRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT * FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+                    $lock
+                ))
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await?)
+            }
+
+            async fn run_jobs(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<JobRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM jobs WHERE tenant_id = $1 AND run_id = $2 ORDER BY created_at, job_id",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_all(&mut *self.tx)
+                .await?)
+            }
+
+            async fn insert_job(&mut self, j: &JobRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, attempt, max_attempts,
+                                       correlation_id, idempotency_key, webhook_url, log_lines,
+                                       created_at, updated_at, state_changed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(&j.job_id)
+                .bind(&j.tenant_id)
+                .bind(&j.run_id)
+                .bind(&j.pack)
+                .bind(&j.inputs)
+                .bind(&j.state)
+                .bind(j.attempt)
+                .bind(j.max_attempts)
+                .bind(&j.correlation_id)
+                .bind(&j.idempotency_key)
+                .bind(&j.webhook_url)
+                .bind(j.log_lines)
+                .bind(j.created_at)
+                .bind(j.updated_at)
+                .bind(j.state_changed_at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn save_job(&mut self, j: &JobRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE jobs SET state = $1, blocked_reason = $2, attempt = $3, lease_id = $4,
+                         lease_worker = $5, lease_until = $6, lease_seconds = $7, stage = $8, step = $9,
+                         step_index = $10, message = $11, percent = $12, log_lines = $13, result = $14,
+                         error_code = $15, error_message = $16, failure_start = $17, failure_end = $18,
+                         idempotency_key = $19, updated_at = $20, state_changed_at = $21,
+                         started_at = $22, finished_at = $23, step_started_at = $24
+                     WHERE job_id = $25",
+                )
+                .bind(&j.state)
+                .bind(&j.blocked_reason)
+                .bind(j.attempt)
+                .bind(&j.lease_id)
+                .bind(&j.lease_worker)
+                .bind(j.lease_until)
+                .bind(j.lease_seconds)
+                .bind(&j.stage)
+                .bind(&j.step)
+                .bind(j.step_index)
+                .bind(&j.message)
+                .bind(j.percent)
+                .bind(j.log_lines)
+                .bind(&j.result)
+                .bind(&j.error_code)
+                .bind(&j.error_message)
+                .bind(j.failure_start)
+                .bind(j.failure_end)
+                .bind(&j.idempotency_key)
+                .bind(j.updated_at)
+                .bind(j.state_changed_at)
+                .bind(j.started_at)
+                .bind(j.finished_at)
+                .bind(j.step_started_at)
+                .bind(&j.job_id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn queued_jobs(
+                &mut self,
+                tenant: Option<&str>,
+                packs: &[String],
+                limit: u32,
+            ) -> StoreResult<Vec<JobRecord>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE ");
+                if let Some(tenant) = tenant {
+                    q.push("tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
+                }
+                q.push("state = 'queued' AND pack IN (");
+                let mut list = q.separated(", ");
+                for pack in packs {
+                    list.push_bind(pack.clone());
+                }
+                q.push(") ORDER BY job_id LIMIT ").push_bind(i64::from(limit)).push($skip);
+                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
+            }
+
+            async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT * FROM jobs WHERE state IN ('loading', 'working') AND lease_until IS NOT NULL
+                       AND lease_until < $1 ORDER BY job_id LIMIT $2",
+                    $skip
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *self.tx)
+                .await?)
+            }
+
+            async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64> {
+                let done = sqlx::query(
+                    "UPDATE jobs SET lease_until = $1 WHERE lease_worker = $2 AND state IN ('loading', 'working')",
+                )
+                .bind(now)
+                .bind(worker_id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn upsert_artifact(&mut self, a: &ArtifactRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
+                         content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
+                )
+                .bind(&a.tenant_id)
+                .bind(&a.job_id)
+                .bind(&a.run_id)
+                .bind(&a.name)
+                .bind(a.size)
+                .bind(&a.sha256)
+                .bind(&a.content_type)
+                .bind(&a.path)
+                .bind(a.created_at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_events(
+                &mut self,
+                events: &[std::sync::Arc<runsignal_actors::Published>],
+            ) -> StoreResult<()> {
+                // 9 parameters an event; well under both backends' limits.
+                for chunk in events.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO events (tenant_id, run_id, seq, event_id, type, job_id, correlation_id, occurred_at, envelope) ",
+                    );
+                    q.push_values(chunk, |mut row, p| {
+                        let e = &p.envelope;
+                        let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at)
+                            .map(|t| t.timestamp_millis())
+                            .unwrap_or_default();
+                        row.push_bind(e.tenant_id.clone())
+                            .push_bind(e.run_id.clone())
+                            .push_bind(e.seq as i64)
+                            .push_bind(e.event_id.clone())
+                            .push_bind(e.event_type.clone())
+                            .push_bind(e.job_id.clone())
+                            .push_bind(e.correlation_id.clone())
+                            .push_bind(at)
+                            .push_bind(String::from_utf8_lossy(&p.json).into_owned());
+                    });
+                    q.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_delivery(&mut self, d: &NewDelivery) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (tenant_id, job_id, state, idempotency_key, url, body, next_attempt_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(&d.tenant_id)
+                .bind(&d.job_id)
+                .bind(&d.state)
+                .bind(&d.idempotency_key)
+                .bind(&d.url)
+                .bind(&d.body)
+                .bind(d.at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_deliveries(&mut self, now: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
+                // A 410 from a job's receiver ends every later delivery of that job.
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = 'gone' WHERE status = 'pending'
+                       AND job_id IN (SELECT job_id FROM webhook_deliveries WHERE status = 'gone')",
+                )
+                .execute(&mut *self.tx)
+                .await?;
+                let due: Vec<WebhookDelivery> = sqlx::query_as(concat!(
+                    "SELECT d.* FROM webhook_deliveries d
+                      WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+                        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                                         WHERE e.job_id = d.job_id AND e.id < d.id AND e.status IN ('pending', 'sending'))
+                      ORDER BY d.next_attempt_at, d.id LIMIT $2",
+                    $skip
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *self.tx)
+                .await?;
+                for d in &due {
+                    sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = $1")
+                        .bind(d.id)
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
+                Ok(due
+                    .into_iter()
+                    .map(|d| WebhookDelivery {
+                        status: "sending".into(),
+                        attempts: d.attempts + 1,
+                        ..d
+                    })
+                    .collect())
+            }
+
+            async fn finish_delivery(&mut self, id: i64, outcome: &WebhookOutcome, now: i64) -> StoreResult<()> {
+                let (status, next, code, error, delivered): (&str, Option<i64>, Option<u16>, Option<&str>, Option<i64>) =
+                    match outcome {
+                        WebhookOutcome::Delivered { status } => ("delivered", None, Some(*status), None, Some(now)),
+                        WebhookOutcome::Retry { at_ms, status, error } => ("pending", Some(*at_ms), *status, Some(error), None),
+                        WebhookOutcome::Failed { status, error } => ("failed", None, *status, Some(error), None),
+                        WebhookOutcome::Gone { status } => {
+                            ("gone", None, Some(*status), Some("receiver answered 410 Gone"), None)
+                        }
+                    };
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at),
+                         last_status_code = $3, last_error = $4, delivered_at = $5 WHERE id = $6",
+                )
+                .bind(status)
+                .bind(next)
+                .bind(code.map(i64::from))
+                .bind(error)
+                .bind(delivered)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn reset_sending(&mut self) -> StoreResult<u64> {
+                let done = sqlx::query("UPDATE webhook_deliveries SET status = 'pending' WHERE status = 'sending'")
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn put_snapshot(
+                &mut self,
+                tenant: &str,
+                run_id: &str,
+                seq: i64,
+                signal: &str,
+                now: i64,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO first_signal_snapshots (tenant_id, run_id, seq, signal, updated_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (tenant_id, run_id) DO UPDATE SET seq = excluded.seq, signal = excluded.signal,
+                         updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .bind(seq)
+                .bind(signal)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn prunable_runs(&mut self, cutoff: i64, limit: u32) -> StoreResult<Vec<(String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, run_id FROM jobs GROUP BY tenant_id, run_id
+                     HAVING SUM(CASE WHEN state IN ('done', 'failed', 'canceled') THEN 0 ELSE 1 END) = 0
+                        AND MAX(finished_at) < $1
+                     LIMIT $2",
+                )
+                .bind(cutoff)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *self.tx)
+                .await?)
+            }
+
+            async fn delete_run(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<String>> {
+                let paths: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM artifacts WHERE tenant_id = $1 AND run_id = $2 RETURNING path",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM webhook_deliveries WHERE job_id IN (SELECT job_id FROM jobs WHERE tenant_id = $1 AND run_id = $2)",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .execute(&mut *self.tx)
+                .await?;
+                for sql in [
+                    "DELETE FROM events WHERE tenant_id = $1 AND run_id = $2",
+                    "DELETE FROM jobs WHERE tenant_id = $1 AND run_id = $2",
+                    "DELETE FROM first_signal_snapshots WHERE tenant_id = $1 AND run_id = $2",
+                    "DELETE FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                ] {
+                    sqlx::query(sql).bind(tenant).bind(run_id).execute(&mut *self.tx).await?;
+                }
+                Ok(paths)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::RunReads for $backend {
+            async fn get_run(&self, tenant: &str, run_id: &str) -> StoreResult<RunRecord> {
+                sqlx::query_as("SELECT * FROM runs WHERE tenant_id = $1 AND run_id = $2")
+                    .bind(tenant)
+                    .bind(run_id)
+                    .fetch_optional(&self.reader)
+                    .await?
+                    .ok_or(StoreError::RunNotFound)
+            }
+
+            async fn list_runs(&self, tenant: &str, query: &RunQuery) -> StoreResult<Page<RunRecord>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM runs WHERE tenant_id = ");
+                q.push_bind(tenant.to_owned());
+                if let Some(status) = &query.status {
+                    q.push(" AND status = ").push_bind(status.clone());
+                }
+                if let Some((at, id)) = query.cursor.as_deref().and_then(parse_run_cursor) {
+                    q.push(" AND (created_at < ").push_bind(at);
+                    q.push(" OR (created_at = ").push_bind(at).push(" AND run_id < ").push_bind(id).push("))");
+                }
+                q.push(" ORDER BY created_at DESC, run_id DESC LIMIT ").push_bind(i64::from(query.limit) + 1);
+                let mut items: Vec<RunRecord> = q.build_query_as().fetch_all(&self.reader).await?;
+                let next = (items.len() > query.limit as usize).then(|| {
+                    items.truncate(query.limit as usize);
+                    // Non-empty: limit >= 1 and more rows than the limit came back.
+                    let last = items.last().expect("page is not empty");
+                    format!("{}_{}", last.created_at, last.run_id)
+                });
+                Ok(Page { items, next })
+            }
+
+            async fn cold_run(&self, tenant: &str, run_id: &str) -> StoreResult<Option<ColdRun>> {
+                let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+                    "SELECT last_seq, signal_seq, completed_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                let Some((last_seq, signal_seq, completed_seq)) = row else {
+                    return Ok(None);
+                };
+                let jobs: Vec<JobRecord> =
+                    sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND run_id = $2")
+                        .bind(tenant)
+                        .bind(run_id)
+                        .fetch_all(&self.reader)
+                        .await?;
+                let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
+                let signal = runsignal_actors::signal::derive(run_id, &facts)
+                    .map(|s| (s, signal_seq.unwrap_or(last_seq) as u64));
+                Ok(Some(ColdRun {
+                    last_seq: last_seq as u64,
+                    completed_seq: completed_seq.map(|s| s as u64),
+                    signal,
+                }))
+            }
+
+            async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>> {
+                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT last_seq, completed_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                Ok(row.map(|(last, completed)| RunHead {
+                    last_seq: last as u64,
+                    completed_seq: completed.map(|s| s as u64),
+                }))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::JobReads for $backend {
+            async fn get_job(&self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
+                sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND job_id = $2")
+                    .bind(tenant)
+                    .bind(job_id)
+                    .fetch_optional(&self.reader)
+                    .await?
+                    .ok_or(StoreError::JobNotFound)
+            }
+
+            async fn list_jobs(&self, tenant: &str, query: &JobQuery) -> StoreResult<Page<JobRecord>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE tenant_id = ");
+                q.push_bind(tenant.to_owned());
+                if let Some(state) = query.state {
+                    q.push(" AND state = ").push_bind(state.as_str());
+                }
+                if let Some(run_id) = &query.run_id {
+                    q.push(" AND run_id = ").push_bind(run_id.clone());
+                }
+                if let Some(cursor) = &query.cursor {
+                    q.push(" AND job_id < ").push_bind(cursor.clone());
+                }
+                q.push(" ORDER BY job_id DESC LIMIT ").push_bind(i64::from(query.limit) + 1);
+                let mut items: Vec<JobRecord> = q.build_query_as().fetch_all(&self.reader).await?;
+                let next = (items.len() > query.limit as usize).then(|| {
+                    items.truncate(query.limit as usize);
+                    // Non-empty: limit >= 1 and more rows than the limit came back.
+                    items.last().expect("page is not empty").job_id.clone()
+                });
+                Ok(Page { items, next })
+            }
+
+            async fn job_terminal_seq(&self, tenant: &str, job_id: &str) -> StoreResult<Option<u64>> {
+                let seq: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM events WHERE tenant_id = $1 AND job_id = $2
+                       AND type IN ('job.done', 'job.failed', 'job.canceled')",
+                )
+                .bind(tenant)
+                .bind(job_id)
+                .fetch_one(&self.reader)
+                .await?;
+                Ok(seq.map(|s| s as u64))
+            }
+
+            async fn any_queued(&self, packs: &[String]) -> StoreResult<bool> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT job_id FROM jobs WHERE state = 'queued' AND pack IN (",
+                );
+                let mut list = q.separated(", ");
+                for pack in packs {
+                    list.push_bind(pack.clone());
+                }
+                q.push(") LIMIT 1");
+                let found: Option<String> = q.build_query_scalar().fetch_optional(&self.reader).await?;
+                Ok(found.is_some())
+            }
+
+            async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM artifacts WHERE tenant_id = $1 AND job_id = $2 ORDER BY name")
+                    .bind(tenant)
+                    .bind(job_id)
+                    .fetch_all(&self.reader)
+                    .await?)
+            }
+
+            async fn get_artifact(
+                &self,
+                tenant: &str,
+                job_id: &str,
+                name: &str,
+            ) -> StoreResult<Option<ArtifactRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM artifacts WHERE tenant_id = $1 AND job_id = $2 AND name = $3")
+                    .bind(tenant)
+                    .bind(job_id)
+                    .bind(name)
+                    .fetch_optional(&self.reader)
+                    .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::TimelineReads for $backend {
+            async fn timeline(
+                &self,
+                tenant: &str,
+                run_id: &str,
+                query: &TimelineQuery,
+            ) -> StoreResult<Vec<runsignal_actors::Envelope>> {
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT last_seq FROM runs WHERE tenant_id = $1 AND run_id = $2")
+                        .bind(tenant)
+                        .bind(run_id)
+                        .fetch_optional(&self.reader)
+                        .await?;
+                exists.ok_or(StoreError::RunNotFound)?;
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT envelope FROM events WHERE tenant_id = ");
+                q.push_bind(tenant.to_owned()).push(" AND run_id = ").push_bind(run_id.to_owned());
+                q.push(" AND seq > ").push_bind(query.after as i64);
+                if let Some(corr) = &query.correlation_id {
+                    q.push(" AND correlation_id = ").push_bind(corr.clone());
+                }
+                q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+                let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await?;
+                Ok(rows.iter().filter_map(|json| $crate::store::sql::decode_event(json)).collect())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::OutboxReads for $backend {
+            async fn next_webhook_due(&self) -> StoreResult<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'")
+                    .fetch_one(&self.reader)
+                    .await?)
+            }
+
+            async fn job_webhooks(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<WebhookDelivery>> {
+                Ok(sqlx::query_as("SELECT * FROM webhook_deliveries WHERE tenant_id = $1 AND job_id = $2 ORDER BY id")
+                    .bind(tenant)
+                    .bind(job_id)
+                    .fetch_all(&self.reader)
+                    .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::SnapshotReads for $backend {
+            async fn get_snapshot(&self, tenant: &str, run_id: &str) -> StoreResult<Option<(Signal, u64)>> {
+                let row: Option<(String, i64)> = sqlx::query_as(
+                    "SELECT signal, seq FROM first_signal_snapshots WHERE tenant_id = $1 AND run_id = $2",
+                )
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                Ok(row.and_then(|(json, seq)| serde_json::from_str(&json).ok().map(|s| (s, seq as u64))))
+            }
+
+            async fn recent_runs(
+                &self,
+                since_ms: i64,
+                tenant: Option<&str>,
+                max: u32,
+            ) -> StoreResult<Vec<(String, String)>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT tenant_id, run_id FROM runs WHERE updated_at >= ");
+                q.push_bind(since_ms);
+                if let Some(t) = tenant {
+                    q.push(" AND tenant_id = ").push_bind(t.to_owned());
+                }
+                q.push(" ORDER BY updated_at DESC LIMIT ").push_bind(i64::from(max));
+                Ok(q.build_query_as().fetch_all(&self.reader).await?)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_backend;

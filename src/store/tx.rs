@@ -1,0 +1,120 @@
+//! The primitives one write transaction offers the lifecycle rules. Each
+//! backend implements them (one SQL body for both, see `sql.rs`); the rules
+//! in `lifecycle.rs` are written once over them.
+//!
+//! Reads of rows a write will change lock them where the backend can
+//! (PostgreSQL `FOR UPDATE`; SQLite's single writer needs no row locks), so
+//! per-run seq allocation and leases stay exactly-once with several writers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use runsignal_actors::Published;
+
+use super::{ArtifactRecord, JobRecord, RunRecord, StoreResult, WebhookDelivery, WebhookOutcome};
+
+/// The run columns a write may change (read locked, written back once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub last_seq: i64,
+    pub signal_etag: Option<String>,
+    pub signal_seq: Option<i64>,
+    pub status: String,
+    pub completed_seq: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// A webhook delivery to insert into the outbox.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub tenant_id: String,
+    pub job_id: String,
+    pub state: String,
+    pub idempotency_key: String,
+    pub url: String,
+    pub body: String,
+    pub at: i64,
+}
+
+#[async_trait]
+pub trait WriteTx: Send {
+    /// Isolate the next write of a batch: a failure rolls back only it.
+    async fn savepoint(&mut self) -> StoreResult<()>;
+    async fn release(&mut self) -> StoreResult<()>;
+    async fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+    async fn rollback(self: Box<Self>) -> StoreResult<()>;
+
+    // Runs.
+    /// The run's mutable columns, locked for this transaction.
+    async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>>;
+    /// Insert a run; false when it exists already.
+    async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool>;
+    async fn save_run(&mut self, tenant: &str, run_id: &str, row: &RunRow) -> StoreResult<()>;
+
+    // Jobs and leases.
+    /// The job of the tenant, locked for this transaction.
+    async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<Option<JobRecord>>;
+    async fn job_by_idempotency_key(
+        &mut self,
+        tenant: &str,
+        key: &str,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Every job of the run, oldest first.
+    async fn run_jobs(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<JobRecord>>;
+    async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()>;
+    /// Write back every mutable column of the job.
+    async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()>;
+    /// Up to `limit` queued jobs of `packs` (of one tenant, or all), oldest
+    /// first, locked and skipped by concurrent lessees.
+    async fn queued_jobs(
+        &mut self,
+        tenant: Option<&str>,
+        packs: &[String],
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>>;
+    /// Up to `limit` running jobs whose lease ended before `now`, locked.
+    async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
+    /// End now the leases `worker_id` holds; returns how many.
+    async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64>;
+    async fn upsert_artifact(&mut self, artifact: &ArtifactRecord) -> StoreResult<()>;
+
+    // Timeline.
+    async fn insert_events(&mut self, events: &[Arc<Published>]) -> StoreResult<()>;
+
+    // Outbox.
+    async fn insert_delivery(&mut self, delivery: &NewDelivery) -> StoreResult<()>;
+    /// Claim up to `limit` due deliveries (`pending`, due by `now`, and the
+    /// oldest open one of their job, so each job's arrive in state order),
+    /// marking them `sending`.
+    async fn claim_deliveries(&mut self, now: i64, limit: u32)
+        -> StoreResult<Vec<WebhookDelivery>>;
+    async fn finish_delivery(
+        &mut self,
+        id: i64,
+        outcome: &WebhookOutcome,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// After a restart: deliveries left `sending` go back to `pending`.
+    async fn reset_sending(&mut self) -> StoreResult<u64>;
+
+    // Snapshots and prune.
+    async fn put_snapshot(
+        &mut self,
+        tenant: &str,
+        run_id: &str,
+        seq: i64,
+        signal: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Up to `limit` runs whose jobs all ended before `cutoff` (runs with an
+    /// active job, or with no job, are never chosen).
+    async fn prunable_runs(
+        &mut self,
+        cutoff: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// Delete a run with its jobs, events, deliveries, snapshot and artifact
+    /// rows; returns the artifact files to delete after the commit.
+    async fn delete_run(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<String>>;
+}

@@ -1,0 +1,385 @@
+//! Group commit: every write goes through here (ADR 0020).
+//!
+//! A write is a [`Cmd`] sent to one of the backend's lanes (SQLite: one;
+//! PostgreSQL: `Database.WriteLanes`). A lane takes whatever is waiting (at
+//! most [`MAX_BATCH`]) and applies it in one transaction: each write inside
+//! its own savepoint, so one failing write rolls back only itself. After the
+//! commit it publishes what the batch committed (to the [`CommitSink`], in
+//! batch order) and only then answers each caller: a 2xx still means
+//! committed. A lone write is not delayed waiting for company: the lane
+//! starts as soon as one write is there, and the batch grows with the load
+//! (what arrived while the previous batch committed).
+//!
+//! Publishing happens here and nowhere else, so no caller can forget it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use runsignal_actors::{RunKey, Signal};
+use tokio::sync::{mpsc, oneshot};
+
+use super::lifecycle;
+use super::*;
+
+/// Most writes one transaction takes.
+pub const MAX_BATCH: usize = 128;
+/// Writes waiting per lane before callers wait to enqueue (back-pressure).
+const LANE_QUEUE: usize = 4096;
+/// How often a write that lost a race with another transaction is retried.
+const MAX_TRIES: u8 = 5;
+
+/// Where committed events go: the engine (cache, run actors, wake-ups).
+pub trait CommitSink: Send + Sync {
+    fn publish(&self, committed: Committed);
+}
+
+/// One write, with what it needs (borrowed by the rules, so a write that
+/// lost a race can run again).
+#[derive(Debug)]
+pub enum Cmd {
+    CreateRun {
+        tenant: String,
+        new: NewRun,
+    },
+    Submit {
+        tenant: String,
+        new: NewJob,
+    },
+    Cancel {
+        tenant: String,
+        job_id: String,
+        correlation_id: String,
+    },
+    /// A lease of one tenant's jobs (`None`: the built-in executor, any tenant).
+    Lease {
+        tenant: Option<String>,
+        req: LeaseRequest,
+    },
+    Progress {
+        tenant: String,
+        job_id: String,
+        report: ProgressReport,
+    },
+    Complete {
+        tenant: String,
+        job_id: String,
+        done: Completion,
+    },
+    Fail {
+        tenant: String,
+        job_id: String,
+        failure: Failure,
+    },
+    SweepLeases {
+        now_ms: i64,
+    },
+    ExpireWorkerLeases {
+        worker_id: String,
+    },
+    ClaimWebhooks {
+        now_ms: i64,
+        limit: u32,
+    },
+    FinishWebhook {
+        id: i64,
+        outcome: WebhookOutcome,
+    },
+    ResetSendingWebhooks,
+    PutSnapshot {
+        tenant: String,
+        run_id: String,
+        seq: u64,
+        signal: String,
+    },
+    Prune {
+        cutoff_ms: i64,
+        limit: u32,
+    },
+}
+
+impl Cmd {
+    pub fn correlation_id(&self) -> &str {
+        match self {
+            Cmd::CreateRun { new, .. } => &new.correlation_id,
+            Cmd::Submit { new, .. } => &new.correlation_id,
+            Cmd::Cancel { correlation_id, .. } => correlation_id,
+            Cmd::Lease { req, .. } => &req.correlation_id,
+            Cmd::Progress { report, .. } => &report.correlation_id,
+            Cmd::Complete { done, .. } => &done.correlation_id,
+            Cmd::Fail { failure, .. } => &failure.correlation_id,
+            Cmd::SweepLeases { .. } | Cmd::ExpireWorkerLeases { .. } => "lease-sweeper",
+            Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {
+                "webhooks"
+            }
+            Cmd::PutSnapshot { .. } => "snapshot-writer",
+            Cmd::Prune { .. } => "prune",
+        }
+    }
+
+    /// Which lane: writes of one run or job share a lane where the key
+    /// says so, so they queue instead of contending for row locks.
+    fn route(&self) -> Option<&str> {
+        match self {
+            Cmd::CreateRun { new, .. } => Some(&new.run_id),
+            Cmd::Submit { new, .. } => new.run_id.as_deref(),
+            Cmd::Cancel { job_id, .. }
+            | Cmd::Progress { job_id, .. }
+            | Cmd::Complete { job_id, .. }
+            | Cmd::Fail { job_id, .. } => Some(job_id),
+            Cmd::PutSnapshot { run_id, .. } => Some(run_id),
+            _ => None,
+        }
+    }
+}
+
+/// What a write produced.
+#[derive(Debug)]
+pub enum Done {
+    Run(RunRecord),
+    Job(JobRecord),
+    Submitted(JobRecord, bool),
+    Leased(Vec<(String, LeasedJob)>),
+    Count(u64),
+    Claimed(Vec<WebhookDelivery>),
+    /// Deleted runs, and the artifact files the pruning task deletes.
+    Pruned(Vec<RunKey>, Vec<String>),
+    Unit,
+}
+
+struct Request {
+    cmd: Cmd,
+    reply: oneshot::Sender<StoreResult<Done>>,
+    tries: u8,
+}
+
+type Sink = Arc<OnceLock<Arc<dyn CommitSink>>>;
+
+/// What the writer has done (for `/metrics` and the tests).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed (or tried).
+    pub batches: AtomicU64,
+    /// Writes applied in them.
+    pub writes: AtomicU64,
+    /// The largest batch so far.
+    pub largest: AtomicU64,
+}
+
+/// The handle writers send to.
+pub struct Writer {
+    lanes: Vec<mpsc::Sender<Request>>,
+    next: AtomicUsize,
+    sink: Sink,
+    stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Start one task per lane of the backend (on the current runtime).
+    pub fn start(backend: Arc<dyn Backend>) -> Writer {
+        let sink: Sink = Arc::new(OnceLock::new());
+        let stats = Arc::new(WriterStats::default());
+        let lanes = (0..backend.lanes().max(1))
+            .map(|lane| {
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                let lane_task = run_lane(backend.clone(), lane, rx, sink.clone(), stats.clone());
+                tokio::spawn(lane_task);
+                tx
+            })
+            .collect();
+        Writer {
+            lanes,
+            next: AtomicUsize::new(0),
+            sink,
+            stats,
+        }
+    }
+
+    pub fn attach(&self, sink: Arc<dyn CommitSink>) {
+        if self.sink.set(sink).is_err() {
+            tracing::warn!("a commit sink was attached twice; keeping the first");
+        }
+    }
+
+    /// Apply one write; answered after its batch committed.
+    pub async fn call(&self, cmd: Cmd) -> StoreResult<Done> {
+        let lane = match cmd.route() {
+            Some(key) if self.lanes.len() > 1 => hash(key) % self.lanes.len(),
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            cmd,
+            reply,
+            tries: 0,
+        };
+        self.lanes[lane]
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    pub async fn put_snapshot(
+        &self,
+        tenant: String,
+        run_id: String,
+        seq: u64,
+        signal: &Signal,
+    ) -> StoreResult<()> {
+        let signal = serde_json::to_string(signal).unwrap_or_default();
+        self.call(Cmd::PutSnapshot {
+            tenant,
+            run_id,
+            seq,
+            signal,
+        })
+        .await
+        .map(drop)
+    }
+}
+
+fn hash(key: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() as usize
+}
+
+async fn run_lane(
+    backend: Arc<dyn Backend>,
+    lane: usize,
+    mut rx: mpsc::Receiver<Request>,
+    sink: Sink,
+    stats: Arc<WriterStats>,
+) {
+    let mut retry: VecDeque<Request> = VecDeque::new();
+    loop {
+        let mut batch: Vec<Request> = Vec::new();
+        while batch.len() < MAX_BATCH {
+            match retry.pop_front() {
+                Some(r) => batch.push(r),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(r) => batch.push(r),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .largest
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        apply_batch(&*backend, lane, batch, &mut retry, &sink).await;
+    }
+}
+
+/// One transaction for the whole batch; each write isolated by a savepoint
+/// (skipped for a lone write: its transaction is its isolation).
+async fn apply_batch(
+    backend: &dyn Backend,
+    lane: usize,
+    batch: Vec<Request>,
+    retry: &mut VecDeque<Request>,
+    sink: &Sink,
+) {
+    let mut tx = match backend.begin(lane).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            for r in batch {
+                let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
+            }
+            return;
+        }
+    };
+    let isolate = batch.len() > 1;
+    let mut applied: Vec<(oneshot::Sender<StoreResult<Done>>, Done, Committed)> = Vec::new();
+    let mut broken: Option<String> = None;
+    for mut r in batch {
+        if let Some(message) = &broken {
+            let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
+            continue;
+        }
+        if isolate {
+            if let Err(e) = tx.savepoint().await {
+                broken = Some(e.to_string());
+                let _ = r.reply.send(Err(e));
+                continue;
+            }
+        }
+        match lifecycle::apply(&mut *tx, &r.cmd).await {
+            Ok((done, committed)) => {
+                if isolate {
+                    if let Err(e) = tx.release().await {
+                        broken = Some(e.to_string());
+                        let _ = r.reply.send(Err(e));
+                        continue;
+                    }
+                }
+                applied.push((r.reply, done, committed));
+            }
+            Err(e) => {
+                if isolate {
+                    if let Err(e) = tx.rollback_to_savepoint().await {
+                        broken = Some(e.to_string());
+                    }
+                } else {
+                    // A lone write that failed: its transaction is rolled
+                    // back below; nothing else is in it.
+                    broken = Some(e.to_string());
+                }
+                if e.is_retryable() && r.tries < MAX_TRIES {
+                    r.tries += 1;
+                    retry.push_back(r);
+                } else {
+                    let _ = r.reply.send(Err(e));
+                }
+            }
+        }
+    }
+    if let Some(message) = broken {
+        // The transaction is rolled back now (not left idle in a
+        // transaction, holding locks, until the connection's next use);
+        // writes that had succeeded inside it are lost with it: tell
+        // their callers.
+        if let Err(e) = tx.rollback().await {
+            tracing::warn!(error = %e, "rolling back a failed batch");
+        }
+        for (reply, _, _) in applied {
+            let _ = reply.send(Err(StoreError::NotCommitted(message.clone())));
+        }
+        return;
+    }
+    if let Err(e) = tx.commit().await {
+        let message = e.to_string();
+        for (reply, _, _) in applied {
+            let _ = reply.send(Err(StoreError::NotCommitted(message.clone())));
+        }
+        return;
+    }
+    let sink = sink.get();
+    for (reply, done, committed) in applied {
+        if let Some(sink) = sink {
+            sink.publish(committed);
+        }
+        let _ = reply.send(Ok(done));
+    }
+}

@@ -1,0 +1,194 @@
+//! The writes, by concern, as handlers and tasks call them: each is one
+//! [`Cmd`] through the group-commit writer, answered after its commit (and
+//! after its events were published).
+
+use runsignal_actors::RunKey;
+
+use super::writer::{Cmd, Done};
+use super::*;
+
+/// The writer answered a command with another command's outcome: cannot
+/// happen (`lifecycle::apply` maps each command to one outcome), reported
+/// as an error rather than a panic.
+fn mismatch() -> StoreError {
+    StoreError::Unavailable("the writer answered with an unexpected outcome".into())
+}
+
+macro_rules! expect_done {
+    ($call:expr, $pat:pat => $out:expr) => {
+        match $call.await? {
+            $pat => Ok($out),
+            _ => Err(mismatch()),
+        }
+    };
+}
+
+/// Runs.
+impl Store {
+    pub async fn create_run(&self, tenant: &str, new: NewRun) -> StoreResult<RunRecord> {
+        let cmd = Cmd::CreateRun {
+            tenant: tenant.to_owned(),
+            new,
+        };
+        expect_done!(self.call(cmd), Done::Run(run) => run)
+    }
+}
+
+/// Jobs and leases.
+impl Store {
+    /// Submit a job; `created` is false when the idempotency key matched.
+    pub async fn submit_job(&self, tenant: &str, new: NewJob) -> StoreResult<(JobRecord, bool)> {
+        let cmd = Cmd::Submit {
+            tenant: tenant.to_owned(),
+            new,
+        };
+        expect_done!(self.call(cmd), Done::Submitted(job, created) => (job, created))
+    }
+
+    pub async fn cancel_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        correlation_id: &str,
+    ) -> StoreResult<JobRecord> {
+        let cmd = Cmd::Cancel {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+        };
+        expect_done!(self.call(cmd), Done::Job(job) => job)
+    }
+
+    pub async fn lease_jobs(
+        &self,
+        tenant: &str,
+        req: &LeaseRequest,
+    ) -> StoreResult<Vec<LeasedJob>> {
+        let cmd = Cmd::Lease {
+            tenant: Some(tenant.to_owned()),
+            req: req.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Leased(jobs) => jobs.into_iter().map(|(_, j)| j).collect())
+    }
+
+    /// The built-in executor's lease: like [`Store::lease_jobs`] but across
+    /// all tenants; each leased job comes with its tenant. A cheap read
+    /// first, so an idle executor neither queues a write nor counts as a
+    /// store call.
+    pub async fn lease_any_tenant(
+        &self,
+        req: &LeaseRequest,
+    ) -> StoreResult<Vec<(String, LeasedJob)>> {
+        if !self.backend.any_queued(&req.packs).await? {
+            return Ok(Vec::new());
+        }
+        let cmd = Cmd::Lease {
+            tenant: None,
+            req: req.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Leased(jobs) => jobs)
+    }
+
+    /// Restart recovery: end now the leases `worker_id` holds so the sweeper
+    /// requeues or fails them. Returns how many.
+    pub async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<u64> {
+        let cmd = Cmd::ExpireWorkerLeases {
+            worker_id: worker_id.to_owned(),
+        };
+        expect_done!(self.call(cmd), Done::Count(n) => n)
+    }
+
+    pub async fn report_progress(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        report: &ProgressReport,
+    ) -> StoreResult<JobRecord> {
+        let cmd = Cmd::Progress {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            report: report.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Job(job) => job)
+    }
+
+    pub async fn complete_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        done: &Completion,
+    ) -> StoreResult<JobRecord> {
+        let cmd = Cmd::Complete {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            done: done.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Job(job) => job)
+    }
+
+    pub async fn fail_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        failure: &Failure,
+    ) -> StoreResult<JobRecord> {
+        let cmd = Cmd::Fail {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            failure: failure.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Job(job) => job)
+    }
+
+    /// Requeue or fail every job whose lease ended before `now_ms`.
+    pub async fn sweep_expired_leases(&self, now_ms: i64) -> StoreResult<usize> {
+        expect_done!(self.call(Cmd::SweepLeases { now_ms }), Done::Count(n) => n as usize)
+    }
+}
+
+/// The webhook outbox.
+impl Store {
+    pub async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookDelivery>> {
+        expect_done!(self.call(Cmd::ClaimWebhooks { now_ms, limit }), Done::Claimed(d) => d)
+    }
+
+    /// Record how an attempt ended.
+    pub async fn finish_webhook(&self, id: i64, outcome: &WebhookOutcome) -> StoreResult<()> {
+        let cmd = Cmd::FinishWebhook {
+            id,
+            outcome: outcome.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Unit => ())
+    }
+
+    /// After a restart: deliveries left `sending` by a crash go back to `pending`.
+    pub async fn reset_sending_webhooks(&self) -> StoreResult<u64> {
+        expect_done!(self.call(Cmd::ResetSendingWebhooks), Done::Count(n) => n)
+    }
+}
+
+/// Prune.
+impl Store {
+    /// Delete up to `limit` runs whose jobs are all terminal and finished
+    /// before `cutoff_ms`, with their jobs, events, deliveries, snapshots and
+    /// artifact rows. Returns the runs and the artifact files, which the
+    /// caller deletes (after the commit, so a failed prune deletes nothing).
+    pub async fn prune(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> StoreResult<(Vec<RunKey>, Vec<String>)> {
+        expect_done!(self.call(Cmd::Prune { cutoff_ms, limit }), Done::Pruned(runs, files) => (runs, files))
+    }
+}
+
+impl Store {
+    async fn call(&self, cmd: Cmd) -> StoreResult<Done> {
+        self.queries.hit();
+        self.writer.call(cmd).await
+    }
+}

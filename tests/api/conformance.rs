@@ -1,0 +1,310 @@
+//! The store conformance suite (issue 7 point 2): the same cases against
+//! every backend, straight through the `Store` (no HTTP). The binary this
+//! module is built into picks the backend (`api`: SQLite, `api_postgres`:
+//! PostgreSQL).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use runsignal::store::{
+    BlockedChange, Completion, Failure, LeaseRequest, NewJob, NewRun, ProgressReport,
+    Store, StoreError, TimelineQuery,
+};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::testdb::TestDb;
+
+const T: &str = "acme";
+
+struct Fixture {
+    store: Arc<Store>,
+    _db: TestDb,
+    _dir: TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = TestDb::new(crate::BACKEND, dir.path());
+    let store = Store::open(&db.url, 8, 4, Default::default())
+        .await
+        .expect("store opens");
+    Fixture {
+        store: Arc::new(store),
+        _db: db,
+        _dir: dir,
+    }
+}
+
+fn new_job(run_id: Option<&str>) -> NewJob {
+    NewJob {
+        pack: "external".into(),
+        inputs: json!({}),
+        run_id: run_id.map(str::to_owned),
+        correlation_id: "c".into(),
+        webhook_url: None,
+        idempotency_key: None,
+        max_attempts: 3,
+        idempotency_window_ms: 24 * 3_600_000,
+    }
+}
+
+fn lease_req(worker: &str, max: u32, lease_seconds: u32) -> LeaseRequest {
+    LeaseRequest {
+        worker_id: worker.into(),
+        packs: vec!["external".into()],
+        max,
+        lease_seconds,
+        correlation_id: "c".into(),
+    }
+}
+
+fn report(lease: &str, percent: f64) -> ProgressReport {
+    ProgressReport {
+        lease_id: lease.into(),
+        stage: Some("analyze".into()),
+        step: None,
+        step_index: None,
+        message: Some(format!("{percent}%")),
+        percent: Some(percent),
+        log: vec![],
+        blocked: BlockedChange::Unchanged,
+        correlation_id: "c".into(),
+    }
+}
+
+async fn all_seqs(store: &Store, run: &str) -> Vec<u64> {
+    let query = TimelineQuery {
+        after: 0,
+        limit: 100_000,
+        correlation_id: None,
+    };
+    let events = store.timeline(T, run, &query).await.unwrap();
+    events.iter().map(|e| e.seq).collect()
+}
+
+#[actix_web::test]
+async fn seq_is_gap_free_per_run_under_32_concurrent_writers() {
+    let f = fixture().await;
+    let run = uuid::Uuid::new_v4().to_string();
+    let new = NewRun {
+        run_id: run.clone(),
+        name: None,
+        labels: json!({}),
+        correlation_id: "c".into(),
+    };
+    f.store.create_run(T, new).await.unwrap();
+    let writers = (0..32).map(|_| {
+        let store = f.store.clone();
+        let run = run.clone();
+        async move {
+            for _ in 0..5 {
+                store.submit_job(T, new_job(Some(&run))).await.unwrap();
+            }
+        }
+    });
+    join_all(writers).await;
+    let seqs = all_seqs(&f.store, &run).await;
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "seqs 1..=N with no gap and no duplicate");
+    // run.created + 160 × job.queued + signal.changed once (all queued).
+    assert!(seqs.len() >= 162, "{} events", seqs.len());
+    let stats = f.store.writer().stats();
+    assert!(
+        stats.largest.load(std::sync::atomic::Ordering::Relaxed) > 1,
+        "concurrent writes were committed in batches"
+    );
+}
+
+#[actix_web::test]
+async fn fifty_workers_lease_a_thousand_jobs_each_exactly_once() {
+    let f = fixture().await;
+    join_all((0..1000).map(|_| f.store.submit_job(T, new_job(None)))).await;
+    let workers = (0..50).map(|w| {
+        let store = f.store.clone();
+        async move {
+            let mut mine = Vec::new();
+            loop {
+                let req = lease_req(&format!("w{w}"), 7, 600);
+                let got = store.lease_jobs(T, &req).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|j| j.job_id));
+            }
+        }
+    });
+    let all: Vec<String> = join_all(workers).await.into_iter().flatten().collect();
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 1000, "every job leased");
+    assert_eq!(unique.len(), 1000, "none leased twice");
+}
+
+#[actix_web::test]
+async fn one_idempotency_key_under_concurrent_submits_makes_one_job() {
+    let f = fixture().await;
+    let submits = (0..20).map(|_| {
+        let mut new = new_job(None);
+        new.idempotency_key = Some("same-key".into());
+        f.store.submit_job(T, new)
+    });
+    let results: Vec<_> = join_all(submits).await;
+    let ids: HashSet<String> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().0.job_id.clone())
+        .collect();
+    let created = results.iter().filter(|r| r.as_ref().unwrap().1).count();
+    assert_eq!(ids.len(), 1, "every submit answers the same job");
+    assert_eq!(created, 1, "exactly one was created");
+}
+
+#[actix_web::test]
+async fn a_failing_write_in_a_batch_rolls_back_only_itself() {
+    let f = fixture().await;
+    let (job, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let lease = f.store.lease_jobs(T, &lease_req("w", 1, 600)).await.unwrap();
+    let lease_id = lease[0].lease_id.clone();
+    let writes = (0..40).map(|i| {
+        let lease = if i % 2 == 0 { lease_id.clone() } else { "forged".into() };
+        let store = f.store.clone();
+        let job = job.job_id.clone();
+        async move { store.report_progress(T, &job, &report(&lease, i as f64)).await }
+    });
+    let results = join_all(writes).await;
+    for (i, r) in results.iter().enumerate() {
+        match (i % 2, r) {
+            (0, Ok(_)) | (1, Err(StoreError::LeaseLost)) => {}
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    let seqs = all_seqs(&f.store, &job.run_id).await;
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let query = TimelineQuery {
+        after: 0,
+        limit: 1000,
+        correlation_id: None,
+    };
+    let progress = f
+        .store
+        .timeline(T, &job.run_id, &query)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_type == "job.progress")
+        .count();
+    assert_eq!(progress, 20, "the 20 good reports are all there, the forged ones none");
+}
+
+#[actix_web::test]
+async fn outbox_rows_come_in_state_order_per_job() {
+    let f = fixture().await;
+    let mut new = new_job(None);
+    new.webhook_url = Some("http://127.0.0.1:9/hook".into());
+    let (job, _) = f.store.submit_job(T, new).await.unwrap();
+    let lease = f.store.lease_jobs(T, &lease_req("w", 1, 600)).await.unwrap();
+    let lease_id = lease[0].lease_id.clone();
+    f.store
+        .report_progress(T, &job.job_id, &report(&lease_id, 50.0))
+        .await
+        .unwrap();
+    let done = Completion {
+        lease_id,
+        result: Some(json!({"ok": true})),
+        correlation_id: "c".into(),
+        artifacts: vec![],
+    };
+    f.store.complete_job(T, &job.job_id, &done).await.unwrap();
+    let states: Vec<String> = f
+        .store
+        .job_webhooks(T, &job.job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.state)
+        .collect();
+    assert_eq!(states, ["queued", "loading", "working", "done"]);
+    // Claims hand out the oldest open delivery of a job, one at a time.
+    let far = runsignal::store::now_ms() + 3_600_000;
+    let first = f.store.claim_webhooks(far, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].state, "queued");
+    assert!(f.store.claim_webhooks(far, 10).await.unwrap().is_empty());
+}
+
+#[actix_web::test]
+async fn expired_leases_are_requeued_then_failed() {
+    let f = fixture().await;
+    let mut new = new_job(None);
+    new.max_attempts = 2;
+    let (job, _) = f.store.submit_job(T, new).await.unwrap();
+    let far = runsignal::store::now_ms() + 3_600_000;
+    for attempt in 1..=2 {
+        let leased = f.store.lease_jobs(T, &lease_req("w", 1, 5)).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].attempt, attempt);
+        assert_eq!(f.store.sweep_expired_leases(far).await.unwrap(), 1);
+    }
+    let got = f.store.get_job(T, &job.job_id).await.unwrap();
+    assert_eq!(got.state, "failed");
+    assert_eq!(got.error_code.as_deref(), Some("lease_expired"));
+    assert_eq!(f.store.sweep_expired_leases(far).await.unwrap(), 0);
+}
+
+#[actix_web::test]
+async fn prune_deletes_finished_runs_and_keeps_active_ones() {
+    let f = fixture().await;
+    let (finished, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let (active, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let leased = f.store.lease_jobs(T, &lease_req("w", 1, 600)).await.unwrap();
+    assert_eq!(leased[0].job_id, finished.job_id, "oldest first");
+    let failure = Failure {
+        lease_id: leased[0].lease_id.clone(),
+        retryable: false,
+        code: "boom".into(),
+        message: "boom".into(),
+        log_range: None,
+        exit_code: None,
+        correlation_id: "c".into(),
+    };
+    f.store
+        .fail_job(T, &finished.job_id, &failure)
+        .await
+        .unwrap();
+    let (runs, _files) = f
+        .store
+        .prune(runsignal::store::now_ms() + 60_000, 100)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(&*runs[0].run_id, finished.run_id.as_str());
+    assert!(matches!(
+        f.store.get_job(T, &finished.job_id).await,
+        Err(StoreError::JobNotFound)
+    ));
+    assert!(f.store.get_job(T, &active.job_id).await.is_ok());
+    assert!(f.store.run_head(T, &active.run_id).await.unwrap().is_some());
+}
+
+#[actix_web::test]
+async fn large_json_integers_in_inputs_and_results_are_kept_exactly() {
+    const BIG: &str = "123456789012345678901234567890";
+    let f = fixture().await;
+    let inputs: Value = serde_json::from_str(&format!(r#"{{"n":{BIG}}}"#)).unwrap();
+    let mut new = new_job(None);
+    new.inputs = inputs;
+    let (job, _) = f.store.submit_job(T, new).await.unwrap();
+    let leased = f.store.lease_jobs(T, &lease_req("w", 1, 600)).await.unwrap();
+    assert_eq!(leased[0].inputs.to_string(), format!(r#"{{"n":{BIG}}}"#));
+    let result: Value = serde_json::from_str(&format!(r#"{{"big":{BIG},"f":0.1}}"#)).unwrap();
+    let done = Completion {
+        lease_id: leased[0].lease_id.clone(),
+        result: Some(result),
+        correlation_id: "c".into(),
+        artifacts: vec![],
+    };
+    f.store.complete_job(T, &job.job_id, &done).await.unwrap();
+    let got = f.store.get_job(T, &job.job_id).await.unwrap();
+    assert_eq!(got.result.as_deref(), Some(format!(r#"{{"big":{BIG},"f":0.1}}"#).as_str()));
+    assert!(got.inputs.contains(BIG));
+}

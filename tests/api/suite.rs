@@ -1,0 +1,22 @@
+// The integration suite's modules, shared by the SQLite (`api`) and the
+// PostgreSQL (`api_postgres`) test binaries: the same tests on both.
+
+#[path = "../common/testdb.rs"]
+mod testdb;
+
+mod helpers;
+
+mod artifacts;
+mod conformance;
+mod bad_input;
+mod executor;
+mod first_signal;
+mod jobs;
+mod ops;
+mod prune;
+mod runs;
+mod streams;
+mod tenants;
+mod webhooks;
+mod workers;
+mod ws;
