@@ -333,12 +333,23 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run `f` on an actix system and return without dropping the system: the
+/// in-process server's background tasks (executor, sweepers) outlive
+/// `Stopper::stop` and may be mid-query, and dropping them after the
+/// runtime is gone panics in sqlx's connection drop. The process ends next.
+fn on_system(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let system = actix_rt::System::new();
+    let result = system.block_on(f);
+    std::mem::forget(system);
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse() {
-        Cli::FirstSignal(args) => actix_rt::System::new().block_on(bench(args)),
-        Cli::Fanout(args) => actix_rt::System::new().block_on(fanout::run(args)),
-        Cli::Submit(args) => actix_rt::System::new().block_on(submit::run(args)),
-        Cli::Progress(args) => actix_rt::System::new().block_on(progress::run(args)),
-        Cli::Lifecycle(args) => actix_rt::System::new().block_on(lifecycle::run(args)),
+        Cli::FirstSignal(args) => on_system(bench(args)),
+        Cli::Fanout(args) => on_system(fanout::run(args)),
+        Cli::Submit(args) => on_system(submit::run(args)),
+        Cli::Progress(args) => on_system(progress::run(args)),
+        Cli::Lifecycle(args) => on_system(lifecycle::run(args)),
     }
 }

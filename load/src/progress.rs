@@ -152,8 +152,8 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<()> {
             &mut seed_errors,
         )
         .await?;
-        eprintln!(
-            "rep {rep}: seeded and leased {} of {} jobs in {:.1}s",
+        println!(
+            "  rep {rep}: seeded and leased {} of {} jobs in {:.1}s",
             leases.len(),
             args.runs,
             t.elapsed().as_secs_f64()
