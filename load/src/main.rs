@@ -1,4 +1,5 @@
-//! `runsignal-load`: benchmarks of the first-signal read path.
+//! `runsignal-load`: benchmarks of the first-signal read path, stream
+//! fan-out, and the write path (`submit`, `progress`, `lifecycle`).
 //!
 //! Starts a real server in-process on a temporary SQLite database, seeds
 //! runs through the public API, restarts the server (so the runtime and
@@ -14,7 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::Parser;
 
+mod common;
 mod fanout;
+mod lifecycle;
+mod progress;
+mod submit;
 use hdrhistogram::Histogram;
 use runsignal::config::Config;
 use runsignal::Application;
@@ -27,6 +32,12 @@ enum Cli {
     FirstSignal(Args),
     /// Stream fan-out: events published to one run, delivered to many SSE subscribers.
     Fanout(fanout::FanoutArgs),
+    /// Write path: `POST /jobs` rate and latency (closed loop, or `--rate`).
+    Submit(submit::SubmitArgs),
+    /// Write path: worker progress reports on leased jobs.
+    Progress(progress::ProgressArgs),
+    /// Write path: whole remote-job cycles (submit, lease, progress, complete).
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -322,9 +333,23 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run `f` on an actix system and return without dropping the system: the
+/// in-process server's background tasks (executor, sweepers) outlive
+/// `Stopper::stop` and may be mid-query, and dropping them after the
+/// runtime is gone panics in sqlx's connection drop. The process ends next.
+fn on_system(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let system = actix_rt::System::new();
+    let result = system.block_on(f);
+    std::mem::forget(system);
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse() {
-        Cli::FirstSignal(args) => actix_rt::System::new().block_on(bench(args)),
-        Cli::Fanout(args) => actix_rt::System::new().block_on(fanout::run(args)),
+        Cli::FirstSignal(args) => on_system(bench(args)),
+        Cli::Fanout(args) => on_system(fanout::run(args)),
+        Cli::Submit(args) => on_system(submit::run(args)),
+        Cli::Progress(args) => on_system(progress::run(args)),
+        Cli::Lifecycle(args) => on_system(lifecycle::run(args)),
     }
 }
