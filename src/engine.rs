@@ -5,20 +5,21 @@
 
 use std::sync::Arc;
 
-use runsignal_actors::envelope::types;
 use runsignal_actors::Supervisor;
 use tokio::sync::Notify;
 
 use crate::cache::FirstSignalCache;
 use crate::store::{CommitSink, Committed};
+use crate::wakeups::QueuedWakeups;
 
 /// The in-memory side of the runtime that commits feed.
 #[derive(Clone)]
 pub struct Engine {
     pub supervisor: Supervisor,
     pub cache: Arc<dyn FirstSignalCache>,
-    /// Wakes long-polling lease requests when a job becomes `queued`.
-    pub queued: Arc<Notify>,
+    /// Wakes long-polling lease requests and the built-in executor when a
+    /// job of their tenant and pack becomes `queued`.
+    pub queued: Arc<QueuedWakeups>,
     /// Wakes the webhook dispatcher when deliveries were queued.
     pub webhooks: Arc<Notify>,
 }
@@ -37,18 +38,14 @@ impl CommitSink for Engine {
         if committed.webhooks {
             self.webhooks.notify_one();
         }
-        let mut queued = false;
         for (key, events) in committed.runs {
             if let Some(view) = events.iter().rev().find_map(|e| e.signal.clone()) {
                 self.cache.put(&key.tenant, &key.run_id, view);
             }
-            queued |= events
-                .iter()
-                .any(|e| e.envelope.event_type == types::JOB_QUEUED);
             self.supervisor.publish(&key, events.into());
         }
-        if queued {
-            self.queued.notify_waiters();
+        for (tenant, pack) in &committed.queued {
+            self.queued.notify(tenant, pack);
         }
     }
 }

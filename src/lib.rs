@@ -17,6 +17,7 @@ pub mod packs;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod wakeups;
 pub mod watch;
 pub mod webhooks;
 
@@ -150,7 +151,7 @@ impl Application {
         let engine = Engine {
             supervisor,
             cache,
-            queued: Arc::new(Notify::new()),
+            queued: Arc::new(wakeups::QueuedWakeups::default()),
             webhooks: Arc::new(Notify::new()),
         };
         store.attach(Arc::new(engine.clone()));

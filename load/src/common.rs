@@ -42,6 +42,7 @@ pub struct Server {
     /// mix the jobs of two repetitions.
     pub tenant: String,
     stopper: Stopper,
+    state: actix_web::web::Data<runsignal::AppState>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,16 +68,27 @@ impl Server {
         let app = Application::build(Config::load_from(None, env)?).await?;
         let base = format!("http://127.0.0.1:{}", app.port());
         let stopper = app.stopper();
+        let state = app.state();
         actix_rt::spawn(app.run_until_stopped());
         Ok(Server {
             base,
             tenant: format!("bench-{}-{repetition}", std::process::id()),
             stopper,
+            state,
             _dir: dir,
         })
     }
 
     pub async fn stop(self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.state.store.writer().stats();
+        let (batches, writes) = (stats.batches.load(Relaxed), stats.writes.load(Relaxed));
+        println!(
+            "  writer: {writes} writes in {batches} transactions (mean batch {:.1}, largest {}), busy {:.2} s",
+            writes as f64 / batches.max(1) as f64,
+            stats.largest.load(Relaxed),
+            stats.busy_us.load(Relaxed) as f64 / 1e6
+        );
         self.stopper.stop().await;
     }
 }

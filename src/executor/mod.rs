@@ -38,10 +38,9 @@ pub async fn run(state: Arc<AppState>) {
     let slots = Arc::new(Semaphore::new(max));
     let freed = Arc::new(Notify::new());
     loop {
-        // Register interest before looking, so a job queued in between wakes us.
-        let queued = state.engine.queued.notified();
-        tokio::pin!(queued);
-        queued.as_mut().enable();
+        // Register interest before looking, so a job queued in between
+        // wakes us; only jobs of built-in packs do.
+        let queued = state.engine.queued.interest(None, &packs);
         let free = slots.available_permits();
         if free > 0 {
             let req = LeaseRequest {
@@ -71,7 +70,7 @@ pub async fn run(state: Arc<AppState>) {
             }
         }
         tokio::select! {
-            _ = &mut queued => {}
+            _ = queued.wait() => {}
             _ = freed.notified() => {}
             _ = tokio::time::sleep(IDLE_TICK) => {}
         }

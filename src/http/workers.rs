@@ -111,16 +111,15 @@ pub async fn lease(
     let wait = in_range("waitSeconds", body.wait_seconds, 0, 0..=30)?;
     let deadline = Instant::now() + Duration::from_secs(wait.into());
     loop {
-        // Register interest before looking, so a job queued in between wakes us.
-        let notified = state.engine.queued.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // Register interest before looking, so a job queued in between
+        // wakes us; only jobs of this tenant and these packs do.
+        let interest = state.engine.queued.interest(Some(&tenant.0), &req.packs);
         let jobs = state.store.lease_jobs(&tenant.0, &req).await?;
         if !jobs.is_empty() || Instant::now() >= deadline {
             return Ok(HttpResponse::Ok().json(json!({"jobs": jobs})));
         }
         tokio::select! {
-            _ = &mut notified => {}
+            _ = interest.wait() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

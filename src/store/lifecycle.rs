@@ -1,11 +1,13 @@
 //! The job lifecycle, written once for every backend (SPEC §3, §7).
 //!
 //! An [`Op`] is one write: it reads and changes rows through the
-//! [`WriteTx`] primitives, keeps the runs it touched in memory (each run row
-//! read once, locked, written back once), appends timeline events with the
-//! run's next seq, and at [`Op::finish`] writes its events in one statement.
-//! What it committed is handed to the writer, which publishes it after the
-//! batch commits.
+//! [`WriteTx`] primitives and appends timeline events with the run's next
+//! seq. Run rows and events go to the batch's [`Pending`] state: each run
+//! row is read (and locked) once per batch and written back once, and all
+//! of a batch's events go in one multi-row insert, just before the commit.
+//! A write that fails leaves `Pending` as it found it (its undo log), as its
+//! savepoint leaves the rows. What a write committed is handed to the
+//! writer, which publishes it after the batch commits.
 
 use std::sync::Arc;
 
@@ -18,23 +20,74 @@ use super::tx::{RunRow, WriteTx};
 use super::writer::{Cmd, Done};
 use super::*;
 
+/// What a batch has changed but not yet written: run rows (as they will be
+/// written back, and whether they changed) and events, in seq order per run.
+#[derive(Default)]
+pub struct Pending {
+    runs: Vec<(RunKey, RunRow, bool)>,
+    events: Vec<Arc<Published>>,
+}
+
+impl Pending {
+    /// Write the events and the changed run rows (one statement each).
+    pub async fn flush(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
+        if !self.events.is_empty() {
+            tx.insert_events(&self.events).await?;
+        }
+        let dirty: Vec<(RunKey, RunRow)> = self
+            .runs
+            .iter()
+            .filter(|(_, _, dirty)| *dirty)
+            .map(|(k, r, _)| (k.clone(), r.clone()))
+            .collect();
+        if !dirty.is_empty() {
+            tx.save_runs(&dirty).await?;
+        }
+        self.runs.clear();
+        self.events.clear();
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && !self.runs.iter().any(|(_, _, d)| *d)
+    }
+}
+
 /// One write in progress.
 pub struct Op<'t> {
     tx: &'t mut dyn WriteTx,
+    pending: &'t mut Pending,
     pub now: i64,
     correlation_id: String,
-    /// Runs touched so far: their row as it will be written back, and
-    /// whether it changed.
-    runs: Vec<(RunKey, RunRow, bool)>,
-    events: Vec<Arc<Published>>,
+    /// Undo log: how many runs and events `pending` had before this write,
+    /// and the earlier state of the runs it changed.
+    runs_before: usize,
+    events_before: usize,
+    saved: Vec<(usize, RunRow, bool)>,
+    /// Runs this write created: they have no jobs but its own.
+    created: Vec<RunKey>,
     committed: Committed,
 }
 
-/// Apply one command. On error nothing it did may be kept (the writer rolls
-/// its savepoint back).
-pub async fn apply(tx: &mut dyn WriteTx, cmd: &Cmd) -> StoreResult<(Done, Committed)> {
-    let mut op = Op::new(tx, cmd.correlation_id());
-    let done = match cmd {
+/// Apply one command. On error nothing it did may be kept: the writer rolls
+/// its savepoint back, and `pending` is restored here.
+pub async fn apply(
+    tx: &mut dyn WriteTx,
+    pending: &mut Pending,
+    cmd: &Cmd,
+) -> StoreResult<(Done, Committed)> {
+    let mut op = Op::new(tx, pending, cmd.correlation_id());
+    let result = op.apply(cmd).await;
+    if result.is_err() {
+        op.undo();
+    }
+    result.map(|done| (done, op.committed))
+}
+
+impl<'t> Op<'t> {
+    async fn apply(&mut self, cmd: &Cmd) -> StoreResult<Done> {
+        let op = self;
+        let done = match cmd {
         Cmd::CreateRun { tenant, new } => Done::Run(op.create_run(tenant, new).await?),
         Cmd::Submit { tenant, new } => {
             let (job, created) = op.submit(tenant, new).await?;
@@ -92,43 +145,46 @@ pub async fn apply(tx: &mut dyn WriteTx, cmd: &Cmd) -> StoreResult<(Done, Commit
             let keys = runs.iter().map(|(t, r)| RunKey::new(t, r)).collect();
             Done::Pruned(keys, files)
         }
-    };
-    let committed = op.finish().await?;
-    Ok((done, committed))
-}
+        };
+        Ok(done)
+    }
 
-impl<'t> Op<'t> {
-    fn new(tx: &'t mut dyn WriteTx, correlation_id: &str) -> Op<'t> {
+    fn new(tx: &'t mut dyn WriteTx, pending: &'t mut Pending, correlation_id: &str) -> Op<'t> {
         Op {
             tx,
+            runs_before: pending.runs.len(),
+            events_before: pending.events.len(),
+            pending,
             now: now_ms(),
             correlation_id: correlation_id.to_owned(),
-            runs: Vec::new(),
-            events: Vec::new(),
+            saved: Vec::new(),
+            created: Vec::new(),
             committed: Committed::default(),
         }
     }
 
-    /// Write the events and the changed run rows; hand back what to publish.
-    async fn finish(self) -> StoreResult<Committed> {
-        if !self.events.is_empty() {
-            self.tx.insert_events(&self.events).await?;
+    /// Put `pending` back as this write found it.
+    fn undo(&mut self) {
+        self.pending.runs.truncate(self.runs_before);
+        self.pending.events.truncate(self.events_before);
+        for (i, row, dirty) in self.saved.drain(..) {
+            self.pending.runs[i] = (self.pending.runs[i].0.clone(), row, dirty);
         }
-        for (key, row, dirty) in &self.runs {
-            if *dirty {
-                self.tx.save_run(&key.tenant, &key.run_id, row).await?;
-            }
-        }
-        Ok(self.committed)
     }
 
-    /// Index of the run's row in `self.runs`, reading (and locking) it once.
+    /// Index of the run's row in the batch, reading (and locking) it once
+    /// per batch; the undo log keeps its state from before this write.
     async fn run(&mut self, tenant: &str, run: &str) -> StoreResult<usize> {
         if let Some(i) = self
+            .pending
             .runs
             .iter()
             .position(|(k, _, _)| &*k.tenant == tenant && &*k.run_id == run)
         {
+            if i < self.runs_before && !self.saved.iter().any(|(j, _, _)| *j == i) {
+                let (_, row, dirty) = &self.pending.runs[i];
+                self.saved.push((i, row.clone(), *dirty));
+            }
             return Ok(i);
         }
         let row = self
@@ -136,8 +192,8 @@ impl<'t> Op<'t> {
             .run_row(tenant, run)
             .await?
             .ok_or(StoreError::RunNotFound)?;
-        self.runs.push((RunKey::new(tenant, run), row, false));
-        Ok(self.runs.len() - 1)
+        self.pending.runs.push((RunKey::new(tenant, run), row, false));
+        Ok(self.pending.runs.len() - 1)
     }
 
     /// Append one event to the run's timeline with the next seq.
@@ -163,7 +219,7 @@ impl<'t> Op<'t> {
         make: impl FnOnce(u64) -> (Value, Option<Arc<SignalView>>),
     ) -> StoreResult<u64> {
         let i = self.run(tenant, run).await?;
-        let (key, row, dirty) = &mut self.runs[i];
+        let (key, row, dirty) = &mut self.pending.runs[i];
         row.last_seq += 1;
         row.updated_at = self.now;
         *dirty = true;
@@ -183,7 +239,7 @@ impl<'t> Op<'t> {
         }
         .seal();
         let published = Published::new(envelope, signal);
-        self.events.push(published.clone());
+        self.pending.events.push(published.clone());
         match self.committed.runs.iter_mut().find(|(k, _)| *k == key) {
             Some((_, events)) => events.push(published),
             None => self.committed.runs.push((key, vec![published])),
@@ -194,14 +250,29 @@ impl<'t> Op<'t> {
     /// Re-derive the run's signal and status; append `signal.changed` and
     /// `run.completed` when they changed.
     async fn refresh_run(&mut self, tenant: &str, run: &str) -> StoreResult<()> {
+        self.refresh_run_with(tenant, run, None).await
+    }
+
+    /// [`Op::refresh_run`], given the run's jobs when this write created the
+    /// run (so they are exactly the ones it inserted: no need to read them).
+    async fn refresh_run_with(
+        &mut self,
+        tenant: &str,
+        run: &str,
+        known_jobs: Option<Vec<JobRecord>>,
+    ) -> StoreResult<()> {
         // The run row first: its lock orders concurrent writers of the run,
         // so the jobs read next include every committed change before ours.
         let i = self.run(tenant, run).await?;
-        let jobs = self.tx.run_jobs(tenant, run).await?;
+        let key = RunKey::new(tenant, run);
+        let jobs = match known_jobs {
+            Some(jobs) if self.created.contains(&key) => jobs,
+            _ => self.tx.run_jobs(tenant, run).await?,
+        };
         let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
         if let Some(signal) = derive(run, &facts) {
             let etag = signal.etag();
-            if self.runs[i].1.signal_etag.as_deref() != Some(etag.as_str()) {
+            if self.pending.runs[i].1.signal_etag.as_deref() != Some(etag.as_str()) {
                 let payload = json!({"etag": etag, "signal": signal});
                 let seq = self
                     .append_with(tenant, run, None, types::SIGNAL_CHANGED, |seq| {
@@ -209,13 +280,13 @@ impl<'t> Op<'t> {
                         (payload, Some(view))
                     })
                     .await?;
-                let row = &mut self.runs[i].1;
+                let row = &mut self.pending.runs[i].1;
                 row.signal_etag = Some(etag);
                 row.signal_seq = Some(seq as i64);
             }
         }
         let status = run_status(&jobs);
-        if status != self.runs[i].1.status {
+        if status != self.pending.runs[i].1.status {
             let completed_seq = if matches!(status, "succeeded" | "failed" | "canceled") {
                 let payload = json!({"status": status});
                 Some(
@@ -225,7 +296,7 @@ impl<'t> Op<'t> {
             } else {
                 None
             };
-            let (_, row, dirty) = &mut self.runs[i];
+            let (_, row, dirty) = &mut self.pending.runs[i];
             row.status = status.to_owned();
             row.completed_seq = completed_seq;
             *dirty = true;
@@ -261,7 +332,8 @@ impl<'t> Op<'t> {
             completed_seq: None,
             updated_at: self.now,
         };
-        self.runs.push((RunKey::new(tenant, run_id), row, false));
+        self.pending.runs.push((RunKey::new(tenant, run_id), row, false));
+        self.created.push(RunKey::new(tenant, run_id));
         let payload = json!({"name": name, "labels": labels});
         run.last_seq = self
             .append(tenant, run_id, None, types::RUN_CREATED, payload)
@@ -563,6 +635,10 @@ impl<'t> Op<'t> {
             json!({"state": to.as_str(), "previousState": previous, "attempt": job.attempt});
         if let (Value::Object(p), Value::Object(e)) = (&mut payload, extra) {
             p.extend(e);
+        }
+        if to == JobState::Queued {
+            let queued = (job.tenant_id.clone(), job.pack.clone());
+            self.committed.queued.push(queued);
         }
         let ty = match to {
             JobState::Queued => types::JOB_QUEUED,

@@ -60,6 +60,18 @@ impl StoreError {
     /// Worth running the same write again in a later batch: it lost a race
     /// with a concurrent transaction (PostgreSQL: deadlock, serialization
     /// failure, or a unique index another writer filled first).
+    /// A rule said no (the write read rows and refused), as opposed to the
+    /// database failing.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::Database(_)
+                | StoreError::Migrate(_)
+                | StoreError::NotCommitted(_)
+                | StoreError::Unavailable(_)
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         let StoreError::Database(sqlx::Error::Database(e)) = self else {
             return false;
@@ -76,6 +88,8 @@ pub struct Committed {
     pub runs: Vec<(RunKey, Vec<Arc<Published>>)>,
     /// Webhook deliveries were queued: wake the dispatcher.
     pub webhooks: bool,
+    /// Jobs that became `queued`, as (tenant, pack): wake their lessees.
+    pub queued: Vec<(String, String)>,
 }
 
 /// A run's state computed from its jobs (the cold path).
@@ -174,6 +188,10 @@ pub trait Backend:
     async fn ping(&self) -> StoreResult<()>;
     /// How many transactions may run at once (SQLite: 1).
     fn lanes(&self) -> usize;
+    /// Whether a failed statement aborts the transaction (PostgreSQL), so
+    /// every write of a batch needs a savepoint; otherwise (SQLite) a write
+    /// that fails before it changed anything needs none (ADR 0020).
+    fn statement_errors_abort(&self) -> bool;
     /// Begin a write transaction on lane `lane`.
     async fn begin(&self, lane: usize) -> StoreResult<Box<dyn tx::WriteTx>>;
 }
@@ -209,7 +227,7 @@ impl Store {
         } else {
             Arc::new(sqlite::SqliteBackend::open(url, max_connections).await?)
         };
-        let writer = Writer::start(backend.clone());
+        let writer = Writer::start(backend.clone())?;
         Ok(Store {
             backend,
             writer,

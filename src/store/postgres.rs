@@ -65,6 +65,8 @@ pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
 
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
+    /// Write statements so far (the writer's isolation check).
+    writes: u64,
 }
 
 #[async_trait]
@@ -78,9 +80,13 @@ impl Backend for PgBackend {
         self.lanes
     }
 
+    fn statement_errors_abort(&self) -> bool {
+        true
+    }
+
     async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
         let tx = self.writer.begin().await?;
-        Ok(Box::new(PgTx { tx }))
+        Ok(Box::new(PgTx { tx, writes: 0 }))
     }
 }
 

@@ -28,8 +28,10 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
-            async fn release(&mut self) -> StoreResult<()> {
-                sqlx::raw_sql("RELEASE SAVEPOINT op").execute(&mut *self.tx).await?;
+            async fn next_savepoint(&mut self) -> StoreResult<()> {
+                sqlx::raw_sql("RELEASE SAVEPOINT op; SAVEPOINT op")
+                    .execute(&mut *self.tx)
+                    .await?;
                 Ok(())
             }
 
@@ -38,6 +40,10 @@ macro_rules! sql_backend {
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())
+            }
+
+            fn writes(&self) -> u64 {
+                self.writes
             }
 
             async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -72,6 +78,7 @@ macro_rules! sql_backend {
             }
 
             async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool> {
+                self.writes += 1;
                 let done = sqlx::query(
                     "INSERT INTO runs (tenant_id, run_id, name, labels, status, last_seq, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -89,22 +96,35 @@ macro_rules! sql_backend {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn save_run(&mut self, tenant: &str, run_id: &str, row: &RunRow) -> StoreResult<()> {
-                sqlx::query(
-                    "UPDATE runs SET last_seq = $1, signal_etag = $2, signal_seq = $3, status = $4,
-                         completed_seq = $5, updated_at = $6
-                     WHERE tenant_id = $7 AND run_id = $8",
-                )
-                .bind(row.last_seq)
-                .bind(&row.signal_etag)
-                .bind(row.signal_seq)
-                .bind(&row.status)
-                .bind(row.completed_seq)
-                .bind(row.updated_at)
-                .bind(tenant)
-                .bind(run_id)
-                .execute(&mut *self.tx)
-                .await?;
+            async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
+                self.writes += 1;
+                // An upsert so that many rows go in one statement; every row
+                // exists already (read or inserted in this transaction), so
+                // only the update part runs: `created_at` is a placeholder
+                // the insert part requires.
+                for chunk in rows.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO runs (tenant_id, run_id, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (key, row)| {
+                        b.push_bind(key.tenant.to_string())
+                            .push_bind(key.run_id.to_string())
+                            .push_bind(row.last_seq)
+                            .push_bind(row.signal_etag.clone())
+                            .push_bind(row.signal_seq)
+                            .push_bind(row.status.clone())
+                            .push_bind(row.completed_seq)
+                            .push_bind(row.updated_at)
+                            .push_bind(row.updated_at);
+                    });
+                    q.push(
+                        " ON CONFLICT (tenant_id, run_id) DO UPDATE SET last_seq = excluded.last_seq,
+                             signal_etag = excluded.signal_etag, signal_seq = excluded.signal_seq,
+                             status = excluded.status, completed_seq = excluded.completed_seq,
+                             updated_at = excluded.updated_at",
+                    );
+                    q.build().execute(&mut *self.tx).await?;
+                }
                 Ok(())
             }
 
@@ -145,6 +165,7 @@ macro_rules! sql_backend {
             }
 
             async fn insert_job(&mut self, j: &JobRecord) -> StoreResult<()> {
+                self.writes += 1;
                 sqlx::query(
                     "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, attempt, max_attempts,
                                        correlation_id, idempotency_key, webhook_url, log_lines,
@@ -172,6 +193,7 @@ macro_rules! sql_backend {
             }
 
             async fn save_job(&mut self, j: &JobRecord) -> StoreResult<()> {
+                self.writes += 1;
                 sqlx::query(
                     "UPDATE jobs SET state = $1, blocked_reason = $2, attempt = $3, lease_id = $4,
                          lease_worker = $5, lease_until = $6, lease_seconds = $7, stage = $8, step = $9,
@@ -243,6 +265,7 @@ macro_rules! sql_backend {
             }
 
             async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64> {
+                self.writes += 1;
                 let done = sqlx::query(
                     "UPDATE jobs SET lease_until = $1 WHERE lease_worker = $2 AND state IN ('loading', 'working')",
                 )
@@ -254,6 +277,7 @@ macro_rules! sql_backend {
             }
 
             async fn upsert_artifact(&mut self, a: &ArtifactRecord) -> StoreResult<()> {
+                self.writes += 1;
                 sqlx::query(
                     "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -278,6 +302,7 @@ macro_rules! sql_backend {
                 &mut self,
                 events: &[std::sync::Arc<runsignal_actors::Published>],
             ) -> StoreResult<()> {
+                self.writes += 1;
                 // 9 parameters an event; well under both backends' limits.
                 for chunk in events.chunks(1000) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -304,6 +329,7 @@ macro_rules! sql_backend {
             }
 
             async fn insert_delivery(&mut self, d: &NewDelivery) -> StoreResult<()> {
+                self.writes += 1;
                 sqlx::query(
                     "INSERT INTO webhook_deliveries (tenant_id, job_id, state, idempotency_key, url, body, next_attempt_at, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -321,6 +347,7 @@ macro_rules! sql_backend {
             }
 
             async fn claim_deliveries(&mut self, now: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
+                self.writes += 1;
                 // A 410 from a job's receiver ends every later delivery of that job.
                 sqlx::query(
                     "UPDATE webhook_deliveries SET status = 'gone' WHERE status = 'pending'
@@ -357,6 +384,7 @@ macro_rules! sql_backend {
             }
 
             async fn finish_delivery(&mut self, id: i64, outcome: &WebhookOutcome, now: i64) -> StoreResult<()> {
+                self.writes += 1;
                 let (status, next, code, error, delivered): (&str, Option<i64>, Option<u16>, Option<&str>, Option<i64>) =
                     match outcome {
                         WebhookOutcome::Delivered { status } => ("delivered", None, Some(*status), None, Some(now)),
@@ -382,6 +410,7 @@ macro_rules! sql_backend {
             }
 
             async fn reset_sending(&mut self) -> StoreResult<u64> {
+                self.writes += 1;
                 let done = sqlx::query("UPDATE webhook_deliveries SET status = 'pending' WHERE status = 'sending'")
                     .execute(&mut *self.tx)
                     .await?;
@@ -396,6 +425,7 @@ macro_rules! sql_backend {
                 signal: &str,
                 now: i64,
             ) -> StoreResult<()> {
+                self.writes += 1;
                 sqlx::query(
                     "INSERT INTO first_signal_snapshots (tenant_id, run_id, seq, signal, updated_at) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (tenant_id, run_id) DO UPDATE SET seq = excluded.seq, signal = excluded.signal,
@@ -425,6 +455,7 @@ macro_rules! sql_backend {
             }
 
             async fn delete_run(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<String>> {
+                self.writes += 1;
                 let paths: Vec<String> = sqlx::query_scalar(
                     "DELETE FROM artifacts WHERE tenant_id = $1 AND run_id = $2 RETURNING path",
                 )

@@ -54,6 +54,8 @@ impl SqliteBackend {
 
 pub struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    /// Write statements so far (the writer's isolation check).
+    writes: u64,
 }
 
 #[async_trait]
@@ -67,9 +69,13 @@ impl Backend for SqliteBackend {
         1
     }
 
+    fn statement_errors_abort(&self) -> bool {
+        false
+    }
+
     async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
         let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(SqliteTx { tx, writes: 0 }))
     }
 }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runsignal_actors::Published;
+use runsignal_actors::{Published, RunKey};
 
 use super::{ArtifactRecord, JobRecord, RunRecord, StoreResult, WebhookDelivery, WebhookOutcome};
 
@@ -40,8 +40,11 @@ pub struct NewDelivery {
 pub trait WriteTx: Send {
     /// Isolate the next write of a batch: a failure rolls back only it.
     async fn savepoint(&mut self) -> StoreResult<()>;
-    async fn release(&mut self) -> StoreResult<()>;
+    /// Release the current savepoint and open the next (one round trip).
+    async fn next_savepoint(&mut self) -> StoreResult<()>;
     async fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
+    /// How many write statements ran so far.
+    fn writes(&self) -> u64;
     async fn commit(self: Box<Self>) -> StoreResult<()>;
     async fn rollback(self: Box<Self>) -> StoreResult<()>;
 
@@ -50,7 +53,8 @@ pub trait WriteTx: Send {
     async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>>;
     /// Insert a run; false when it exists already.
     async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool>;
-    async fn save_run(&mut self, tenant: &str, run_id: &str, row: &RunRow) -> StoreResult<()>;
+    /// Write back the changed columns of runs that exist (one statement).
+    async fn save_runs(&mut self, rows: &[(RunKey, RunRow)]) -> StoreResult<()>;
 
     // Jobs and leases.
     /// The job of the tenant, locked for this transaction.

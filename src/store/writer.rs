@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use runsignal_actors::{RunKey, Signal};
 use tokio::sync::{mpsc, oneshot};
 
-use super::lifecycle;
+use super::lifecycle::{self, Pending};
 use super::*;
 
 /// Most writes one transaction takes.
@@ -164,6 +164,8 @@ pub struct WriterStats {
     pub writes: AtomicU64,
     /// The largest batch so far.
     pub largest: AtomicU64,
+    /// Time spent applying and committing batches, in microseconds.
+    pub busy_us: AtomicU64,
 }
 
 /// The handle writers send to.
@@ -175,24 +177,35 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start one task per lane of the backend (on the current runtime).
-    pub fn start(backend: Arc<dyn Backend>) -> Writer {
+    /// Start one task per lane of the backend, on a thread of their own
+    /// (`runsignal-writer`): the writer's round trips to the database are
+    /// the write path's latency, so they do not queue behind HTTP work or
+    /// background tasks on a shared runtime. The thread ends when the
+    /// `Writer` is dropped (its lanes' channels close).
+    pub fn start(backend: Arc<dyn Backend>) -> StoreResult<Writer> {
         let sink: Sink = Arc::new(OnceLock::new());
         let stats = Arc::new(WriterStats::default());
-        let lanes = (0..backend.lanes().max(1))
-            .map(|lane| {
-                let (tx, rx) = mpsc::channel(LANE_QUEUE);
-                let lane_task = run_lane(backend.clone(), lane, rx, sink.clone(), stats.clone());
-                tokio::spawn(lane_task);
-                tx
-            })
-            .collect();
-        Writer {
+        let mut lanes = Vec::new();
+        let mut tasks = Vec::new();
+        for lane in 0..backend.lanes().max(1) {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            tasks.push(run_lane(backend.clone(), lane, rx, sink.clone(), stats.clone()));
+            lanes.push(tx);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("the writer's runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("runsignal-writer".into())
+            .spawn(move || runtime.block_on(futures_util::future::join_all(tasks)))
+            .map_err(|e| StoreError::Unavailable(format!("the writer's thread: {e}")))?;
+        Ok(Writer {
             lanes,
             next: AtomicUsize::new(0),
             sink,
             stats,
-        }
+        })
     }
 
     pub fn attach(&self, sink: Arc<dyn CommitSink>) {
@@ -287,12 +300,16 @@ async fn run_lane(
         stats
             .largest
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         apply_batch(&*backend, lane, batch, &mut retry, &sink).await;
+        let busy = started.elapsed().as_micros() as u64;
+        stats.busy_us.fetch_add(busy, Ordering::Relaxed);
     }
 }
 
 /// One transaction for the whole batch; each write isolated by a savepoint
-/// (skipped for a lone write: its transaction is its isolation).
+/// (skipped for a lone write: its transaction is its isolation). The
+/// batch's run rows and events are written once, just before the commit.
 async fn apply_batch(
     backend: &dyn Backend,
     lane: usize,
@@ -310,76 +327,114 @@ async fn apply_batch(
             return;
         }
     };
-    let isolate = batch.len() > 1;
-    let mut applied: Vec<(oneshot::Sender<StoreResult<Done>>, Done, Committed)> = Vec::new();
+    // Savepoints where a failed statement would abort the transaction
+    // (PostgreSQL). Elsewhere (SQLite) a write refused by a rule before it
+    // wrote anything leaves nothing to undo; any other failure rolls the
+    // batch back and the other writes run again in the next one.
+    let savepoints = batch.len() > 1 && backend.statement_errors_abort();
+    let mut pending = Pending::default();
+    let mut applied: Vec<(Request, Done, Committed)> = Vec::new();
     let mut broken: Option<String> = None;
-    for mut r in batch {
+    // Whether a savepoint is open (the last write succeeded inside it).
+    let mut open = false;
+    let mut queue: VecDeque<Request> = batch.into();
+    while let Some(r) = queue.pop_front() {
         if let Some(message) = &broken {
             let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
             continue;
         }
-        if isolate {
-            if let Err(e) = tx.savepoint().await {
+        // Prune deletes runs: what the batch holds for them is written
+        // first, outside the prune's savepoint.
+        if matches!(r.cmd, Cmd::Prune { .. }) {
+            if let Err(e) = pending.flush(&mut *tx).await {
                 broken = Some(e.to_string());
                 let _ = r.reply.send(Err(e));
                 continue;
             }
         }
-        match lifecycle::apply(&mut *tx, &r.cmd).await {
-            Ok((done, committed)) => {
-                if isolate {
-                    if let Err(e) = tx.release().await {
-                        broken = Some(e.to_string());
-                        let _ = r.reply.send(Err(e));
-                        continue;
-                    }
-                }
-                applied.push((r.reply, done, committed));
+        if savepoints {
+            let begun = if open {
+                tx.next_savepoint().await
+            } else {
+                tx.savepoint().await
+            };
+            if let Err(e) = begun {
+                broken = Some(e.to_string());
+                let _ = r.reply.send(Err(e));
+                continue;
             }
+            open = true;
+        }
+        let writes_before = tx.writes();
+        match lifecycle::apply(&mut *tx, &mut pending, &r.cmd).await {
+            Ok((done, committed)) => applied.push((r, done, committed)),
             Err(e) => {
-                if isolate {
+                let clean = e.is_refusal() && tx.writes() == writes_before;
+                if savepoints {
+                    open = false;
                     if let Err(e) = tx.rollback_to_savepoint().await {
                         broken = Some(e.to_string());
                     }
-                } else {
-                    // A lone write that failed: its transaction is rolled
-                    // back below; nothing else is in it.
-                    broken = Some(e.to_string());
+                } else if !clean {
+                    // No savepoint to go back to: give up this batch; the
+                    // writes that had succeeded in it run again next time
+                    // (nothing of theirs was published or answered yet).
+                    if let Err(e) = tx.rollback().await {
+                        tracing::warn!(error = %e, "rolling back a batch");
+                    }
+                    for other in applied.into_iter().map(|(r, _, _)| r).rev() {
+                        queue.push_front(other);
+                    }
+                    finish_failed(r, e, retry);
+                    for other in queue.into_iter().rev() {
+                        retry.push_front(other);
+                    }
+                    return;
                 }
-                if e.is_retryable() && r.tries < MAX_TRIES {
-                    r.tries += 1;
-                    retry.push_back(r);
-                } else {
-                    let _ = r.reply.send(Err(e));
-                }
+                finish_failed(r, e, retry);
             }
         }
     }
+    // The last savepoint needs no release: the commit takes it along.
+    if broken.is_none() {
+        if let Err(e) = pending.flush(&mut *tx).await {
+            broken = Some(e.to_string());
+        }
+    }
     if let Some(message) = broken {
-        // The transaction is rolled back now (not left idle in a
-        // transaction, holding locks, until the connection's next use);
-        // writes that had succeeded inside it are lost with it: tell
-        // their callers.
+        // Rolled back now (not left idle in a transaction, holding locks,
+        // until the connection's next use); writes that had succeeded
+        // inside it are lost with it: tell their callers.
         if let Err(e) = tx.rollback().await {
             tracing::warn!(error = %e, "rolling back a failed batch");
         }
-        for (reply, _, _) in applied {
-            let _ = reply.send(Err(StoreError::NotCommitted(message.clone())));
+        for (r, _, _) in applied {
+            let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
         }
         return;
     }
     if let Err(e) = tx.commit().await {
         let message = e.to_string();
-        for (reply, _, _) in applied {
-            let _ = reply.send(Err(StoreError::NotCommitted(message.clone())));
+        for (r, _, _) in applied {
+            let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
         }
         return;
     }
     let sink = sink.get();
-    for (reply, done, committed) in applied {
+    for (r, done, committed) in applied {
         if let Some(sink) = sink {
             sink.publish(committed);
         }
-        let _ = reply.send(Ok(done));
+        let _ = r.reply.send(Ok(done));
+    }
+}
+
+/// A write that failed: answered, or queued again when it lost a race.
+fn finish_failed(mut r: Request, e: StoreError, retry: &mut VecDeque<Request>) {
+    if e.is_retryable() && r.tries < MAX_TRIES {
+        r.tries += 1;
+        retry.push_back(r);
+    } else {
+        let _ = r.reply.send(Err(e));
     }
 }

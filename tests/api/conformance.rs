@@ -308,3 +308,33 @@ async fn large_json_integers_in_inputs_and_results_are_kept_exactly() {
     assert_eq!(got.result.as_deref(), Some(format!(r#"{{"big":{BIG},"f":0.1}}"#).as_str()));
     assert!(got.inputs.contains(BIG));
 }
+
+#[actix_web::test]
+async fn a_write_failing_after_it_wrote_rolls_back_only_itself() {
+    let f = fixture().await;
+    // An old job whose idempotency key has left the window: a submit with
+    // that key first frees it (a write), then fails on an unknown run.
+    let mut old = new_job(None);
+    old.idempotency_key = Some("k".into());
+    let (old, _) = f.store.submit_job(T, old).await.unwrap();
+    let others = (0..20).map(|_| f.store.submit_job(T, new_job(None)));
+    let failing = async {
+        let mut new = new_job(Some("00000000-0000-4000-8000-000000000000"));
+        new.idempotency_key = Some("k".into());
+        new.idempotency_window_ms = 0;
+        f.store.submit_job(T, new).await
+    };
+    let (results, failed) = futures_util::join!(join_all(others), failing);
+    assert!(matches!(failed, Err(StoreError::RunNotFound)), "{failed:?}");
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let old = f.store.get_job(T, &old.job_id).await.unwrap();
+    assert_eq!(old.idempotency_key.as_deref(), Some("k"), "its write was undone");
+    for r in results {
+        let (job, _) = r.unwrap();
+        let seqs = all_seqs(&f.store, &job.run_id).await;
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        assert!(f.store.get_job(T, &job.job_id).await.is_ok());
+    }
+}
