@@ -3,6 +3,7 @@
 
 pub mod errors;
 pub mod extract;
+pub mod feed;
 pub mod first_signal;
 pub mod jobs;
 pub mod ops;

@@ -3,11 +3,13 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use runsignal_actors::{Envelope, RunKey};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::errors::ApiError;
 use super::extract::{page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use super::feed::history;
 use crate::store::{parse_run_cursor, rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
 use crate::AppState;
 
@@ -230,23 +232,21 @@ pub async fn timeline(
         limit,
         correlation_id: q.correlation_id,
     };
-    let events = state.store.timeline(&tenant.0, &run_id, &query).await?;
-    // Envelopes are stored as their JSON: splice them in without re-encoding.
+    let events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
     let next = if events.len() == limit as usize {
-        events
-            .last()
-            .and_then(|e| serde_json::from_str::<Value>(e).ok())
-            .and_then(|v| v["seq"].as_u64())
+        events.last().map(|e| e.seq)
     } else {
         None
     };
-    let mut body = String::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 32);
-    body.push_str("{\"events\":[");
-    body.push_str(&events.join(","));
-    body.push_str("],\"next\":");
-    body.push_str(&next.map_or("null".to_owned(), |n| n.to_string()));
-    body.push('}');
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body))
+    // Serialized as a struct (not through `json!`): the envelopes keep the
+    // field order they were stored and hashed with.
+    Ok(HttpResponse::Ok().json(TimelinePage { events, next }))
+}
+
+/// A page of the run's event envelopes, in seq order.
+#[derive(Serialize)]
+struct TimelinePage {
+    events: Vec<Envelope>,
+    /// Seq to pass as `after` for the next page, or null.
+    next: Option<u64>,
 }

@@ -19,7 +19,7 @@
 //! - `{"op":"error","code":…,"detail":…}` (with `stream` and `id` when the
 //!   error concerns one subscription). Errors never close the socket.
 //!
-//! A subscription works like an SSE stream (see `streams.rs`): it subscribes
+//! A subscription works like an SSE stream (see `feed.rs`): it subscribes
 //! to the run's actor first and learns `live_from`; `after` then replays
 //! `(after, live_from]` from the store, followed by the live events from the
 //! subscription's own bounded queue (`Streams.BufferSize`): no gap, no
@@ -52,9 +52,7 @@ use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use runsignal_actors::subscriber::ws_frames;
-use runsignal_actors::{
-    Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Unsubscribe, Wire,
-};
+use runsignal_actors::{Delivery, Filter, RunActor, RunKey, StreamKind, Unsubscribe, Wire};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -62,8 +60,7 @@ use tokio::sync::mpsc;
 
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{job_id, run_id, CorrelationId, Tenant};
-use super::streams::{stream_filter, Subscription};
-use crate::store::TimelineQuery;
+use super::feed::{stream_filter, Replay, Subscription};
 use crate::AppState;
 
 /// Largest client frame (payload bytes); a larger one closes with 1009.
@@ -74,9 +71,6 @@ const MISSED_PONGS: u32 = 2;
 
 /// How long a socket we close waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Stored events read per page while replaying.
-const REPLAY_PAGE: u32 = 500;
 
 /// `GET {prefix}/ws`: upgrade and start a session for the request's tenant.
 #[utoipa::path(
@@ -597,10 +591,11 @@ async fn open_subscription(
     } = sub;
     let feed = Feed {
         state,
+        replay: replay
+            .map(|range| Replay::new(key.clone(), kind, filter.clone(), Wire::WebSocket, range)),
         key,
         kind,
         filter,
-        replay,
         resume_after: after.unwrap_or(0),
         last_seq: after.unwrap_or(live_from),
         last_seq_frames: 0,
@@ -643,8 +638,8 @@ struct Feed {
     key: RunKey,
     kind: StreamKind,
     filter: Filter,
-    /// Still to replay: `(after, upto]`.
-    replay: Option<(u64, u64)>,
+    /// Stored events still to replay.
+    replay: Option<Replay>,
     /// Live events up to this seq were seen by the client already.
     resume_after: u64,
     /// The seq a dropped subscription resumes after.
@@ -674,8 +669,8 @@ impl Feed {
             if self.ended {
                 return None;
             }
-            if let Some((after, upto)) = self.replay {
-                if after >= upto {
+            if let Some(replay) = &mut self.replay {
+                if replay.done() {
                     self.replay = None;
                     if self.live_from > self.last_seq {
                         self.last_seq = self.live_from;
@@ -683,9 +678,12 @@ impl Feed {
                     }
                     continue;
                 }
-                if self.replay_page(after, upto).await.is_none() {
+                let Ok(page) = replay.next_page(&self.state).await else {
                     self.ended = true;
                     return Some(FeedItem::Failed);
+                };
+                for d in page {
+                    self.push(d);
                 }
                 continue;
             }
@@ -693,25 +691,7 @@ impl Feed {
             match live.recv().await {
                 // Already replayed (an `after` beyond `live_from`).
                 Some(d) if d.seq <= self.resume_after => continue,
-                Some(d) => {
-                    // A delivery holds every frame of its event.
-                    self.last_seq = d.seq;
-                    self.last_seq_frames = d.frames.len();
-                    for (i, bytes) in d.frames.iter().enumerate() {
-                        self.queue.push_back(FeedItem::Frame {
-                            bytes: bytes.clone(),
-                            closes: d.closes && i + 1 == d.frames.len(),
-                        });
-                    }
-                    if d.closes {
-                        if d.frames.is_empty() {
-                            // Ended on an event this subscription filters out.
-                            self.queue.push_back(FeedItem::Completed);
-                        }
-                        self.ended = true;
-                        self.live = None;
-                    }
-                }
+                Some(d) => self.push(d),
                 None => {
                     self.ended = true;
                     self.live = None;
@@ -722,26 +702,29 @@ impl Feed {
         }
     }
 
-    /// Stored events with seq in `(after, after + limit]`; `None` when the
-    /// store fails.
-    async fn stored(&self, after: u64, limit: u32) -> Option<Vec<Arc<Published>>> {
-        let query = TimelineQuery {
-            after,
-            limit,
-            correlation_id: None,
-        };
-        let page = self
-            .state
-            .store
-            .timeline(&self.key.tenant, &self.key.run_id, &query)
-            .await
-            .ok()?;
-        Some(
-            page.iter()
-                .filter_map(|json| serde_json::from_str::<Envelope>(json).ok())
-                .map(Published::from_stored)
-                .collect(),
-        )
+    /// Queue the frames of one event, replayed or live (a delivery holds
+    /// every frame of its event).
+    fn push(&mut self, d: Delivery) {
+        if self.ended {
+            return;
+        }
+        self.last_seq = d.seq;
+        self.last_seq_frames = d.frames.len();
+        for (i, bytes) in d.frames.iter().enumerate() {
+            self.queue.push_back(FeedItem::Frame {
+                bytes: bytes.clone(),
+                closes: d.closes && i + 1 == d.frames.len(),
+            });
+        }
+        if d.closes {
+            if d.frames.is_empty() {
+                // Ended on an event this subscription filters out.
+                self.queue.push_back(FeedItem::Completed);
+            }
+            self.ended = true;
+            self.replay = None;
+            self.live = None;
+        }
     }
 
     /// The queue was dropped: if that happened between two frames of one
@@ -752,17 +735,20 @@ impl Feed {
         if sent == 0 || seq == 0 {
             return seq;
         }
-        let Some(events) = self.stored(seq - 1, 1).await else {
+        let mut event = Replay::new(
+            self.key.clone(),
+            self.kind,
+            self.filter.clone(),
+            Wire::WebSocket,
+            (seq - 1, seq),
+        );
+        let Ok(page) = event.next_page(&self.state).await else {
             // Unknown whether the event was complete: resume at it (a
             // client may see some of its lines twice, never lose one).
             return seq - 1;
         };
-        let Some(event) = events.iter().find(|e| e.envelope.seq == seq) else {
-            return seq;
-        };
-        if let Some(name) = self.filter.matches(&event.envelope) {
-            let frames = event.frames(self.kind, Wire::WebSocket, name);
-            for bytes in frames.iter().skip(sent) {
+        if let Some(d) = page.iter().find(|d| d.seq == seq) {
+            for bytes in d.frames.iter().skip(sent) {
                 self.queue.push_back(FeedItem::Frame {
                     bytes: bytes.clone(),
                     closes: false,
@@ -770,48 +756,6 @@ impl Feed {
             }
         }
         seq
-    }
-
-    /// Queue the frames of one page of stored events in `(after, upto]`;
-    /// `None` when the store fails.
-    async fn replay_page(&mut self, after: u64, upto: u64) -> Option<()> {
-        let limit = REPLAY_PAGE.min((upto - after).min(u64::from(u32::MAX)) as u32);
-        let page = self.stored(after, limit).await?;
-        if page.is_empty() {
-            self.replay = Some((upto, upto));
-            return Some(());
-        }
-        let mut next = after;
-        for event in page {
-            if event.envelope.seq > upto {
-                // Later events come live.
-                break;
-            }
-            next = event.envelope.seq;
-            let closes = self.filter.closes_on(&event.envelope);
-            if let Some(name) = self.filter.matches(&event.envelope) {
-                let frames = event.frames(self.kind, Wire::WebSocket, name);
-                for (i, bytes) in frames.iter().enumerate() {
-                    self.queue.push_back(FeedItem::Frame {
-                        bytes: bytes.clone(),
-                        closes: closes && i + 1 == frames.len(),
-                    });
-                }
-                self.last_seq = event.envelope.seq;
-                self.last_seq_frames = frames.len();
-            } else if closes {
-                self.queue.push_back(FeedItem::Completed);
-            }
-            if closes {
-                self.ended = true;
-                self.replay = None;
-                self.live = None;
-                return Some(());
-            }
-        }
-        // No progress (unreadable or later events only): the replay is over.
-        self.replay = Some((if next > after { next } else { upto }, upto));
-        Some(())
     }
 }
 
