@@ -1,9 +1,11 @@
 //! One error type for every route, rendered as RFC 9457 problem+json with a
 //! stable snake_case `code`. The table in [`ErrorCode`] is the only place a
-//! code meets its status.
+//! code meets its status; the WebSocket's error frames take their codes from
+//! the same table.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use serde::{Serialize, Serializer};
 use serde_json::json;
 
 use crate::store::StoreError;
@@ -30,6 +32,14 @@ pub enum ErrorCode {
     UnknownRun,
     StoreUnavailable,
     Internal,
+    WebsocketHandshake,
+    WebsocketUpgradeRequired,
+    UnknownOp,
+    UnknownStream,
+    AlreadySubscribed,
+    NotSubscribed,
+    SubscriptionLimit,
+    SubscriptionDropped,
 }
 
 impl ErrorCode {
@@ -107,7 +117,44 @@ impl ErrorCode {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal error",
             ),
+            WebsocketHandshake => (
+                "websocket_handshake",
+                StatusCode::BAD_REQUEST,
+                "WebSocket handshake required",
+            ),
+            WebsocketUpgradeRequired => (
+                "websocket_handshake",
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket handshake required",
+            ),
+            // WebSocket error frames (SPEC §5.2) carry only the code; the
+            // status is what the same refusal would be over HTTP.
+            UnknownOp => ("unknown_op", StatusCode::BAD_REQUEST, "Unknown op"),
+            UnknownStream => ("unknown_stream", StatusCode::BAD_REQUEST, "Unknown stream"),
+            AlreadySubscribed => (
+                "already_subscribed",
+                StatusCode::CONFLICT,
+                "Already subscribed",
+            ),
+            NotSubscribed => ("not_subscribed", StatusCode::CONFLICT, "Not subscribed"),
+            SubscriptionLimit => (
+                "subscription_limit",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many subscriptions",
+            ),
+            SubscriptionDropped => (
+                "subscription_dropped",
+                StatusCode::CONFLICT,
+                "Subscription dropped",
+            ),
         }
+    }
+}
+
+/// On the wire a code is its snake_case string (WebSocket error frames).
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

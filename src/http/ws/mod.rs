@@ -55,10 +55,9 @@ mod subscriptions;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
-use serde_json::json;
 
 use super::errors::{ApiError, ErrorCode};
 use super::extract::{CorrelationId, Tenant};
@@ -113,20 +112,15 @@ pub async fn socket(
 /// A plain GET (or a broken handshake) on the WebSocket route: problem+json.
 fn handshake_problem(e: &ws::HandshakeError) -> HttpResponse {
     use ws::HandshakeError::*;
-    let status = match e {
-        NoWebsocketUpgrade | NoConnectionUpgrade => StatusCode::UPGRADE_REQUIRED,
-        _ => StatusCode::BAD_REQUEST,
+    let code = match e {
+        NoWebsocketUpgrade | NoConnectionUpgrade => ErrorCode::WebsocketUpgradeRequired,
+        _ => ErrorCode::WebsocketHandshake,
     };
-    let code = "websocket_handshake";
-    let mut res = HttpResponse::build(status);
-    if status == StatusCode::UPGRADE_REQUIRED {
-        res.insert_header(("Upgrade", "websocket"));
+    let detail = format!("{e}: this route speaks WebSocket (RFC 6455) only");
+    let mut res = ApiError::new(code, detail).error_response();
+    if code == ErrorCode::WebsocketUpgradeRequired {
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    res.content_type("application/problem+json").json(json!({
-        "type": format!("https://runsignal.dev/problems/{code}"),
-        "title": "WebSocket handshake required",
-        "status": status.as_u16(),
-        "detail": format!("{e}: this route speaks WebSocket (RFC 6455) only"),
-        "code": code,
-    }))
+    res
 }

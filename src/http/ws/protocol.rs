@@ -10,9 +10,6 @@ use serde_json::{Map, Value};
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::extract::{job_id, run_id};
 
-/// Why a client frame is refused: the error frame's code and detail.
-pub type Refusal = (&'static str, String);
-
 /// A client text frame: `{"op": "subscribe" | "unsubscribe" | "ping", …}`.
 #[derive(Debug)]
 pub enum ClientFrame {
@@ -22,9 +19,9 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
-    /// Parse one text frame; the refusal names what is wrong with it.
-    pub fn parse(text: &str) -> Result<ClientFrame, Refusal> {
-        let invalid = |detail: String| (ErrorCode::InvalidBody.as_str(), detail);
+    /// Parse one text frame; the error names what is wrong with it.
+    pub fn parse(text: &str) -> Result<ClientFrame, ApiError> {
+        let invalid = |detail: String| ApiError::new(ErrorCode::InvalidBody, detail);
         let mut fields = match serde_json::from_str::<Map<String, Value>>(text) {
             Ok(fields) => fields,
             // Well-formed JSON, but not an object.
@@ -46,8 +43,8 @@ impl ClientFrame {
             "subscribe" => op_args(args).map(ClientFrame::Subscribe),
             "unsubscribe" => op_args(args).map(ClientFrame::Unsubscribe),
             "ping" => Ok(ClientFrame::Ping),
-            other => Err((
-                "unknown_op",
+            other => Err(ApiError::new(
+                ErrorCode::UnknownOp,
                 format!("unknown op `{other}`; expected subscribe, unsubscribe or ping"),
             )),
         }
@@ -76,7 +73,7 @@ pub struct UnsubscribeArgs {
 }
 
 /// A message's fields (without `op`), errors naming the field.
-fn op_args<T: DeserializeOwned>(args: Value) -> Result<T, Refusal> {
+fn op_args<T: DeserializeOwned>(args: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(args).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -85,23 +82,22 @@ fn op_args<T: DeserializeOwned>(args: Value) -> Result<T, Refusal> {
         } else {
             format!("field `{path}`: {inner}")
         };
-        (ErrorCode::InvalidField.as_str(), detail)
+        ApiError::new(ErrorCode::InvalidField, detail)
     })
 }
 
 /// The stream kind and normalized id a message names.
-pub fn stream_and_id(stream: &str, id: &str) -> Result<(StreamKind, String), Refusal> {
+pub fn stream_and_id(stream: &str, id: &str) -> Result<(StreamKind, String), ApiError> {
     let kind = StreamKind::parse(stream).ok_or_else(|| {
-        (
-            "unknown_stream",
+        ApiError::new(
+            ErrorCode::UnknownStream,
             format!("unknown stream `{stream}`; expected run, job or pack-run"),
         )
     })?;
     let id = match kind {
-        StreamKind::Run => run_id(id),
-        StreamKind::Job | StreamKind::PackRun => job_id(id),
-    }
-    .map_err(|e: ApiError| (e.code.as_str(), e.detail))?;
+        StreamKind::Run => run_id(id)?,
+        StreamKind::Job | StreamKind::PackRun => job_id(id)?,
+    };
     Ok((kind, id))
 }
 
@@ -127,7 +123,7 @@ pub enum ServerFrame<'a> {
     /// Never closes the socket; `stream` and `id` when it concerns one
     /// subscription, `after` the seq a dropped one resumes after.
     Error {
-        code: &'a str,
+        code: ErrorCode,
         detail: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         stream: Option<&'a str>,
@@ -140,14 +136,10 @@ pub enum ServerFrame<'a> {
 
 impl<'a> ServerFrame<'a> {
     /// An error frame, about one subscription when `stream` is given.
-    pub fn error(
-        code: &'a str,
-        detail: &'a str,
-        stream: Option<(StreamKind, &'a str)>,
-    ) -> ServerFrame<'a> {
+    pub fn error(e: &'a ApiError, stream: Option<(StreamKind, &'a str)>) -> ServerFrame<'a> {
         ServerFrame::Error {
-            code,
-            detail,
+            code: e.code,
+            detail: &e.detail,
             stream: stream.map(|(kind, _)| kind.as_str()),
             id: stream.map(|(_, id)| id),
             after: None,
@@ -189,7 +181,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                ClientFrame::parse(text).err().map(|r| r.0),
+                ClientFrame::parse(text).err().map(|e| e.code.as_str()),
                 Some(code),
                 "{text}"
             );
@@ -210,8 +202,11 @@ mod tests {
             json!({"op": "subscribed", "stream": "run", "id": "r", "liveFrom": 4})
         );
         assert_eq!(
-            frame(ServerFrame::error("x", "d", Some((StreamKind::Job, "j")))),
-            json!({"op": "error", "code": "x", "detail": "d", "stream": "job", "id": "j"})
+            frame(ServerFrame::error(
+                &ApiError::new(ErrorCode::AlreadySubscribed, "d"),
+                Some((StreamKind::Job, "j"))
+            )),
+            json!({"op": "error", "code": "already_subscribed", "detail": "d", "stream": "job", "id": "j"})
         );
     }
 }

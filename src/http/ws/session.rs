@@ -150,23 +150,14 @@ impl WsSession {
         }
     }
 
+    /// An error frame, about one subscription when `stream` is given.
     pub(super) fn send_error(
-        &self,
-        ctx: &mut Ctx,
-        code: &str,
-        detail: &str,
-        stream: Option<(StreamKind, &str)>,
-    ) {
-        self.send(ctx, ServerFrame::error(code, detail, stream));
-    }
-
-    pub(super) fn send_api_error(
         &self,
         ctx: &mut Ctx,
         e: &ApiError,
         stream: Option<(StreamKind, &str)>,
     ) {
-        self.send_error(ctx, e.code.as_str(), &e.detail, stream);
+        self.send(ctx, ServerFrame::error(e, stream));
     }
 
     /// One client text message.
@@ -175,7 +166,7 @@ impl WsSession {
             Ok(ClientFrame::Subscribe(args)) => self.subscribe(args, ctx),
             Ok(ClientFrame::Unsubscribe(args)) => self.unsubscribe(args, ctx),
             Ok(ClientFrame::Ping) => self.send(ctx, ServerFrame::Pong),
-            Err((code, detail)) => self.send_error(ctx, code, &detail, None),
+            Err(e) => self.send_error(ctx, &e, None),
         }
     }
 
@@ -236,12 +227,13 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Text(text) => self.on_text(&text, ctx),
             ws::Message::Ping(bytes) => ctx.pong(&bytes),
             ws::Message::Pong(_) => self.missed_pongs = 0,
-            ws::Message::Binary(_) => self.send_error(
-                ctx,
-                ErrorCode::InvalidBody.as_str(),
-                "binary frames are not supported; send JSON text frames",
-                None,
-            ),
+            ws::Message::Binary(_) => {
+                let e = ApiError::new(
+                    ErrorCode::InvalidBody,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                self.send_error(ctx, &e, None)
+            }
             ws::Message::Continuation(_) => self.close(
                 ctx,
                 ws::CloseCode::Unsupported,

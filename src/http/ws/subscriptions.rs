@@ -15,12 +15,12 @@ impl WsSession {
     pub(super) fn subscribe(&mut self, args: SubscribeArgs, ctx: &mut Ctx) {
         let (kind, id) = match stream_and_id(&args.stream, &args.id) {
             Ok(v) => v,
-            Err((code, detail)) => return self.send_error(ctx, code, &detail, None),
+            Err(e) => return self.send_error(ctx, &e, None),
         };
         let events = args.events.map(|names| names.join(","));
         let mut filter = match stream_filter(kind, events.as_deref(), args.correlation_id) {
             Ok(f) => f,
-            Err(e) => return self.send_api_error(ctx, &e, Some((kind, &id))),
+            Err(e) => return self.send_error(ctx, &e, Some((kind, &id))),
         };
         if kind != StreamKind::Run {
             filter.job_id = Some(id.as_str().into());
@@ -28,21 +28,20 @@ impl WsSession {
         if self.find(kind, &id).is_some() {
             return self.send_error(
                 ctx,
-                "already_subscribed",
-                "this socket already follows this stream",
+                &ApiError::new(
+                    ErrorCode::AlreadySubscribed,
+                    "this socket already follows this stream",
+                ),
                 Some((kind, &id)),
             );
         }
         let max = self.state.config.streams.max_subscriptions_per_socket;
         if self.subs.len() >= max {
-            return self.send_error(
-                ctx,
-                "subscription_limit",
-                &format!(
-                    "a socket follows at most {max} streams (Streams.MaxSubscriptionsPerSocket)"
-                ),
-                Some((kind, &id)),
+            let detail = format!(
+                "a socket follows at most {max} streams (Streams.MaxSubscriptionsPerSocket)"
             );
+            let e = ApiError::new(ErrorCode::SubscriptionLimit, detail);
+            return self.send_error(ctx, &e, Some((kind, &id)));
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -82,7 +81,7 @@ impl WsSession {
             Err(_) if !wanted => return,
             Err(e) => {
                 if let Some(sub) = self.subs.remove(&token) {
-                    self.send_api_error(ctx, &e, Some((sub.kind, &sub.id)));
+                    self.send_error(ctx, &e, Some((sub.kind, &sub.id)));
                 }
                 return;
             }
@@ -118,7 +117,7 @@ impl WsSession {
     pub(super) fn unsubscribe(&mut self, args: UnsubscribeArgs, ctx: &mut Ctx) {
         let (kind, id) = match stream_and_id(&args.stream, &args.id) {
             Ok(v) => v,
-            Err((code, detail)) => return self.send_error(ctx, code, &detail, None),
+            Err(e) => return self.send_error(ctx, &e, None),
         };
         match self.find(kind, &id) {
             Some(token) => {
@@ -128,8 +127,10 @@ impl WsSession {
             }
             None => self.send_error(
                 ctx,
-                "not_subscribed",
-                "this socket does not follow this stream",
+                &ApiError::new(
+                    ErrorCode::NotSubscribed,
+                    "this socket does not follow this stream",
+                ),
                 Some((kind, &id)),
             ),
         }
@@ -174,7 +175,7 @@ impl StreamHandler<FeedEvent> for WsSession {
                         "the subscription fell behind and was dropped; subscribe again with \"after\": {last_seq}"
                     );
                     let frame = ServerFrame::Error {
-                        code: "subscription_dropped",
+                        code: ErrorCode::SubscriptionDropped,
                         detail: &detail,
                         stream: Some(sub.kind.as_str()),
                         id: Some(&sub.id),
@@ -185,12 +186,11 @@ impl StreamHandler<FeedEvent> for WsSession {
             }
             FeedItem::Failed => {
                 if let Some(sub) = self.end(event.token, ctx) {
-                    self.send_error(
-                        ctx,
-                        ErrorCode::StoreUnavailable.as_str(),
+                    let e = ApiError::new(
+                        ErrorCode::StoreUnavailable,
                         "the stream's stored events could not be read; subscribe again",
-                        Some((sub.kind, &sub.id)),
                     );
+                    self.send_error(ctx, &e, Some((sub.kind, &sub.id)));
                 }
             }
         }
