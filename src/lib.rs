@@ -17,7 +17,6 @@ pub mod packs;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
-pub mod watch;
 pub mod webhooks;
 
 use std::net::TcpListener;
