@@ -6,7 +6,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::{Serialize, Serializer};
-use serde_json::json;
 
 use crate::store::StoreError;
 
@@ -158,6 +157,30 @@ impl Serialize for ErrorCode {
     }
 }
 
+/// RFC 9457 problem details, served as `application/problem+json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://runsignal.dev/problems/run_not_found",
+    "title": "Run not found",
+    "status": 404,
+    "detail": "no such run for this tenant",
+    "code": "run_not_found"
+}))]
+pub struct Problem {
+    /// `https://runsignal.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong; names the offending field for body/query errors.
+    pub detail: String,
+    /// Stable snake_case code, e.g. `invalid_tenant`, `invalid_run_id`,
+    /// `invalid_field`, `run_not_found`, `unknown_pack`, `lease_lost`,
+    /// `payload_too_large`.
+    pub code: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -196,13 +219,13 @@ impl ResponseError for ApiError {
         let (code, status, title) = self.code.row();
         HttpResponse::build(status)
             .content_type("application/problem+json")
-            .json(json!({
-                "type": format!("https://runsignal.dev/problems/{code}"),
-                "title": title,
-                "status": status.as_u16(),
-                "detail": self.detail,
-                "code": code,
-            }))
+            .json(Problem {
+                problem_type: format!("https://runsignal.dev/problems/{code}"),
+                title: title.to_owned(),
+                status: status.as_u16(),
+                detail: self.detail.clone(),
+                code: code.to_owned(),
+            })
     }
 }
 

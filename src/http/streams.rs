@@ -18,7 +18,7 @@ use runsignal_actors::{Delivery, RunActor, StreamKind, Unsubscribe, Wire};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::errors::ApiError;
+use super::errors::{ApiError, Problem};
 use super::extract::{job_id, parse_query, run_id, CorrelationId, Tenant};
 use super::feed::{stream_filter, Replay, Subscription};
 use crate::AppState;
@@ -75,8 +75,8 @@ struct Plan {
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`run_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn run_stream(
@@ -103,8 +103,8 @@ pub async fn run_stream(
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn job_stream(
@@ -131,8 +131,8 @@ pub async fn job_stream(
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn pack_run_stream(

@@ -59,7 +59,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 
-use super::errors::{ApiError, ErrorCode};
+use super::errors::{ApiError, ErrorCode, Problem};
 use super::extract::{CorrelationId, Tenant};
 use crate::AppState;
 use guard::FrameGuard;
@@ -81,8 +81,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
     ),
     responses(
         (status = 101, description = "Switching protocols: the socket is open"),
-        (status = 400, description = "`invalid_tenant`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn socket(
