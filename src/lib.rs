@@ -18,7 +18,6 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod wakeups;
-pub mod watch;
 pub mod webhooks;
 
 use std::net::TcpListener;
@@ -184,6 +183,9 @@ impl Application {
                 )
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
+                // Here, not in `http::routes`: the document is assembled
+                // from the handlers, which never refer to it.
+                .service(web::resource("/openapi.json").get(openapi::serve))
                 .default_service(web::to(http::not_found))
         })
         .listen(listener)?

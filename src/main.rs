@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+mod cli;
+
 use clap::{Parser, Subcommand};
+use cli::watch::{self, WatchArgs};
 use runsignal::config::Config;
-use runsignal::watch::{self, WatchArgs};
 use runsignal::{open_store, telemetry, Application};
 
 #[derive(Parser)]

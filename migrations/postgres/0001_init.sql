@@ -54,7 +54,9 @@ CREATE TABLE jobs (
     started_at       BIGINT,
     finished_at      BIGINT,
     step_started_at  BIGINT,
-    FOREIGN KEY (tenant_id, run_id) REFERENCES runs (tenant_id, run_id)
+    -- Checked at commit: a submit's new run is inserted after its job,
+    -- with the batch's run rows (ADR 0020).
+    FOREIGN KEY (tenant_id, run_id) REFERENCES runs (tenant_id, run_id) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX jobs_by_run ON jobs (tenant_id, run_id, created_at);
 CREATE INDEX jobs_by_tenant ON jobs (tenant_id, job_id);

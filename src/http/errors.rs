@@ -1,10 +1,11 @@
 //! One error type for every route, rendered as RFC 9457 problem+json with a
 //! stable snake_case `code`. The table in [`ErrorCode`] is the only place a
-//! code meets its status.
+//! code meets its status; the WebSocket's error frames take their codes from
+//! the same table.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::{Serialize, Serializer};
 
 use crate::store::StoreError;
 
@@ -30,6 +31,14 @@ pub enum ErrorCode {
     UnknownRun,
     StoreUnavailable,
     Internal,
+    WebsocketHandshake,
+    WebsocketUpgradeRequired,
+    UnknownOp,
+    UnknownStream,
+    AlreadySubscribed,
+    NotSubscribed,
+    SubscriptionLimit,
+    SubscriptionDropped,
 }
 
 impl ErrorCode {
@@ -107,8 +116,69 @@ impl ErrorCode {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal error",
             ),
+            WebsocketHandshake => (
+                "websocket_handshake",
+                StatusCode::BAD_REQUEST,
+                "WebSocket handshake required",
+            ),
+            WebsocketUpgradeRequired => (
+                "websocket_handshake",
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket handshake required",
+            ),
+            // WebSocket error frames (SPEC §5.2) carry only the code; the
+            // status is what the same refusal would be over HTTP.
+            UnknownOp => ("unknown_op", StatusCode::BAD_REQUEST, "Unknown op"),
+            UnknownStream => ("unknown_stream", StatusCode::BAD_REQUEST, "Unknown stream"),
+            AlreadySubscribed => (
+                "already_subscribed",
+                StatusCode::CONFLICT,
+                "Already subscribed",
+            ),
+            NotSubscribed => ("not_subscribed", StatusCode::CONFLICT, "Not subscribed"),
+            SubscriptionLimit => (
+                "subscription_limit",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many subscriptions",
+            ),
+            SubscriptionDropped => (
+                "subscription_dropped",
+                StatusCode::CONFLICT,
+                "Subscription dropped",
+            ),
         }
     }
+}
+
+/// On the wire a code is its snake_case string (WebSocket error frames).
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// RFC 9457 problem details, served as `application/problem+json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://runsignal.dev/problems/run_not_found",
+    "title": "Run not found",
+    "status": 404,
+    "detail": "no such run for this tenant",
+    "code": "run_not_found"
+}))]
+pub struct Problem {
+    /// `https://runsignal.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong; names the offending field for body/query errors.
+    pub detail: String,
+    /// Stable snake_case code, e.g. `invalid_tenant`, `invalid_run_id`,
+    /// `invalid_field`, `run_not_found`, `unknown_pack`, `lease_lost`,
+    /// `payload_too_large`.
+    pub code: String,
 }
 
 #[derive(Debug)]
@@ -149,13 +219,13 @@ impl ResponseError for ApiError {
         let (code, status, title) = self.code.row();
         HttpResponse::build(status)
             .content_type("application/problem+json")
-            .json(json!({
-                "type": format!("https://runsignal.dev/problems/{code}"),
-                "title": title,
-                "status": status.as_u16(),
-                "detail": self.detail,
-                "code": code,
-            }))
+            .json(Problem {
+                problem_type: format!("https://runsignal.dev/problems/{code}"),
+                title: title.to_owned(),
+                status: status.as_u16(),
+                detail: self.detail.clone(),
+                code: code.to_owned(),
+            })
     }
 }
 

@@ -18,6 +18,23 @@ use crate::AppState;
 #[derive(Debug, Clone)]
 pub struct Tenant(pub String);
 
+/// The tenant header every tenant-scoped route requires.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct TenantHeader {
+    /// The tenant this request acts for: 1–64 chars of `[A-Za-z0-9._:-]`.
+    /// Missing or invalid → 400 `invalid_tenant`. Another tenant's resources
+    /// are 404, never 403.
+    #[param(
+        rename = "X-Tenant-Id",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._:-]{1,64}$",
+        example = "acme"
+    )]
+    pub x_tenant_id: String,
+}
+
 pub fn valid_tenant(t: &str) -> bool {
     (1..=64).contains(&t.len())
         && t.chars()

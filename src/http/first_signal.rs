@@ -9,9 +9,10 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use runsignal_actors::signal::Signal;
 use runsignal_actors::{FirstSignalReply, GetFirstSignal, RunKey, SignalView};
+use serde::Serialize;
 
-use super::errors::{ApiError, ErrorCode};
-use super::extract::{run_id, Tenant};
+use super::errors::{ApiError, ErrorCode, Problem};
+use super::extract::{run_id, Tenant, TenantHeader};
 use crate::store::{now_ms, rfc3339};
 use crate::AppState;
 
@@ -84,7 +85,7 @@ fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str
         cache or the snapshot table (`Cache-Status: hit`), or computed from the jobs now \
         (`miss`). HEAD is answered like GET without a body.",
     params(
-        crate::openapi::TenantHeader,
+        TenantHeader,
         ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
         ("If-None-Match" = Option<String>, Header, nullable = false,
             description = "Entity tags, weak comparison; `*` matches when a signal exists"),
@@ -92,7 +93,7 @@ fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str
     responses(
         (status = 200, description = "The signal. When the cold path runs out of time: type \
             `unavailable`, `Cache-Control: no-store`, `Retry-After: 1`",
-            body = crate::openapi::FirstSignalBody,
+            body = FirstSignalBody,
             headers(
                 ("ETag" = String, description = "`W/\"<64 lowercase hex>\"`; equals `summaryEtag`"),
                 ("Cache-Control" = String, description = "`private, max-age=60` (`no-store` when `unavailable`)"),
@@ -109,9 +110,9 @@ fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str
                 ("Cache-Status" = String, description = "`hit` or `miss`"),
                 ("X-FirstSignal-Source" = String, description = "`snapshot` or `cold_start`"),
             )),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(run_id = %path))]
@@ -153,5 +154,96 @@ pub async fn get_first_signal(
                 .inc();
             Ok(signal_response(&req, &view, hit, source.as_str()))
         }
+    }
+}
+
+/// `GET {prefix}/runs/{runId}/first-signal` body (SPEC §4.2).
+///
+/// The body itself is encoded once per signal by the actors crate
+/// (`SignalView::body`) and served as bytes; these types document it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirstSignalBody {
+    #[schema(format = "uuid")]
+    pub run_id: String,
+    pub first_signal: FirstSignal,
+    /// Equals the `ETag` header: `W/"<64 lowercase hex>"`.
+    #[schema(example = "W/\"3f1c…\"")]
+    pub summary_etag: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FirstSignal {
+    #[serde(rename = "type")]
+    pub kind: SignalType,
+    /// The deciding step's stage, `unknown` when none.
+    pub stage: String,
+    #[schema(required = true)]
+    pub step: Option<String>,
+    /// The deciding job's latest progress message or error summary, or the
+    /// kind's default text.
+    pub message: String,
+    #[schema(format = DateTime)]
+    pub at: String,
+    pub artifact: SignalArtifact,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalType {
+    Queued,
+    Started,
+    Phase,
+    Blocked,
+    Failed,
+    Succeeded,
+    Canceled,
+    Unavailable,
+}
+
+/// What the signal points at.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SignalArtifact {
+    pub kind: SignalArtifactKind,
+    /// Log line range that explains a failure, or null.
+    #[schema(required = true)]
+    pub range: Option<LineRange>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalArtifactKind {
+    Run,
+    Job,
+    Step,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LineRange {
+    pub start: i64,
+    pub end: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_documented_body_has_the_encoded_bodys_fields() {
+        let view = SignalView::new(Signal::unavailable("r", rfc3339(0)), 0);
+        let body: Value = serde_json::from_slice(&view.body).unwrap();
+        let doc = serde_json::to_value(FirstSignalBody::schema()).unwrap();
+        assert_eq!(keys(&doc["properties"]), keys(&body));
+        let signal = serde_json::to_value(FirstSignal::schema()).unwrap();
+        assert_eq!(keys(&signal["properties"]), keys(&body["firstSignal"]));
     }
 }

@@ -4,12 +4,17 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use runsignal_actors::JobState;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::errors::{ApiError, ErrorCode};
-use super::extract::{job_id, page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant};
+use super::errors::{ApiError, ErrorCode, Problem};
+use super::extract::{
+    job_id, page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant, TenantHeader,
+};
+use super::model::job::{
+    Job, JobAccepted, JobArtifact, JobDetail, JobList, JobStateName, JobWebhook,
+};
 use super::prefer::{wait_for_job, wait_preference};
-use crate::store::{rfc3339, JobQuery, JobRecord, NewJob, WebhookDelivery};
+use crate::store::{JobQuery, JobRecord, NewJob, WebhookDelivery};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -35,44 +40,9 @@ pub struct SubmitJob {
     pub idempotency_key: Option<String>,
 }
 
-/// `GET /jobs/{id}` shape: everything a poller needs to reconcile.
-pub fn job_json(job: &JobRecord) -> Value {
-    let parse = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-    };
-    json!({
-        "job_id": job.job_id,
-        "run_id": job.run_id,
-        "pack": job.pack,
-        "state": job.state,
-        "blocked": job.blocked_reason.as_ref().map(|r| json!({"reason": r})),
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "inputs": serde_json::from_str::<Value>(&job.inputs).unwrap_or_else(|_| json!({})),
-        "correlation_id": job.correlation_id,
-        "idempotency_key": job.idempotency_key,
-        "created_at": rfc3339(job.created_at),
-        "updated_at": rfc3339(job.updated_at),
-        "started_at": job.started_at.map(rfc3339),
-        "finished_at": job.finished_at.map(rfc3339),
-        "progress": {
-            "stage": job.stage, "step": job.step, "step_index": job.step_index,
-            "message": job.message, "percent": job.percent, "log_lines": job.log_lines,
-        },
-        "lease": job.lease_id.as_ref().map(|_| json!({
-            "worker_id": job.lease_worker, "lease_until": job.lease_until.map(rfc3339),
-        })),
-        "result": parse(&job.result),
-        "error": job.error_code.as_ref().map(|code| json!({"code": code, "message": job.error_message})),
-        "artifacts": [],
-        "state_webhook_url": job.webhook_url,
-    })
-}
-
-/// The full `GET /jobs/{id}` body: the job and its webhook delivery status.
-pub async fn job_body(state: &AppState, job: &JobRecord) -> Result<Value, ApiError> {
-    let mut body = job_json(job);
+/// The `GET /jobs/{id}` body: the job, its artifacts when done, and its
+/// webhook delivery status.
+pub async fn job_detail(state: &AppState, job: &JobRecord) -> Result<JobDetail, ApiError> {
     let deliveries = match job.webhook_url {
         Some(_) => {
             state
@@ -82,42 +52,29 @@ pub async fn job_body(state: &AppState, job: &JobRecord) -> Result<Value, ApiErr
         }
         None => Vec::new(),
     };
-    body["webhook"] = webhook_json(job, &deliveries);
+    let mut body = Job::new(job);
     // Artifact rows commit with the `done` transition: only done jobs have any.
     if job.job_state() == JobState::Done {
         let artifacts = state
             .store
             .list_artifacts(&job.tenant_id, &job.job_id)
             .await?;
-        body["artifacts"] = artifacts.iter().map(|a| a.json()).collect();
+        body = body.with_artifacts(artifacts.iter().map(JobArtifact::from).collect());
     }
-    Ok(body)
+    Ok(JobDetail {
+        job: body,
+        webhook: webhook(job, &deliveries),
+    })
 }
 
 /// `webhook` of `GET /jobs/{id}`: null without a `state_webhook_url`, else
 /// the URL and each delivery's status (oldest first), so a poller can see
 /// what its receiver missed.
-pub fn webhook_json(job: &JobRecord, deliveries: &[WebhookDelivery]) -> Value {
-    let Some(url) = &job.webhook_url else {
-        return Value::Null;
-    };
-    let deliveries: Vec<Value> = deliveries
-        .iter()
-        .map(|d| {
-            let open = matches!(d.status.as_str(), "pending" | "sending");
-            json!({
-                "state": d.state,
-                "idempotency_key": d.idempotency_key,
-                "status": d.status,
-                "attempts": d.attempts,
-                "last_status_code": d.last_status_code,
-                "last_error": d.last_error,
-                "next_attempt_at": open.then(|| rfc3339(d.next_attempt_at)),
-                "delivered_at": d.delivered_at.map(rfc3339),
-            })
-        })
-        .collect();
-    json!({"url": url, "deliveries": deliveries})
+fn webhook(job: &JobRecord, deliveries: &[WebhookDelivery]) -> Option<JobWebhook> {
+    Some(JobWebhook {
+        url: job.webhook_url.clone()?,
+        deliveries: deliveries.iter().map(Into::into).collect(),
+    })
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
@@ -137,21 +94,21 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     summary = "Submit a job",
     description = "Accepted at once (nothing waits on execution). No `run_id` → a new run. With `Prefer: wait=N` (RFC 7240, N ≤ 60) the answer waits up to N seconds for the job to end: 200 with the finished job, else the usual 202.",
     params(
-        crate::openapi::TenantHeader,
+        TenantHeader,
         ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for the job to end"),
     ),
     request_body = SubmitJob,
     responses(
         (status = 200, description = "`Prefer: wait=N` and the job ended within N seconds: the finished job",
-            body = crate::openapi::Job,
+            body = JobDetail,
             headers(("Preference-Applied" = String, description = "`wait=N`"), ("Location" = String, description = "`/jobs/{jobId}`"))),
         (status = 202, description = "Job accepted (queued), or the first job for a repeated `idempotency_key`",
-            body = crate::openapi::JobAccepted,
+            body = JobAccepted,
             headers(("Location" = String, description = "`/jobs/{jobId}`"))),
-        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`unknown_pack`; `run_not_found` when `run_id` names no run of the tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`; `run_not_found` when `run_id` names no run of the tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn submit_job(
@@ -215,7 +172,7 @@ pub async fn submit_job(
         Some(done) => HttpResponse::Ok()
             .insert_header((header::LOCATION, location))
             .insert_header(("Preference-Applied", applied))
-            .json(job_body(&state, &done).await?),
+            .json(job_detail(&state, &done).await?),
         None => {
             let mut res = accepted(&job, location);
             // `wait=<digits>` is always a valid header value.
@@ -231,7 +188,7 @@ pub async fn submit_job(
 fn accepted(job: &JobRecord, location: String) -> HttpResponse {
     HttpResponse::Accepted()
         .insert_header((header::LOCATION, location))
-        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state}))
+        .json(JobAccepted::from(job))
 }
 
 #[utoipa::path(
@@ -239,12 +196,12 @@ fn accepted(job: &JobRecord, location: String) -> HttpResponse {
     path = "/jobs/{jobId}",
     tag = "jobs",
     summary = "Get a job (the poll path for missed webhooks)",
-    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
     responses(
-        (status = 200, description = "The job", body = crate::openapi::Job),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job", body = JobDetail),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_job(
@@ -254,8 +211,7 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
     let job = state.store.get_job(&tenant.0, &id).await?;
-    let body = job_body(&state, &job).await?;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(job_detail(&state, &job).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -268,7 +224,7 @@ struct ListJobs {
     /// `next` of the previous page (a job id).
     cursor: Option<String>,
     /// Only jobs in this state.
-    #[param(value_type = Option<crate::openapi::JobStateName>)]
+    #[param(value_type = Option<JobStateName>)]
     state: Option<String>,
     /// Only jobs of this run.
     #[param(format = "uuid")]
@@ -280,11 +236,11 @@ struct ListJobs {
     path = "/jobs",
     tag = "jobs",
     summary = "List jobs",
-    params(crate::openapi::TenantHeader, ListJobs),
+    params(TenantHeader, ListJobs),
     responses(
-        (status = 200, description = "A page of jobs", body = crate::openapi::JobList),
-        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`, `invalid_run_id`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`, `invalid_run_id`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_jobs(
@@ -317,8 +273,10 @@ pub async fn list_jobs(
             },
         )
         .await?;
-    let jobs: Vec<Value> = page.items.iter().map(job_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next": page.next})))
+    Ok(HttpResponse::Ok().json(JobList {
+        jobs: page.items.iter().map(Job::new).collect(),
+        next: page.next,
+    }))
 }
 
 #[utoipa::path(
@@ -327,13 +285,13 @@ pub async fn list_jobs(
     tag = "jobs",
     summary = "Cancel a job",
     description = "Cancels a non-terminal job; its running steps are killed.",
-    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
     responses(
-        (status = 202, description = "Cancellation accepted", body = crate::openapi::JobAccepted),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_state`: the job is already terminal", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Cancellation accepted", body = JobAccepted),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: the job is already terminal", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel_job(
@@ -344,8 +302,7 @@ pub async fn cancel_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
     let job = state.store.cancel_job(&tenant.0, &id, &corr.0).await?;
-    Ok(HttpResponse::Accepted()
-        .json(json!({"job_id": job.job_id, "run_id": job.run_id, "state": job.state})))
+    Ok(HttpResponse::Accepted().json(JobAccepted::from(&job)))
 }
 
 #[utoipa::path(
@@ -355,7 +312,7 @@ pub async fn cancel_job(
     summary = "Download a job artifact",
     description = "The bytes, streamed from storage, with `Content-Type`, `Content-Length` and a strong `ETag` (the SHA-256 in quotes); `If-None-Match` with it → 304.",
     params(
-        crate::openapi::TenantHeader,
+        TenantHeader,
         ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$"),
         ("name" = String, Path, description = "The artifact's name (`completion` holds the result JSON)", pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"),
         ("If-None-Match" = Option<String>, Header, description = "A previous `ETag`: 304 when unchanged"),
@@ -364,9 +321,9 @@ pub async fn cancel_job(
         (status = 200, description = "The artifact's bytes", content_type = "application/octet-stream", body = Vec<u8>,
             headers(("ETag" = String, description = "`\"<sha256 hex>\"`"), ("Content-Length" = u64, description = "The size in bytes"))),
         (status = 304, description = "Not modified (`If-None-Match` matched)"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`, `artifact_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`, `artifact_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_artifact(

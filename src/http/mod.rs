@@ -3,8 +3,10 @@
 
 pub mod errors;
 pub mod extract;
+pub mod feed;
 pub mod first_signal;
 pub mod jobs;
+pub mod model;
 pub mod ops;
 pub mod prefer;
 pub mod runs;
@@ -64,8 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/jobs/{jobId}/artifacts/{name}").get(jobs::get_artifact))
     .service(web::resource("/healthz").get(ops::healthz))
     .service(web::resource("/readyz").get(ops::readyz))
-    .service(web::resource("/metrics").get(ops::metrics))
-    .service(web::resource("/openapi.json").get(crate::openapi::serve));
+    .service(web::resource("/metrics").get(ops::metrics));
 }
 
 /// Unknown path: 404 problem+json (the app's default service).

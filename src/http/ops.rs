@@ -2,19 +2,69 @@
 //! and `{prefix}/packs`.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
+use super::errors::Problem;
+use super::extract::{Tenant, TenantHeader};
+use crate::packs::Pack;
 use crate::AppState;
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    /// Why the store is unreachable (only when `unavailable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET {prefix}/packs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PackList {
+    #[schema(value_type = Vec<PackInfo>)]
+    pub packs: Vec<Pack>,
+}
+
+/// The schema of a [`Pack`] as served. `Pack` is the pack file's own type
+/// (`src/packs.rs`, outside the HTTP layer), so this one stands in for it
+/// in the document.
+#[derive(Serialize, ToSchema)]
+pub struct PackInfo {
+    pub name: String,
+    pub description: String,
+    pub executor: PackExecutor,
+    #[schema(value_type = Vec<Object>)]
+    pub steps: Vec<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PackExecutor {
+    Builtin,
+    Remote,
+}
 
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "ops",
     summary = "Liveness: the process is up",
-    responses((status = 200, description = "Up", body = crate::openapi::Health)),
+    responses((status = 200, description = "Up", body = Health)),
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+    })
 }
 
 #[utoipa::path(
@@ -23,16 +73,21 @@ pub async fn healthz() -> HttpResponse {
     tag = "ops",
     summary = "Readiness: the store is reachable",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\"}`", body = crate::openapi::Readiness),
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = Readiness),
         (status = 503, description = "`{\"status\": \"unavailable\", \"detail\": …}`",
-            body = crate::openapi::Readiness),
+            body = Readiness),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "detail": format!("store unreachable: {e}")})),
+        Ok(()) => HttpResponse::Ok().json(Readiness {
+            status: "ready".into(),
+            detail: None,
+        }),
+        Err(e) => HttpResponse::ServiceUnavailable().json(Readiness {
+            status: "unavailable".into(),
+            detail: Some(format!("store unreachable: {e}")),
+        }),
     }
 }
 
@@ -65,18 +120,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     path = "/api/v1/orchestrator/packs",
     tag = "ops",
     summary = "The declared packs",
-    params(crate::openapi::TenantHeader),
+    params(TenantHeader),
     responses(
-        (status = 200, description = "Every declared pack", body = crate::openapi::PackList),
-        (status = 400, description = "`invalid_tenant`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Every declared pack", body = PackList),
+        (status = 400, description = "`invalid_tenant`", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 /// Packs are server-wide, but like every API request this one names its
 /// tenant (SPEC §2), so that token authentication can gate it later.
-pub async fn packs(
-    _tenant: crate::http::extract::Tenant,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let packs: Vec<_> = state.packs.all().collect();
-    HttpResponse::Ok().json(json!({"packs": packs}))
+pub async fn packs(_tenant: Tenant, state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(PackList {
+        packs: state.packs.all().cloned().collect(),
+    })
 }

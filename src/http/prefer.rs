@@ -13,7 +13,7 @@ use runsignal_actors::{Filter, RunKey, StreamKind, SubscribeReply, Unsubscribe, 
 use tokio::sync::mpsc;
 
 use super::errors::ApiError;
-use super::streams::subscribe;
+use super::feed::subscribe;
 use crate::store::JobRecord;
 use crate::AppState;
 

@@ -3,12 +3,17 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use runsignal_actors::RunKey;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::errors::ApiError;
-use super::extract::{page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant};
-use crate::store::{parse_run_cursor, rfc3339, NewRun, RunQuery, RunRecord, TimelineQuery};
+use super::errors::{ApiError, Problem};
+use super::extract::{
+    page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant, TenantHeader,
+};
+use super::feed::history;
+use super::model::run::{Run, RunList, RunStatus, Timeline};
+use crate::store::{parse_run_cursor, NewRun, RunQuery, TimelineQuery};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -22,18 +27,6 @@ pub struct CreateRun {
     /// Free-form labels.
     #[schema(value_type = Option<Object>)]
     pub labels: Option<Map<String, Value>>,
-}
-
-pub fn run_json(run: &RunRecord) -> Value {
-    json!({
-        "runId": run.run_id,
-        "name": run.name,
-        "labels": serde_json::from_str::<Value>(&run.labels).unwrap_or_else(|_| json!({})),
-        "status": run.status,
-        "lastSeq": run.last_seq,
-        "createdAt": rfc3339(run.created_at),
-        "updatedAt": rfc3339(run.updated_at),
-    })
 }
 
 /// The request's path prefix (`/api/v1/orchestrator` or `/api/v1/jobengine`).
@@ -50,15 +43,15 @@ fn prefix(req: &HttpRequest) -> &str {
     path = "/api/v1/orchestrator/runs",
     tag = "runs",
     summary = "Create a run",
-    params(crate::openapi::TenantHeader),
+    params(TenantHeader),
     request_body = CreateRun,
     responses(
-        (status = 201, description = "Run created", body = crate::openapi::Run,
+        (status = 201, description = "Run created", body = Run,
             headers(("Location" = String, description = "`{prefix}/runs/{runId}` of the new run"))),
-        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`run_exists`: a run with this runId already exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`run_exists`: a run with this runId already exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_run(
@@ -88,7 +81,7 @@ pub async fn create_run(
             header::LOCATION,
             format!("{}/runs/{}", prefix(&req), run_id),
         ))
-        .json(run_json(&run)))
+        .json(Run::from(&run)))
 }
 
 #[utoipa::path(
@@ -97,14 +90,14 @@ pub async fn create_run(
     tag = "runs",
     summary = "Get a run",
     params(
-        crate::openapi::TenantHeader,
+        TenantHeader,
         ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
     ),
     responses(
-        (status = 200, description = "The run", body = crate::openapi::Run),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The run", body = Run),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's run)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_run(
@@ -114,7 +107,7 @@ pub async fn get_run(
 ) -> Result<HttpResponse, ApiError> {
     let run_id = run_id(&path)?;
     let run = state.store.get_run(&tenant.0, &run_id).await?;
-    Ok(HttpResponse::Ok().json(run_json(&run)))
+    Ok(HttpResponse::Ok().json(Run::from(&run)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -127,7 +120,7 @@ struct ListRuns {
     /// `next` of the previous page.
     cursor: Option<String>,
     /// Only runs in this status.
-    #[param(value_type = Option<crate::openapi::RunStatus>)]
+    #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
 }
 
@@ -138,11 +131,11 @@ const RUN_STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "c
     path = "/api/v1/orchestrator/runs",
     tag = "runs",
     summary = "List runs, newest first",
-    params(crate::openapi::TenantHeader, ListRuns),
+    params(TenantHeader, ListRuns),
     responses(
-        (status = 200, description = "A page of runs", body = crate::openapi::RunList),
-        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_runs(
@@ -180,8 +173,10 @@ pub async fn list_runs(
             },
         )
         .await?;
-    let runs: Vec<Value> = page.items.iter().map(run_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"runs": runs, "next": page.next})))
+    Ok(HttpResponse::Ok().json(RunList {
+        runs: page.items.iter().map(Run::from).collect(),
+        next: page.next,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -203,15 +198,15 @@ struct TimelineParams {
     tag = "runs",
     summary = "Page the run's event envelopes in seq order",
     params(
-        crate::openapi::TenantHeader,
+        TenantHeader,
         ("runId" = String, Path, format = "uuid", description = "The run's id (any UUID, case-insensitive)"),
         TimelineParams,
     ),
     responses(
-        (status = 200, description = "A page of envelopes", body = crate::openapi::Timeline),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_query`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`run_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of envelopes", body = Timeline),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_query`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn timeline(
@@ -228,14 +223,11 @@ pub async fn timeline(
         limit,
         correlation_id: q.correlation_id,
     };
-    let events = state.store.timeline(&tenant.0, &run_id, &query).await?;
+    let events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
     let next = if events.len() == limit as usize {
         events.last().map(|e| e.seq)
     } else {
         None
     };
-    let body = json!({"events": events, "next": next}).to_string();
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body))
+    Ok(HttpResponse::Ok().json(Timeline { events, next }))
 }

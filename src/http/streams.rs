@@ -1,10 +1,9 @@
 //! Server-Sent Events (SPEC §5.1): `{prefix}/stream/runs/{runId}`,
 //! `{prefix}/stream/jobs/{jobId}`, `{prefix}/stream/pack-runs/{jobId}`.
 //!
-//! A stream subscribes to the run's actor first and learns `live_from`, the
-//! last seq the actor has delivered; a resuming client then gets the events
-//! in `(last id, live_from]` from the store, followed by the live events
-//! (`> live_from`) from its queue: no gap, no duplicate.
+//! Each request opens a [`Subscription`] and replays the stored range before
+//! it with [`Replay`] (both in `feed.rs`, shared with the WebSocket); a pump
+//! task then writes the live events, heartbeats and the final `timeout`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,17 +14,13 @@ use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use runsignal_actors::subscriber::sse_frame;
-use runsignal_actors::SignalView;
-use runsignal_actors::{
-    Delivery, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
-    Unsubscribe, Wire,
-};
+use runsignal_actors::{Delivery, RunActor, StreamKind, Unsubscribe, Wire};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::errors::{ApiError, ErrorCode};
+use super::errors::{ApiError, Problem};
 use super::extract::{job_id, parse_query, run_id, CorrelationId, Tenant};
-use crate::store::TimelineQuery;
+use super::feed::{stream_filter, Replay, Subscription};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -39,35 +34,6 @@ pub struct StreamParams {
     pub correlation_id: Option<String>,
     /// Tenant for clients that cannot set headers (EventSource).
     pub tenant: Option<String>,
-}
-
-/// The filter and resume point a stream request asks for.
-pub fn stream_filter(
-    kind: StreamKind,
-    events: Option<&str>,
-    correlation_id: Option<String>,
-) -> Result<Filter, ApiError> {
-    let mut filter = Filter::new(kind);
-    if let Some(list) = events {
-        let names: Vec<String> = list
-            .split(',')
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect();
-        if let Some(bad) = names
-            .iter()
-            .find(|n| !kind.event_names().contains(&n.as_str()))
-        {
-            let allowed = kind.event_names().join(", ");
-            return Err(ApiError::field(
-                "events",
-                format!("`{bad}` is not an event of this stream; allowed: {allowed}"),
-            ));
-        }
-        filter.events = Some(names);
-    }
-    filter.correlation_id = correlation_id;
-    Ok(filter)
 }
 
 fn last_event_id(req: &HttpRequest, q: &StreamParams) -> Result<Option<u64>, ApiError> {
@@ -86,139 +52,12 @@ fn last_event_id(req: &HttpRequest, q: &StreamParams) -> Result<Option<u64>, Api
     }
 }
 
-/// Subscribe to the run's actor (retrying once if it stopped meanwhile).
-pub async fn subscribe(
-    state: &AppState,
-    key: &RunKey,
-    filter: Filter,
-    wire: Wire,
-    tx: mpsc::Sender<Delivery>,
-) -> Result<(Addr<RunActor>, SubscribeReply), ApiError> {
-    for _ in 0..2 {
-        let addr = state.engine.supervisor.lookup(key).addr;
-        let msg = Subscribe {
-            filter: filter.clone(),
-            wire,
-            tx: tx.clone(),
-        };
-        if let Ok(reply) = addr.send(msg).await {
-            return Ok((addr, reply));
-        }
-    }
-    Err(ApiError::new(
-        ErrorCode::StoreUnavailable,
-        "the run's actor could not be reached",
-    ))
-}
-
-/// "Not found" for the kind of id a stream names (never "forbidden": a
-/// foreign run or job is as unknown as a missing one).
-pub fn not_found(kind: StreamKind) -> ApiError {
-    match kind {
-        StreamKind::Run => ApiError::new(ErrorCode::RunNotFound, "no such run for this tenant"),
-        StreamKind::Job | StreamKind::PackRun => {
-            ApiError::new(ErrorCode::JobNotFound, "no such job for this tenant")
-        }
-    }
-}
-
-/// One stream's subscription on its run's actor, shared by SSE and
-/// WebSocket: the live queue, where live events start, and where the stream
-/// ends if it already has.
-pub struct Subscription {
-    pub addr: Addr<RunActor>,
-    pub id: u64,
-    pub key: RunKey,
-    /// Events after `live_from`, bounded by `Streams.BufferSize`.
-    pub live: mpsc::Receiver<Delivery>,
-    pub live_from: u64,
-    /// The run's current signal (a run stream's first frame on connect).
-    pub signal: Option<Arc<SignalView>>,
-    /// Seq of the event that ended this stream (`run.completed`, or the
-    /// job's terminal event), if it has ended.
-    pub end: Option<u64>,
-}
-
-impl Subscription {
-    /// Subscribe to the stream `kind` of `id` (a run id, or a job id for job
-    /// and pack-run streams; `filter` already names the job).
-    pub async fn open(
-        state: &AppState,
-        tenant: &str,
-        kind: StreamKind,
-        id: &str,
-        filter: Filter,
-        wire: Wire,
-    ) -> Result<Subscription, ApiError> {
-        let run = match kind {
-            StreamKind::Run => id.to_owned(),
-            StreamKind::Job | StreamKind::PackRun => state.store.get_job(tenant, id).await?.run_id,
-        };
-        let key = RunKey::new(tenant, &run);
-        let (tx, live) = mpsc::channel(state.config.streams.buffer_size);
-        let (addr, reply) = subscribe(state, &key, filter, wire, tx).await?;
-        let (sub, signal, live_from, completed_seq) = match reply {
-            SubscribeReply::Subscribed {
-                id,
-                signal,
-                live_from,
-                completed_seq,
-            } => (id, signal, live_from, completed_seq),
-            SubscribeReply::NotFound => return Err(not_found(kind)),
-            SubscribeReply::LoadFailed(e) => {
-                return Err(ApiError::new(ErrorCode::StoreUnavailable, e.to_string()))
-            }
-        };
-        // For a job, read after subscribing: a job that ends meanwhile is
-        // either seen here or arrives live.
-        let end = match kind {
-            StreamKind::Run => completed_seq,
-            StreamKind::Job | StreamKind::PackRun => {
-                match state.store.job_terminal_seq(tenant, id).await {
-                    Ok(end) => end,
-                    Err(e) => {
-                        addr.do_send(Unsubscribe(sub));
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
-        Ok(Subscription {
-            addr,
-            id: sub,
-            key,
-            live,
-            live_from,
-            signal,
-            end,
-        })
-    }
-
-    /// The stored range to replay before going live, for a client that has
-    /// seen everything up to `after`. `None`: it has seen the end already
-    /// (the subscription is closed; SSE answers 204).
-    pub fn start(&self, after: Option<u64>) -> Option<Option<(u64, u64)>> {
-        match after {
-            Some(after) if self.end.is_some_and(|end| after >= end) => {
-                self.addr.do_send(Unsubscribe(self.id));
-                None
-            }
-            Some(after) => Some(Some((after, self.live_from))),
-            // A fresh connect to an ended stream gets its end, then stops.
-            None => Some(self.end.map(|end| (end - 1, end))),
-        }
-    }
-}
-
 /// Where a new stream starts.
 struct Plan {
-    key: RunKey,
-    kind: StreamKind,
-    filter: Filter,
     /// Sent first (the run stream's current `first_signal` on a fresh connect).
     first: Option<Bytes>,
-    /// Replay `(after, upto]` from the store before going live.
-    replay: Option<(u64, u64)>,
+    /// Stored events to send before going live.
+    replay: Option<Replay>,
 }
 
 #[utoipa::path(
@@ -236,8 +75,8 @@ struct Plan {
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`run_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`run_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn run_stream(
@@ -264,8 +103,8 @@ pub async fn run_stream(
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn job_stream(
@@ -292,8 +131,8 @@ pub async fn job_stream(
         (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found` (also for another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn pack_run_stream(
@@ -342,11 +181,8 @@ async fn sse_stream(
         _ => None,
     };
     let plan = Plan {
-        key: sub.key.clone(),
-        kind,
-        filter,
         first,
-        replay,
+        replay: replay.map(|range| Replay::new(sub.key.clone(), kind, filter, Wire::Sse, range)),
     };
     Ok(open(&state, sub, plan))
 }
@@ -398,8 +234,8 @@ async fn pump(
         if let Some(first) = plan.first {
             out.send(first).await.ok()?;
         }
-        if let Some((after, upto)) = plan.replay {
-            if replay(&state, &plan.key, plan.kind, &plan.filter, after, upto, &out).await? {
+        if let Some(mut stored) = plan.replay {
+            if replay(&state, &mut stored, &out).await? {
                 return Some(End::Done);
             }
         }
@@ -435,41 +271,15 @@ async fn pump(
 }
 
 /// Send the stored events in `(after, upto]` that the stream carries.
-/// `Some(true)`: one of them ended the stream; `None`: the client left.
-async fn replay(
-    state: &AppState,
-    key: &RunKey,
-    kind: StreamKind,
-    filter: &Filter,
-    mut after: u64,
-    upto: u64,
-    out: &mpsc::Sender<Bytes>,
-) -> Option<bool> {
-    const PAGE: u32 = 500;
-    while after < upto {
-        let limit = PAGE.min((upto - after) as u32);
-        let query = TimelineQuery {
-            after,
-            limit,
-            correlation_id: None,
-        };
-        let page = state
-            .store
-            .timeline(&key.tenant, &key.run_id, &query)
-            .await
-            .ok()?;
-        if page.is_empty() {
-            break;
-        }
-        for envelope in page {
-            after = envelope.seq;
-            let event = Published::from_stored(envelope);
-            if let Some(name) = filter.matches(&event.envelope) {
-                for frame in event.frames(kind, Wire::Sse, name).iter() {
-                    out.send(frame.clone()).await.ok()?;
-                }
+/// `Some(true)`: one of them ended the stream; `None`: the client left (or
+/// the store failed).
+async fn replay(state: &AppState, replay: &mut Replay, out: &mpsc::Sender<Bytes>) -> Option<bool> {
+    while !replay.done() {
+        for delivery in replay.next_page(state).await.ok()? {
+            for frame in delivery.frames.iter() {
+                out.send(frame.clone()).await.ok()?;
             }
-            if filter.closes_on(&event.envelope) {
+            if delivery.closes {
                 return Some(true);
             }
         }

@@ -6,12 +6,13 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use runsignal_actors::JobState;
 use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
-use super::errors::{ApiError, ErrorCode};
-use super::extract::{job_id, CorrelationId, JsonBody, Tenant};
-use super::jobs::job_json;
+use super::errors::{ApiError, ErrorCode, Problem};
+use super::extract::{job_id, CorrelationId, JsonBody, Tenant, TenantHeader};
+use super::model::job::{Job, JobArtifact};
+use super::model::worker::{LeaseGrant, LeasedJob, LeasedJobState, LogStreamName};
 use crate::artifacts::{self, NewArtifact, Source};
 use crate::packs::ExecutorKind;
 use crate::store::{
@@ -60,15 +61,15 @@ fn in_range(
     tag = "workers",
     summary = "Lease queued jobs of remote packs",
     description = "Two workers never hold the same job. With `waitSeconds`, waits for a job to be queued.",
-    params(crate::openapi::TenantHeader),
+    params(TenantHeader),
     request_body = LeaseBody,
     responses(
         (status = 200, description = "The leased jobs; an empty list when nothing is available",
-            body = crate::openapi::LeaseGrant),
-        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`unknown_pack`: undeclared, or run by the built-in executor", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+            body = LeaseGrant),
+        (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`: undeclared, or run by the built-in executor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn lease(
@@ -116,7 +117,8 @@ pub async fn lease(
         let interest = state.engine.queued.interest(Some(&tenant.0), &req.packs);
         let jobs = state.store.lease_jobs(&tenant.0, &req).await?;
         if !jobs.is_empty() || Instant::now() >= deadline {
-            return Ok(HttpResponse::Ok().json(json!({"jobs": jobs})));
+            let jobs = jobs.into_iter().map(LeasedJob::from).collect();
+            return Ok(HttpResponse::Ok().json(LeaseGrant { jobs }));
         }
         tokio::select! {
             _ = interest.wait() => {}
@@ -143,7 +145,7 @@ fn default_blocked() -> BlockedChange {
 pub enum LogEntry {
     Line(String),
     Full {
-        #[schema(value_type = crate::openapi::LogStreamName)]
+        #[schema(value_type = LogStreamName)]
         stream: LogStream,
         line: String,
     },
@@ -180,15 +182,15 @@ const MAX_LOG_LINES: usize = 1000;
     path = "/api/v1/orchestrator/jobs/{jobId}/progress",
     tag = "workers",
     summary = "Report progress (extends the lease)",
-    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
     request_body = ProgressBody,
     responses(
-        (status = 200, description = "The job, with its lease id", body = crate::openapi::LeasedJobState),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job, with its lease id", body = LeasedJobState),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn progress(
@@ -243,13 +245,7 @@ pub async fn progress(
         correlation_id: corr.0,
     };
     let job = state.store.report_progress(&tenant.0, &id, &report).await?;
-    Ok(HttpResponse::Ok().json(lease_json(&job)))
-}
-
-fn lease_json(job: &crate::store::JobRecord) -> Value {
-    let mut v = job_json(job);
-    v["leaseId"] = json!(job.lease_id);
-    v
+    Ok(HttpResponse::Ok().json(LeasedJobState::from(&job)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -337,16 +333,16 @@ fn completion_artifacts(
     path = "/api/v1/orchestrator/jobs/{jobId}/complete",
     tag = "workers",
     summary = "Complete a leased job (→ done)",
-    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
     request_body = CompleteBody,
     responses(
-        (status = 200, description = "The done job", body = crate::openapi::Job),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field` (an artifact's name, content type or base64)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`: the body (uploads included) exceeds `Server.MaxBodyBytes`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "`internal`: the artifacts could not be written", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The done job", body = Job),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field` (an artifact's name, content type or base64)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: the body (uploads included) exceeds `Server.MaxBodyBytes`", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "`internal`: the artifacts could not be written", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn complete(
@@ -373,16 +369,8 @@ pub async fn complete(
             tracing::error!(job = %id, error = %e, "writing artifacts failed");
             ApiError::new(ErrorCode::Internal, "artifacts could not be stored")
         })?;
-    let listed: Vec<Value> = stored
-        .iter()
-        .map(|a| {
-            let mut v = a.event_json(&id);
-            if let Some(m) = v.as_object_mut() {
-                m.remove("content_base64");
-            }
-            v
-        })
-        .collect();
+    // As `GET /jobs/{id}` lists them: without the event's inline bytes.
+    let listed = stored.iter().map(|a| JobArtifact::stored(&id, a)).collect();
     let done = Completion {
         lease_id: body.lease_id,
         result: body.result,
@@ -390,9 +378,7 @@ pub async fn complete(
         artifacts: stored,
     };
     let job = state.store.complete_job(&tenant.0, &id, &done).await?;
-    let mut v = job_json(&job);
-    v["artifacts"] = Value::Array(listed);
-    Ok(HttpResponse::Ok().json(v))
+    Ok(HttpResponse::Ok().json(Job::new(&job).with_artifacts(listed)))
 }
 
 /// Log line range that explains the failure (1 <= start <= end).
@@ -424,15 +410,15 @@ pub struct FailBody {
     path = "/api/v1/orchestrator/jobs/{jobId}/fail",
     tag = "workers",
     summary = "Fail a leased job (→ failed, or queued again when retryable)",
-    params(crate::openapi::TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
     request_body = FailBody,
     responses(
-        (status = 200, description = "The job", body = crate::openapi::Job),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`job_not_found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job", body = Job),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_body`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`lease_lost`: stale or foreign `leaseId`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn fail(
@@ -471,5 +457,5 @@ pub async fn fail(
         correlation_id: corr.0,
     };
     let job = state.store.fail_job(&tenant.0, &id, &failure).await?;
-    Ok(HttpResponse::Ok().json(job_json(&job)))
+    Ok(HttpResponse::Ok().json(Job::new(&job)))
 }

@@ -26,11 +26,15 @@ use super::*;
 pub struct Pending {
     runs: Vec<(RunKey, RunRow, bool)>,
     events: Vec<Arc<Published>>,
+    /// Jobs as they will be written (inserted or updated), by id.
+    jobs: Vec<JobRecord>,
 }
 
 impl Pending {
-    /// Write the events and the changed run rows (one statement each).
+    /// Write the jobs, the changed run rows and the events (one statement
+    /// each, whatever the batch's size).
     pub async fn flush(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
+        self.flush_jobs(tx).await?;
         if !self.events.is_empty() {
             tx.insert_events(&self.events).await?;
         }
@@ -48,8 +52,20 @@ impl Pending {
         Ok(())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && !self.runs.iter().any(|(_, _, d)| *d)
+    /// Write the jobs only: before a read that selects jobs by state
+    /// (leases, the expiry sweep), which must see them.
+    pub async fn flush_jobs(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
+        if !self.jobs.is_empty() {
+            tx.upsert_jobs(&self.jobs).await?;
+            self.jobs.clear();
+        }
+        Ok(())
+    }
+
+    fn job(&self, tenant: &str, job_id: &str) -> Option<&JobRecord> {
+        self.jobs
+            .iter()
+            .find(|j| j.job_id == job_id && j.tenant_id == tenant)
     }
 }
 
@@ -63,7 +79,9 @@ pub struct Op<'t> {
     /// and the earlier state of the runs it changed.
     runs_before: usize,
     events_before: usize,
+    jobs_before: usize,
     saved: Vec<(usize, RunRow, bool)>,
+    saved_jobs: Vec<(usize, JobRecord)>,
     /// Runs this write created: they have no jobs but its own.
     created: Vec<RunKey>,
     committed: Committed,
@@ -88,63 +106,63 @@ impl<'t> Op<'t> {
     async fn apply(&mut self, cmd: &Cmd) -> StoreResult<Done> {
         let op = self;
         let done = match cmd {
-        Cmd::CreateRun { tenant, new } => Done::Run(op.create_run(tenant, new).await?),
-        Cmd::Submit { tenant, new } => {
-            let (job, created) = op.submit(tenant, new).await?;
-            Done::Submitted(job, created)
-        }
-        Cmd::Cancel { tenant, job_id, .. } => Done::Job(op.cancel(tenant, job_id).await?),
-        Cmd::Lease { tenant, req } => Done::Leased(op.lease(tenant.as_deref(), req).await?),
-        Cmd::Progress {
-            tenant,
-            job_id,
-            report,
-        } => Done::Job(op.progress(tenant, job_id, report).await?),
-        Cmd::Complete {
-            tenant,
-            job_id,
-            done,
-        } => Done::Job(op.complete(tenant, job_id, done).await?),
-        Cmd::Fail {
-            tenant,
-            job_id,
-            failure,
-        } => Done::Job(op.fail(tenant, job_id, failure).await?),
-        Cmd::SweepLeases { now_ms } => Done::Count(op.sweep(*now_ms).await? as u64),
-        Cmd::ExpireWorkerLeases { worker_id } => {
-            let now = op.now;
-            Done::Count(op.tx.expire_worker_leases(worker_id, now - 1).await?)
-        }
-        Cmd::ClaimWebhooks { now_ms, limit } => {
-            Done::Claimed(op.tx.claim_deliveries(*now_ms, *limit).await?)
-        }
-        Cmd::FinishWebhook { id, outcome } => {
-            let now = op.now;
-            op.tx.finish_delivery(*id, outcome, now).await?;
-            Done::Unit
-        }
-        Cmd::ResetSendingWebhooks => Done::Count(op.tx.reset_sending().await?),
-        Cmd::PutSnapshot {
-            tenant,
-            run_id,
-            seq,
-            signal,
-        } => {
-            let now = op.now;
-            op.tx
-                .put_snapshot(tenant, run_id, *seq as i64, signal, now)
-                .await?;
-            Done::Unit
-        }
-        Cmd::Prune { cutoff_ms, limit } => {
-            let runs = op.tx.prunable_runs(*cutoff_ms, *limit).await?;
-            let mut files = Vec::new();
-            for (tenant, run) in &runs {
-                files.extend(op.tx.delete_run(tenant, run).await?);
+            Cmd::CreateRun { tenant, new } => Done::Run(op.create_run(tenant, new).await?),
+            Cmd::Submit { tenant, new } => {
+                let (job, created) = op.submit(tenant, new).await?;
+                Done::Submitted(job, created)
             }
-            let keys = runs.iter().map(|(t, r)| RunKey::new(t, r)).collect();
-            Done::Pruned(keys, files)
-        }
+            Cmd::Cancel { tenant, job_id, .. } => Done::Job(op.cancel(tenant, job_id).await?),
+            Cmd::Lease { tenant, req } => Done::Leased(op.lease(tenant.as_deref(), req).await?),
+            Cmd::Progress {
+                tenant,
+                job_id,
+                report,
+            } => Done::Job(op.progress(tenant, job_id, report).await?),
+            Cmd::Complete {
+                tenant,
+                job_id,
+                done,
+            } => Done::Job(op.complete(tenant, job_id, done).await?),
+            Cmd::Fail {
+                tenant,
+                job_id,
+                failure,
+            } => Done::Job(op.fail(tenant, job_id, failure).await?),
+            Cmd::SweepLeases { now_ms } => Done::Count(op.sweep(*now_ms).await? as u64),
+            Cmd::ExpireWorkerLeases { worker_id } => {
+                let now = op.now;
+                Done::Count(op.tx.expire_worker_leases(worker_id, now - 1).await?)
+            }
+            Cmd::ClaimWebhooks { now_ms, limit } => {
+                Done::Claimed(op.tx.claim_deliveries(*now_ms, *limit).await?)
+            }
+            Cmd::FinishWebhook { id, outcome } => {
+                let now = op.now;
+                op.tx.finish_delivery(*id, outcome, now).await?;
+                Done::Unit
+            }
+            Cmd::ResetSendingWebhooks => Done::Count(op.tx.reset_sending().await?),
+            Cmd::PutSnapshot {
+                tenant,
+                run_id,
+                seq,
+                signal,
+            } => {
+                let now = op.now;
+                op.tx
+                    .put_snapshot(tenant, run_id, *seq as i64, signal, now)
+                    .await?;
+                Done::Unit
+            }
+            Cmd::Prune { cutoff_ms, limit } => {
+                let runs = op.tx.prunable_runs(*cutoff_ms, *limit).await?;
+                let mut files = Vec::new();
+                for (tenant, run) in &runs {
+                    files.extend(op.tx.delete_run(tenant, run).await?);
+                }
+                let keys = runs.iter().map(|(t, r)| RunKey::new(t, r)).collect();
+                Done::Pruned(keys, files)
+            }
         };
         Ok(done)
     }
@@ -154,6 +172,8 @@ impl<'t> Op<'t> {
             tx,
             runs_before: pending.runs.len(),
             events_before: pending.events.len(),
+            jobs_before: pending.jobs.len(),
+            saved_jobs: Vec::new(),
             pending,
             now: now_ms(),
             correlation_id: correlation_id.to_owned(),
@@ -170,6 +190,87 @@ impl<'t> Op<'t> {
         for (i, row, dirty) in self.saved.drain(..) {
             self.pending.runs[i] = (self.pending.runs[i].0.clone(), row, dirty);
         }
+        self.pending.jobs.truncate(self.jobs_before);
+        for (i, job) in self.saved_jobs.drain(..) {
+            self.pending.jobs[i] = job;
+        }
+    }
+
+    /// The job as this batch has it: its pending version, else the row
+    /// (locked for this transaction).
+    async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
+        if let Some(job) = self.pending.job(tenant, job_id) {
+            return Ok(job.clone());
+        }
+        self.tx
+            .job(tenant, job_id)
+            .await?
+            .ok_or(StoreError::JobNotFound)
+    }
+
+    /// The tenant's job holding `key`, as this batch has it.
+    async fn job_by_idempotency_key(
+        &mut self,
+        tenant: &str,
+        key: &str,
+    ) -> StoreResult<Option<JobRecord>> {
+        let pending = self
+            .pending
+            .jobs
+            .iter()
+            .find(|j| j.tenant_id == tenant && j.idempotency_key.as_deref() == Some(key));
+        if let Some(job) = pending {
+            return Ok(Some(job.clone()));
+        }
+        let Some(job) = self.tx.job_by_idempotency_key(tenant, key).await? else {
+            return Ok(None);
+        };
+        // The row may be older than this batch's version (its key freed).
+        match self.pending.job(tenant, &job.job_id) {
+            Some(newer) if newer.idempotency_key.as_deref() != Some(key) => Ok(None),
+            _ => Ok(Some(job)),
+        }
+    }
+
+    /// Record the job as it will be written at the end of the batch.
+    fn put_job(&mut self, job: &JobRecord) {
+        match self
+            .pending
+            .jobs
+            .iter()
+            .position(|j| j.job_id == job.job_id)
+        {
+            Some(i) => {
+                if i < self.jobs_before && !self.saved_jobs.iter().any(|(k, _)| *k == i) {
+                    self.saved_jobs.push((i, self.pending.jobs[i].clone()));
+                }
+                self.pending.jobs[i] = job.clone();
+            }
+            None => self.pending.jobs.push(job.clone()),
+        }
+    }
+
+    /// Every job of the run as this batch has it, oldest first.
+    async fn run_jobs(&mut self, tenant: &str, run: &str) -> StoreResult<Vec<JobRecord>> {
+        let key = RunKey::new(tenant, run);
+        let mut jobs = if self.created.contains(&key) {
+            Vec::new()
+        } else {
+            self.tx.run_jobs(tenant, run).await?
+        };
+        for job in jobs.iter_mut() {
+            if let Some(newer) = self.pending.job(tenant, &job.job_id) {
+                *job = newer.clone();
+            }
+        }
+        for p in &self.pending.jobs {
+            let ours = p.tenant_id == tenant && p.run_id == run;
+            if ours && !jobs.iter().any(|j| j.job_id == p.job_id) {
+                jobs.push(p.clone());
+            }
+        }
+        jobs.sort_by(|a, b| (a.created_at, &a.job_id).cmp(&(b.created_at, &b.job_id)));
+        Ok(jobs)
     }
 
     /// Index of the run's row in the batch, reading (and locking) it once
@@ -192,7 +293,9 @@ impl<'t> Op<'t> {
             .run_row(tenant, run)
             .await?
             .ok_or(StoreError::RunNotFound)?;
-        self.pending.runs.push((RunKey::new(tenant, run), row, false));
+        self.pending
+            .runs
+            .push((RunKey::new(tenant, run), row, false));
         Ok(self.pending.runs.len() - 1)
     }
 
@@ -250,25 +353,10 @@ impl<'t> Op<'t> {
     /// Re-derive the run's signal and status; append `signal.changed` and
     /// `run.completed` when they changed.
     async fn refresh_run(&mut self, tenant: &str, run: &str) -> StoreResult<()> {
-        self.refresh_run_with(tenant, run, None).await
-    }
-
-    /// [`Op::refresh_run`], given the run's jobs when this write created the
-    /// run (so they are exactly the ones it inserted: no need to read them).
-    async fn refresh_run_with(
-        &mut self,
-        tenant: &str,
-        run: &str,
-        known_jobs: Option<Vec<JobRecord>>,
-    ) -> StoreResult<()> {
         // The run row first: its lock orders concurrent writers of the run,
         // so the jobs read next include every committed change before ours.
         let i = self.run(tenant, run).await?;
-        let key = RunKey::new(tenant, run);
-        let jobs = match known_jobs {
-            Some(jobs) if self.created.contains(&key) => jobs,
-            _ => self.tx.run_jobs(tenant, run).await?,
-        };
+        let jobs = self.run_jobs(tenant, run).await?;
         let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
         if let Some(signal) = derive(run, &facts) {
             let etag = signal.etag();
@@ -304,12 +392,16 @@ impl<'t> Op<'t> {
         Ok(())
     }
 
+    /// Create a run. `deferred`: a run only this write can know of (a fresh
+    /// id, no name, no labels) is not inserted now but with the batch's run
+    /// rows at its end (foreign keys to it are checked at commit).
     async fn insert_run(
         &mut self,
         tenant: &str,
         run_id: &str,
         name: Option<&str>,
         labels: &Value,
+        deferred: bool,
     ) -> StoreResult<RunRecord> {
         let mut run = RunRecord {
             tenant_id: tenant.to_owned(),
@@ -321,7 +413,7 @@ impl<'t> Op<'t> {
             created_at: self.now,
             updated_at: self.now,
         };
-        if !self.tx.insert_run(&run).await? {
+        if !deferred && !self.tx.insert_run(&run).await? {
             return Err(StoreError::RunExists);
         }
         let row = RunRow {
@@ -331,9 +423,11 @@ impl<'t> Op<'t> {
             status: run.status.clone(),
             completed_seq: None,
             updated_at: self.now,
+            created_at: self.now,
         };
-        self.pending.runs.push((RunKey::new(tenant, run_id), row, false));
-        self.created.push(RunKey::new(tenant, run_id));
+        let key = RunKey::new(tenant, run_id);
+        self.pending.runs.push((key.clone(), row, deferred));
+        self.created.push(key);
         let payload = json!({"name": name, "labels": labels});
         run.last_seq = self
             .append(tenant, run_id, None, types::RUN_CREATED, payload)
@@ -342,19 +436,20 @@ impl<'t> Op<'t> {
     }
 
     async fn create_run(&mut self, tenant: &str, new: &NewRun) -> StoreResult<RunRecord> {
-        self.insert_run(tenant, &new.run_id, new.name.as_deref(), &new.labels)
+        let (name, labels) = (new.name.as_deref(), &new.labels);
+        self.insert_run(tenant, &new.run_id, name, labels, false)
             .await
     }
 
     async fn submit(&mut self, tenant: &str, new: &NewJob) -> StoreResult<(JobRecord, bool)> {
         if let Some(key) = &new.idempotency_key {
-            if let Some(mut job) = self.tx.job_by_idempotency_key(tenant, key).await? {
+            if let Some(mut job) = self.job_by_idempotency_key(tenant, key).await? {
                 if job.created_at > self.now - new.idempotency_window_ms {
                     return Ok((job, false));
                 }
                 // Past the window the key is free again.
                 job.idempotency_key = None;
-                self.tx.save_job(&job).await?;
+                self.put_job(&job);
             }
         }
         let run_id = match &new.run_id {
@@ -364,12 +459,13 @@ impl<'t> Op<'t> {
             }
             None => {
                 let run_id = uuid::Uuid::new_v4().to_string();
-                self.insert_run(tenant, &run_id, None, &json!({})).await?;
+                self.insert_run(tenant, &run_id, None, &json!({}), true)
+                    .await?;
                 run_id
             }
         };
         let job = JobRecord::queued(tenant, &run_id, new, self.now);
-        self.tx.insert_job(&job).await?;
+        self.put_job(&job);
         let payload =
             json!({"state": "queued", "previousState": null, "attempt": 0, "pack": new.pack});
         self.webhook(&job, "queued", None, 0, &payload).await?;
@@ -417,7 +513,7 @@ impl<'t> Op<'t> {
             job.updated_at = self.now;
             job.state_changed_at = self.now;
             job.blocked_reason = None;
-            self.tx.save_job(&job).await?;
+            self.put_job(&job);
             let payload = json!({"state": "loading", "previousState": "queued", "attempt": job.attempt,
                                  "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
             self.webhook(&job, "loading", Some("queued"), job.attempt, &payload)
@@ -579,17 +675,10 @@ impl<'t> Op<'t> {
             let error = ("lease_expired", message.as_str());
             self.fail_or_retry(&mut job, true, error, None, None)
                 .await?;
-            self.tx.save_job(&job).await?;
+            self.put_job(&job);
             self.refresh_run(&job.tenant_id, &job.run_id).await?;
         }
         Ok(expired.len())
-    }
-
-    async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
-        self.tx
-            .job(tenant, job_id)
-            .await?
-            .ok_or(StoreError::JobNotFound)
     }
 
     /// The job, if `lease_id` is its current lease and it is still running.
@@ -609,7 +698,7 @@ impl<'t> Op<'t> {
 
     /// The end of every job write: save the job, re-derive its run.
     async fn settle(&mut self, job: JobRecord) -> StoreResult<JobRecord> {
-        self.tx.save_job(&job).await?;
+        self.put_job(&job);
         self.refresh_run(&job.tenant_id, &job.run_id).await?;
         Ok(job)
     }

@@ -8,15 +8,17 @@
 //! single writer needs neither. A macro rather than generics: sqlx's
 //! executor bounds over two databases would say less than the SQL does.
 
-/// Decode one stored timeline event (the only place this happens).
-pub fn decode_event(json: &str) -> Option<runsignal_actors::Envelope> {
-    match serde_json::from_str(json) {
-        Ok(envelope) => Some(envelope),
-        Err(e) => {
-            tracing::error!(error = %e, "a stored event does not decode; skipped");
-            None
-        }
-    }
+use super::{StoreError, StoreResult};
+
+/// Decode one stored timeline event (the only place this happens). An
+/// event that does not decode is a store failure, as a typed read of the
+/// row would be: skipping it would break "no gap", and passing it on would
+/// break the answer's JSON.
+pub fn decode_event(json: &str) -> StoreResult<runsignal_actors::Envelope> {
+    serde_json::from_str(json).map_err(|e| {
+        tracing::error!(error = %e, "a stored event is not an envelope");
+        StoreError::Database(sqlx::Error::Decode(Box::new(e)))
+    })
 }
 
 macro_rules! sql_backend {
@@ -57,24 +59,27 @@ macro_rules! sql_backend {
             }
 
             async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>> {
-                let row: Option<(i64, Option<String>, Option<i64>, String, Option<i64>, i64)> =
-                    sqlx::query_as(concat!(
-                        "SELECT last_seq, signal_etag, signal_seq, status, completed_seq, updated_at
-                           FROM runs WHERE tenant_id = $1 AND run_id = $2",
-                        $lock
-                    ))
-                    .bind(tenant)
-                    .bind(run_id)
-                    .fetch_optional(&mut *self.tx)
-                    .await?;
-                Ok(row.map(|(last_seq, signal_etag, signal_seq, status, completed_seq, updated_at)| RunRow {
-                    last_seq,
-                    signal_etag,
-                    signal_seq,
-                    status,
-                    completed_seq,
-                    updated_at,
-                }))
+                type Row = (i64, Option<String>, Option<i64>, String, Option<i64>, i64, i64);
+                let row: Option<Row> = sqlx::query_as(concat!(
+                    "SELECT last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at
+                       FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                    $lock
+                ))
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(
+                    |(last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at)| RunRow {
+                        last_seq,
+                        signal_etag,
+                        signal_seq,
+                        status,
+                        completed_seq,
+                        updated_at,
+                        created_at,
+                    },
+                ))
             }
 
             async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool> {
@@ -98,10 +103,9 @@ macro_rules! sql_backend {
 
             async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
                 self.writes += 1;
-                // An upsert so that many rows go in one statement; every row
-                // exists already (read or inserted in this transaction), so
-                // only the update part runs: `created_at` is a placeholder
-                // the insert part requires.
+                // An upsert so that many rows go in one statement: the runs
+                // a submit created (no name, no labels) are inserted here,
+                // the others exist and only their changed columns are set.
                 for chunk in rows.chunks(1000) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO runs (tenant_id, run_id, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at) ",
@@ -115,7 +119,7 @@ macro_rules! sql_backend {
                             .push_bind(row.status.clone())
                             .push_bind(row.completed_seq)
                             .push_bind(row.updated_at)
-                            .push_bind(row.updated_at);
+                            .push_bind(row.created_at);
                     });
                     q.push(
                         " ON CONFLICT (tenant_id, run_id) DO UPDATE SET last_seq = excluded.last_seq,
@@ -164,72 +168,51 @@ macro_rules! sql_backend {
                 .await?)
             }
 
-            async fn insert_job(&mut self, j: &JobRecord) -> StoreResult<()> {
+            async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()> {
                 self.writes += 1;
-                sqlx::query(
-                    "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, attempt, max_attempts,
-                                       correlation_id, idempotency_key, webhook_url, log_lines,
-                                       created_at, updated_at, state_changed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(&j.job_id)
-                .bind(&j.tenant_id)
-                .bind(&j.run_id)
-                .bind(&j.pack)
-                .bind(&j.inputs)
-                .bind(&j.state)
-                .bind(j.attempt)
-                .bind(j.max_attempts)
-                .bind(&j.correlation_id)
-                .bind(&j.idempotency_key)
-                .bind(&j.webhook_url)
-                .bind(j.log_lines)
-                .bind(j.created_at)
-                .bind(j.updated_at)
-                .bind(j.state_changed_at)
-                .execute(&mut *self.tx)
-                .await?;
-                Ok(())
-            }
-
-            async fn save_job(&mut self, j: &JobRecord) -> StoreResult<()> {
-                self.writes += 1;
-                sqlx::query(
-                    "UPDATE jobs SET state = $1, blocked_reason = $2, attempt = $3, lease_id = $4,
-                         lease_worker = $5, lease_until = $6, lease_seconds = $7, stage = $8, step = $9,
-                         step_index = $10, message = $11, percent = $12, log_lines = $13, result = $14,
-                         error_code = $15, error_message = $16, failure_start = $17, failure_end = $18,
-                         idempotency_key = $19, updated_at = $20, state_changed_at = $21,
-                         started_at = $22, finished_at = $23, step_started_at = $24
-                     WHERE job_id = $25",
-                )
-                .bind(&j.state)
-                .bind(&j.blocked_reason)
-                .bind(j.attempt)
-                .bind(&j.lease_id)
-                .bind(&j.lease_worker)
-                .bind(j.lease_until)
-                .bind(j.lease_seconds)
-                .bind(&j.stage)
-                .bind(&j.step)
-                .bind(j.step_index)
-                .bind(&j.message)
-                .bind(j.percent)
-                .bind(j.log_lines)
-                .bind(&j.result)
-                .bind(&j.error_code)
-                .bind(&j.error_message)
-                .bind(j.failure_start)
-                .bind(j.failure_end)
-                .bind(&j.idempotency_key)
-                .bind(j.updated_at)
-                .bind(j.state_changed_at)
-                .bind(j.started_at)
-                .bind(j.finished_at)
-                .bind(j.step_started_at)
-                .bind(&j.job_id)
-                .execute(&mut *self.tx)
-                .await?;
+                // 33 parameters a row: 500 rows stay under both backends' limits.
+                for chunk in jobs.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, blocked_reason, attempt, max_attempts, lease_id, lease_worker, lease_until, lease_seconds, stage, step, step_index, message, percent, log_lines, result, error_code, error_message, failure_start, failure_end, correlation_id, idempotency_key, webhook_url, created_at, updated_at, state_changed_at, started_at, finished_at, step_started_at) ",
+                    );
+                    q.push_values(chunk, |mut b, j| {
+                        b.push_bind(j.job_id.clone())
+                            .push_bind(j.tenant_id.clone())
+                            .push_bind(j.run_id.clone())
+                            .push_bind(j.pack.clone())
+                            .push_bind(j.inputs.clone())
+                            .push_bind(j.state.clone())
+                            .push_bind(j.blocked_reason.clone())
+                            .push_bind(j.attempt)
+                            .push_bind(j.max_attempts)
+                            .push_bind(j.lease_id.clone())
+                            .push_bind(j.lease_worker.clone())
+                            .push_bind(j.lease_until)
+                            .push_bind(j.lease_seconds)
+                            .push_bind(j.stage.clone())
+                            .push_bind(j.step.clone())
+                            .push_bind(j.step_index)
+                            .push_bind(j.message.clone())
+                            .push_bind(j.percent)
+                            .push_bind(j.log_lines)
+                            .push_bind(j.result.clone())
+                            .push_bind(j.error_code.clone())
+                            .push_bind(j.error_message.clone())
+                            .push_bind(j.failure_start)
+                            .push_bind(j.failure_end)
+                            .push_bind(j.correlation_id.clone())
+                            .push_bind(j.idempotency_key.clone())
+                            .push_bind(j.webhook_url.clone())
+                            .push_bind(j.created_at)
+                            .push_bind(j.updated_at)
+                            .push_bind(j.state_changed_at)
+                            .push_bind(j.started_at)
+                            .push_bind(j.finished_at)
+                            .push_bind(j.step_started_at);
+                    });
+                    q.push(" ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, blocked_reason = excluded.blocked_reason, attempt = excluded.attempt, lease_id = excluded.lease_id, lease_worker = excluded.lease_worker, lease_until = excluded.lease_until, lease_seconds = excluded.lease_seconds, stage = excluded.stage, step = excluded.step, step_index = excluded.step_index, message = excluded.message, percent = excluded.percent, log_lines = excluded.log_lines, result = excluded.result, error_code = excluded.error_code, error_message = excluded.error_message, failure_start = excluded.failure_start, failure_end = excluded.failure_end, idempotency_key = excluded.idempotency_key, updated_at = excluded.updated_at, state_changed_at = excluded.state_changed_at, started_at = excluded.started_at, finished_at = excluded.finished_at, step_started_at = excluded.step_started_at");
+                    q.build().execute(&mut *self.tx).await?;
+                }
                 Ok(())
             }
 
@@ -360,6 +343,8 @@ macro_rules! sql_backend {
                       WHERE d.status = 'pending' AND d.next_attempt_at <= $1
                         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
                                          WHERE e.job_id = d.job_id AND e.id < d.id AND e.status IN ('pending', 'sending'))
+                        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries g
+                                         WHERE g.job_id = d.job_id AND g.status = 'gone')
                       ORDER BY d.next_attempt_at, d.id LIMIT $2",
                     $skip
                 ))
@@ -660,7 +645,7 @@ macro_rules! sql_backend {
                 }
                 q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
                 let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await?;
-                Ok(rows.iter().filter_map(|json| $crate::store::sql::decode_event(json)).collect())
+                rows.iter().map(|json| $crate::store::sql::decode_event(json)).collect()
             }
         }
 

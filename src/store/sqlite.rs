@@ -74,7 +74,12 @@ impl Backend for SqliteBackend {
     }
 
     async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Runs a submit creates are inserted at the end of the batch, after
+        // their jobs: foreign keys are checked at commit (reset by it).
+        sqlx::raw_sql("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await?;
         Ok(Box::new(SqliteTx { tx, writes: 0 }))
     }
 }

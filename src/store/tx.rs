@@ -22,6 +22,7 @@ pub struct RunRow {
     pub status: String,
     pub completed_seq: Option<i64>,
     pub updated_at: i64,
+    pub created_at: i64,
 }
 
 /// A webhook delivery to insert into the outbox.
@@ -66,9 +67,9 @@ pub trait WriteTx: Send {
     ) -> StoreResult<Option<JobRecord>>;
     /// Every job of the run, oldest first.
     async fn run_jobs(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<JobRecord>>;
-    async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()>;
-    /// Write back every mutable column of the job.
-    async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()>;
+    /// Insert the jobs that are new, write back every column of the others
+    /// (one statement).
+    async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()>;
     /// Up to `limit` queued jobs of `packs` (of one tenant, or all), oldest
     /// first, locked and skipped by concurrent lessees.
     async fn queued_jobs(

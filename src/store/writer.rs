@@ -128,6 +128,10 @@ impl Cmd {
             | Cmd::Complete { job_id, .. }
             | Cmd::Fail { job_id, .. } => Some(job_id),
             Cmd::PutSnapshot { run_id, .. } => Some(run_id),
+            // The outbox's claims and outcomes in one lane, one at a time.
+            Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {
+                Some("outbox")
+            }
             _ => None,
         }
     }
@@ -189,7 +193,13 @@ impl Writer {
         let mut tasks = Vec::new();
         for lane in 0..backend.lanes().max(1) {
             let (tx, rx) = mpsc::channel(LANE_QUEUE);
-            tasks.push(run_lane(backend.clone(), lane, rx, sink.clone(), stats.clone()));
+            tasks.push(run_lane(
+                backend.clone(),
+                lane,
+                rx,
+                sink.clone(),
+                stats.clone(),
+            ));
             lanes.push(tx);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -343,9 +353,17 @@ async fn apply_batch(
             let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
             continue;
         }
-        // Prune deletes runs: what the batch holds for them is written
-        // first, outside the prune's savepoint.
-        if matches!(r.cmd, Cmd::Prune { .. }) {
+        // Writes that select rows by state (leases, the expiry sweep) or
+        // delete runs (prune) need the batch's rows in the tables first:
+        // written here, outside their savepoint.
+        let barrier = matches!(
+            r.cmd,
+            Cmd::Prune { .. }
+                | Cmd::Lease { .. }
+                | Cmd::SweepLeases { .. }
+                | Cmd::ExpireWorkerLeases { .. }
+        );
+        if barrier {
             if let Err(e) = pending.flush(&mut *tx).await {
                 broken = Some(e.to_string());
                 let _ = r.reply.send(Err(e));
