@@ -28,6 +28,12 @@ pub struct Pending {
     events: Vec<Arc<Published>>,
     /// Jobs as they will be written (inserted or updated), by id.
     jobs: Vec<JobRecord>,
+    /// The rows of the runs the batch's job writes name, read (and locked)
+    /// in one query before the batch's first write; older than `runs` and
+    /// `jobs`, which take precedence.
+    prefetched: Vec<(RunKey, RunRow, Vec<JobRecord>)>,
+    /// Artifact rows of completions (nothing in the batch reads them).
+    artifacts: Vec<ArtifactRecord>,
 }
 
 impl Pending {
@@ -35,6 +41,10 @@ impl Pending {
     /// each, whatever the batch's size).
     pub async fn flush(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
         self.flush_jobs(tx).await?;
+        if !self.artifacts.is_empty() {
+            tx.upsert_artifacts(&self.artifacts).await?;
+            self.artifacts.clear();
+        }
         if !self.events.is_empty() {
             tx.insert_events(&self.events).await?;
         }
@@ -62,6 +72,19 @@ impl Pending {
         Ok(())
     }
 
+    /// Read the runs of these jobs ahead, in one query.
+    pub async fn prefetch(&mut self, tx: &mut dyn WriteTx, job_ids: &[String]) -> StoreResult<()> {
+        if !job_ids.is_empty() {
+            self.prefetched = tx.jobs_and_runs(job_ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Forget what was read ahead (rows changed behind the batch's back).
+    pub fn forget_prefetched(&mut self) {
+        self.prefetched.clear();
+    }
+
     fn job(&self, tenant: &str, job_id: &str) -> Option<&JobRecord> {
         self.jobs
             .iter()
@@ -80,10 +103,13 @@ pub struct Op<'t> {
     runs_before: usize,
     events_before: usize,
     jobs_before: usize,
+    artifacts_before: usize,
     saved: Vec<(usize, RunRow, bool)>,
     saved_jobs: Vec<(usize, JobRecord)>,
     /// Runs this write created: they have no jobs but its own.
     created: Vec<RunKey>,
+    /// Runs whose jobs this write already read (with `job_and_run`).
+    read_jobs: Vec<(RunKey, Vec<JobRecord>)>,
     committed: Committed,
 }
 
@@ -173,12 +199,14 @@ impl<'t> Op<'t> {
             runs_before: pending.runs.len(),
             events_before: pending.events.len(),
             jobs_before: pending.jobs.len(),
+            artifacts_before: pending.artifacts.len(),
             saved_jobs: Vec::new(),
             pending,
             now: now_ms(),
             correlation_id: correlation_id.to_owned(),
             saved: Vec::new(),
             created: Vec::new(),
+            read_jobs: Vec::new(),
             committed: Committed::default(),
         }
     }
@@ -191,21 +219,71 @@ impl<'t> Op<'t> {
             self.pending.runs[i] = (self.pending.runs[i].0.clone(), row, dirty);
         }
         self.pending.jobs.truncate(self.jobs_before);
+        self.pending.artifacts.truncate(self.artifacts_before);
         for (i, job) in self.saved_jobs.drain(..) {
             self.pending.jobs[i] = job;
         }
     }
 
     /// The job as this batch has it: its pending version, else the row
-    /// (locked for this transaction).
+    /// (locked for this transaction). Reading the row also reads its run's
+    /// row and jobs in the same query: the write will need them.
     async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
         if let Some(job) = self.pending.job(tenant, job_id) {
             return Ok(job.clone());
         }
-        self.tx
-            .job(tenant, job_id)
+        let prefetched =
+            self.pending.prefetched.iter().find(|(k, _, jobs)| {
+                &*k.tenant == tenant && jobs.iter().any(|j| j.job_id == job_id)
+            });
+        let (row, jobs) = match prefetched {
+            Some((_, row, jobs)) => (row.clone(), jobs.clone()),
+            None => self
+                .tx
+                .job_and_run(tenant, job_id)
+                .await?
+                .ok_or(StoreError::JobNotFound)?,
+        };
+        let job = jobs
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .cloned()
+            .ok_or(StoreError::JobNotFound)?;
+        let key = RunKey::new(tenant, &job.run_id);
+        if !self.pending.runs.iter().any(|(k, _, _)| *k == key) {
+            self.pending.runs.push((key.clone(), row, false));
+        }
+        self.read_jobs.push((key, jobs));
+        Ok(job)
+    }
+
+    /// Up to `req.max` queued jobs of `req.packs` (of one tenant, or all),
+    /// oldest first, as this batch has them: the rows (locked, skipping
+    /// other lessees' locks) that this batch has not changed since, plus
+    /// the jobs this batch queued.
+    async fn queued_jobs(
+        &mut self,
+        tenant: Option<&str>,
+        req: &LeaseRequest,
+    ) -> StoreResult<Vec<JobRecord>> {
+        let wanted = |j: &JobRecord| {
+            tenant.is_none_or(|t| j.tenant_id == t)
+                && j.job_state() == JobState::Queued
+                && req.packs.contains(&j.pack)
+        };
+        // Rows this batch changed may hide candidates: ask for that many more.
+        let limit = req.max + self.pending.jobs.len() as u32;
+        let mut jobs: Vec<JobRecord> = self
+            .tx
+            .queued_jobs(tenant, &req.packs, limit)
             .await?
-            .ok_or(StoreError::JobNotFound)
+            .into_iter()
+            .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
+            .collect();
+        jobs.extend(self.pending.jobs.iter().filter(|j| wanted(j)).cloned());
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        jobs.truncate(req.max as usize);
+        Ok(jobs)
     }
 
     /// The tenant's job holding `key`, as this batch has it.
@@ -253,8 +331,11 @@ impl<'t> Op<'t> {
     /// Every job of the run as this batch has it, oldest first.
     async fn run_jobs(&mut self, tenant: &str, run: &str) -> StoreResult<Vec<JobRecord>> {
         let key = RunKey::new(tenant, run);
+        let read = self.read_jobs.iter().find(|(k, _)| *k == key);
         let mut jobs = if self.created.contains(&key) {
             Vec::new()
+        } else if let Some((_, jobs)) = read {
+            jobs.clone()
         } else {
             self.tx.run_jobs(tenant, run).await?
         };
@@ -465,6 +546,11 @@ impl<'t> Op<'t> {
             }
         };
         let job = JobRecord::queued(tenant, &run_id, new, self.now);
+        if new.idempotency_key.is_some() {
+            // Now, not with the batch: a concurrent submit of the same key
+            // (another lane or node) then fails alone, and is retried.
+            self.tx.insert_job(&job).await?;
+        }
         self.put_job(&job);
         let payload =
             json!({"state": "queued", "previousState": null, "attempt": 0, "pack": new.pack});
@@ -498,11 +584,14 @@ impl<'t> Op<'t> {
         tenant: Option<&str>,
         req: &LeaseRequest,
     ) -> StoreResult<Vec<(String, LeasedJob)>> {
-        let candidates = self.tx.queued_jobs(tenant, &req.packs, req.max).await?;
+        let candidates = self.queued_jobs(tenant, req).await?;
         let until = self.now + i64::from(req.lease_seconds) * 1000;
         let mut leased = Vec::with_capacity(candidates.len());
         let mut runs: Vec<(String, String)> = Vec::new();
-        for mut job in candidates {
+        for job in candidates {
+            // Its run's row and jobs, locked, in one read (the append and
+            // the refresh below need them).
+            let mut job = self.job(&job.tenant_id, &job.job_id).await?;
             job.attempt += 1;
             job.lease_id = Some(new_ulid());
             job.lease_worker = Some(req.worker_id.clone());
@@ -644,7 +733,7 @@ impl<'t> Op<'t> {
                 path: a.path.clone(),
                 created_at: self.now,
             };
-            self.tx.upsert_artifact(&record).await?;
+            self.pending.artifacts.push(record);
             artifacts.push(a.event_json(job_id));
         }
         self.finish_step(&mut job, "succeeded", None).await?;

@@ -21,6 +21,34 @@ pub fn decode_event(json: &str) -> StoreResult<runsignal_actors::Envelope> {
     })
 }
 
+/// A job row with its run's columns (`job_and_run`).
+#[derive(sqlx::FromRow)]
+pub struct JobInRun {
+    #[sqlx(flatten)]
+    pub job: super::JobRecord,
+    run_last_seq: i64,
+    run_signal_etag: Option<String>,
+    run_signal_seq: Option<i64>,
+    run_status: String,
+    run_completed_seq: Option<i64>,
+    run_updated_at: i64,
+    run_created_at: i64,
+}
+
+impl JobInRun {
+    pub(super) fn run_row(&self) -> super::tx::RunRow {
+        super::tx::RunRow {
+            last_seq: self.run_last_seq,
+            signal_etag: self.run_signal_etag.clone(),
+            signal_seq: self.run_signal_seq,
+            status: self.run_status.clone(),
+            completed_seq: self.run_completed_seq,
+            updated_at: self.run_updated_at,
+            created_at: self.run_created_at,
+        }
+    }
+}
+
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal $(,)?) => {
         #[async_trait::async_trait]
@@ -143,6 +171,66 @@ macro_rules! sql_backend {
                 .await?)
             }
 
+            async fn job_and_run(
+                &mut self,
+                tenant: &str,
+                job_id: &str,
+            ) -> StoreResult<Option<(RunRow, Vec<JobRecord>)>> {
+                let rows: Vec<$crate::store::sql::JobInRun> = sqlx::query_as(concat!(
+                    "SELECT j.*, r.last_seq AS run_last_seq, r.signal_etag AS run_signal_etag,
+                            r.signal_seq AS run_signal_seq, r.status AS run_status,
+                            r.completed_seq AS run_completed_seq, r.updated_at AS run_updated_at,
+                            r.created_at AS run_created_at
+                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
+                      WHERE r.tenant_id = $1
+                        AND r.run_id = (SELECT run_id FROM jobs WHERE tenant_id = $1 AND job_id = $2)
+                      ORDER BY j.created_at, j.job_id",
+                    $lock
+                ))
+                .bind(tenant)
+                .bind(job_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                let Some(first) = rows.first() else {
+                    return Ok(None);
+                };
+                let run = first.run_row();
+                Ok(Some((run, rows.into_iter().map(|r| r.job).collect())))
+            }
+
+            async fn jobs_and_runs(
+                &mut self,
+                job_ids: &[String],
+            ) -> StoreResult<Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT j.*, r.last_seq AS run_last_seq, r.signal_etag AS run_signal_etag,
+                            r.signal_seq AS run_signal_seq, r.status AS run_status,
+                            r.completed_seq AS run_completed_seq, r.updated_at AS run_updated_at,
+                            r.created_at AS run_created_at
+                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in job_ids {
+                    list.push_bind(id.clone());
+                }
+                q.push(")) ORDER BY r.tenant_id, r.run_id, j.created_at, j.job_id").push($lock);
+                let rows: Vec<$crate::store::sql::JobInRun> =
+                    q.build_query_as().fetch_all(&mut *self.tx).await?;
+                let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = Vec::new();
+                for row in rows {
+                    let key = runsignal_actors::RunKey::new(&row.job.tenant_id, &row.job.run_id);
+                    match out.last_mut() {
+                        Some((k, _, jobs)) if *k == key => jobs.push(row.job),
+                        _ => {
+                            let run = row.run_row();
+                            out.push((key, run, vec![row.job]));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
             async fn job_by_idempotency_key(
                 &mut self,
                 tenant: &str,
@@ -166,6 +254,10 @@ macro_rules! sql_backend {
                 .bind(run_id)
                 .fetch_all(&mut *self.tx)
                 .await?)
+            }
+
+            async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()> {
+                self.upsert_jobs(std::slice::from_ref(job)).await
             }
 
             async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()> {
@@ -259,25 +351,29 @@ macro_rules! sql_backend {
                 Ok(done.rows_affected())
             }
 
-            async fn upsert_artifact(&mut self, a: &ArtifactRecord) -> StoreResult<()> {
+            async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()> {
                 self.writes += 1;
-                sqlx::query(
-                    "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
-                         content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
-                )
-                .bind(&a.tenant_id)
-                .bind(&a.job_id)
-                .bind(&a.run_id)
-                .bind(&a.name)
-                .bind(a.size)
-                .bind(&a.sha256)
-                .bind(&a.content_type)
-                .bind(&a.path)
-                .bind(a.created_at)
-                .execute(&mut *self.tx)
-                .await?;
+                for chunk in artifacts.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at) ",
+                    );
+                    q.push_values(chunk, |mut b, a| {
+                        b.push_bind(a.tenant_id.clone())
+                            .push_bind(a.job_id.clone())
+                            .push_bind(a.run_id.clone())
+                            .push_bind(a.name.clone())
+                            .push_bind(a.size)
+                            .push_bind(a.sha256.clone())
+                            .push_bind(a.content_type.clone())
+                            .push_bind(a.path.clone())
+                            .push_bind(a.created_at);
+                    });
+                    q.push(
+                        " ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
+                             content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
+                    );
+                    q.build().execute(&mut *self.tx).await?;
+                }
                 Ok(())
             }
 

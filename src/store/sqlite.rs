@@ -21,7 +21,12 @@ use super::*;
 pub struct SqliteBackend {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// Alive while the backend is: the checkpointer stops when it is gone.
+    _alive: std::sync::Arc<()>,
 }
+
+/// How often the WAL is checkpointed, off the write path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 impl SqliteBackend {
     /// Open (creating the file and its directory when missing) and migrate.
@@ -39,16 +44,49 @@ impl SqliteBackend {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
         }
+        // The writer never checkpoints on commit (that would put the copy
+        // to the database file and its fsync on the write path); a
+        // checkpointer connection does, every `CHECKPOINT_EVERY`.
         let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteBackend { reader, writer })
+        let alive = std::sync::Arc::new(());
+        tokio::spawn(checkpoint(checkpointer, std::sync::Arc::downgrade(&alive)));
+        Ok(SqliteBackend {
+            reader,
+            writer,
+            _alive: alive,
+        })
+    }
+}
+
+/// Checkpoint the WAL in the background (PASSIVE: never waits for readers
+/// or the writer) until the backend is dropped.
+async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() {
+            pool.close().await;
+            return;
+        }
+        if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 

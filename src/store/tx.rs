@@ -60,6 +60,19 @@ pub trait WriteTx: Send {
     // Jobs and leases.
     /// The job of the tenant, locked for this transaction.
     async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<Option<JobRecord>>;
+    /// The job's run row and every job of that run (the job among them),
+    /// oldest first, locked: what a write to one job reads, in one query.
+    async fn job_and_run(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+    ) -> StoreResult<Option<(RunRow, Vec<JobRecord>)>>;
+    /// [`WriteTx::job_and_run`] for many jobs at once (a batch's prefetch):
+    /// each run's row and jobs, once per run.
+    async fn jobs_and_runs(
+        &mut self,
+        job_ids: &[String],
+    ) -> StoreResult<Vec<(RunKey, RunRow, Vec<JobRecord>)>>;
     async fn job_by_idempotency_key(
         &mut self,
         tenant: &str,
@@ -67,6 +80,9 @@ pub trait WriteTx: Send {
     ) -> StoreResult<Option<JobRecord>>;
     /// Every job of the run, oldest first.
     async fn run_jobs(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<JobRecord>>;
+    /// Insert one job now (a job with an idempotency key: a concurrent
+    /// writer of the same key fails here, alone, and is retried).
+    async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()>;
     /// Insert the jobs that are new, write back every column of the others
     /// (one statement).
     async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()>;
@@ -82,7 +98,7 @@ pub trait WriteTx: Send {
     async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
     /// End now the leases `worker_id` holds; returns how many.
     async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64>;
-    async fn upsert_artifact(&mut self, artifact: &ArtifactRecord) -> StoreResult<()>;
+    async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()>;
 
     // Timeline.
     async fn insert_events(&mut self, events: &[Arc<Published>]) -> StoreResult<()>;

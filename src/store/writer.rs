@@ -117,6 +117,17 @@ impl Cmd {
         }
     }
 
+    /// The job a job write names (read ahead for the batch).
+    fn job_id(&self) -> Option<String> {
+        match self {
+            Cmd::Cancel { job_id, .. }
+            | Cmd::Progress { job_id, .. }
+            | Cmd::Complete { job_id, .. }
+            | Cmd::Fail { job_id, .. } => Some(job_id.clone()),
+            _ => None,
+        }
+    }
+
     /// Which lane: writes of one run or job share a lane where the key
     /// says so, so they queue instead of contending for row locks.
     fn route(&self) -> Option<&str> {
@@ -347,23 +358,35 @@ async fn apply_batch(
     let mut broken: Option<String> = None;
     // Whether a savepoint is open (the last write succeeded inside it).
     let mut open = false;
+    // The runs of the jobs the batch's writes name, in one read.
+    let job_ids: Vec<String> = batch.iter().filter_map(|r| r.cmd.job_id()).collect();
+    if job_ids.len() > 1 {
+        if let Err(e) = pending.prefetch(&mut *tx, &job_ids).await {
+            let message = e.to_string();
+            let _ = tx.rollback().await;
+            for r in batch {
+                let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
+            }
+            return;
+        }
+    }
     let mut queue: VecDeque<Request> = batch.into();
     while let Some(r) = queue.pop_front() {
         if let Some(message) = &broken {
             let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
             continue;
         }
-        // Writes that select rows by state (leases, the expiry sweep) or
-        // delete runs (prune) need the batch's rows in the tables first:
-        // written here, outside their savepoint.
+        // Writes that select rows by state in SQL (the expiry sweep, a
+        // worker's leases) or delete runs (prune) need the batch's rows in
+        // the tables first: written here, outside their savepoint. (Leases
+        // merge the batch's jobs into their candidates instead.)
         let barrier = matches!(
             r.cmd,
-            Cmd::Prune { .. }
-                | Cmd::Lease { .. }
-                | Cmd::SweepLeases { .. }
-                | Cmd::ExpireWorkerLeases { .. }
+            Cmd::Prune { .. } | Cmd::SweepLeases { .. } | Cmd::ExpireWorkerLeases { .. }
         );
         if barrier {
+            // They change rows behind the batch's back: read them again.
+            pending.forget_prefetched();
             if let Err(e) = pending.flush(&mut *tx).await {
                 broken = Some(e.to_string());
                 let _ = r.reply.send(Err(e));

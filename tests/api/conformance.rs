@@ -338,3 +338,37 @@ async fn a_write_failing_after_it_wrote_rolls_back_only_itself() {
         assert!(f.store.get_job(T, &job.job_id).await.is_ok());
     }
 }
+
+#[actix_web::test]
+async fn jobs_submitted_and_leased_in_one_batch_are_leased_once_each() {
+    let f = fixture().await;
+    let submits = (0..50).map(|_| {
+        let store = f.store.clone();
+        async move { store.submit_job(T, new_job(None)).await.unwrap().0.job_id }
+    });
+    let leases = (0..50).map(|w| {
+        let store = f.store.clone();
+        async move {
+            let req = lease_req(&format!("w{w}"), 1, 600);
+            store.lease_jobs(T, &req).await.unwrap()
+        }
+    });
+    let (submitted, leased) = futures_util::join!(join_all(submits), join_all(leases));
+    let mut ids: Vec<String> = leased.into_iter().flatten().map(|j| j.job_id).collect();
+    // What the concurrent leases did not get, a last lease gets.
+    let rest = f.store.lease_jobs(T, &lease_req("last", 100, 600)).await.unwrap();
+    ids.extend(rest.into_iter().map(|j| j.job_id));
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "none leased twice");
+    let mut ids_sorted = ids.clone();
+    ids_sorted.sort();
+    let mut expected = submitted.clone();
+    expected.sort();
+    assert_eq!(ids_sorted, expected, "every job leased exactly once");
+    for id in &submitted {
+        let job = f.store.get_job(T, id).await.unwrap();
+        assert_eq!(job.state, "loading");
+        let seqs = all_seqs(&f.store, &job.run_id).await;
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
+}
