@@ -13,9 +13,12 @@ use serde_json::Value;
 pub struct CommonArgs {
     /// Database URL. Default: a fresh temporary SQLite file per repetition.
     /// A `postgres://…` URL is passed through as `RUNSIGNAL__Database__Url`
-    /// (the server refuses it until the PostgreSQL store exists).
+    /// (each repetition uses its own tenant on it).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// PostgreSQL: write transactions at once (`Database.WriteLanes`).
+    #[arg(long, default_value_t = 4)]
+    pub write_lanes: u32,
     /// HTTP worker threads of the server.
     #[arg(long, default_value_t = 2)]
     pub server_workers: usize,
@@ -59,6 +62,7 @@ impl Server {
             ("Server__Bind", "127.0.0.1:0".to_owned()),
             ("Server__Workers", common.server_workers.to_string()),
             ("Database__Url", url),
+            ("Database__WriteLanes", common.write_lanes.to_string()),
             ("Logging__Level", "warn".to_owned()),
             ("Artifacts__Dir", format!("{path}/artifacts")),
             ("Executor__WorkspaceDir", format!("{path}/workspaces")),

@@ -60,8 +60,10 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_by_run ON jobs (tenant_id, run_id, created_at);
 CREATE INDEX jobs_by_tenant ON jobs (tenant_id, job_id);
-CREATE INDEX jobs_queued ON jobs (tenant_id, state, pack, job_id);
-CREATE INDEX jobs_queued_any ON jobs (state, pack, job_id);
+-- Queued jobs only (partial): leases of one tenant, and of any tenant (the
+-- built-in executor), find them without walking other states or tenants.
+CREATE INDEX jobs_queued ON jobs (tenant_id, pack, job_id) WHERE state = 'queued';
+CREATE INDEX jobs_queued_any ON jobs (pack, job_id) WHERE state = 'queued';
 CREATE INDEX jobs_leases ON jobs (state, lease_until);
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 

@@ -271,8 +271,20 @@ impl<'t> Op<'t> {
                 && j.job_state() == JobState::Queued
                 && req.packs.contains(&j.pack)
         };
-        // Rows this batch changed may hide candidates: ask for that many more.
-        let limit = req.max + self.pending.jobs.len() as u32;
+        // Rows this batch took out of `queued` still match in the table:
+        // ask for that many more (no more: on PostgreSQL every row the
+        // query returns stays locked to this batch).
+        let hidden = self
+            .pending
+            .jobs
+            .iter()
+            .filter(|j| {
+                tenant.is_none_or(|t| j.tenant_id == t)
+                    && j.job_state() != JobState::Queued
+                    && req.packs.contains(&j.pack)
+            })
+            .count();
+        let limit = req.max + hidden as u32;
         let mut jobs: Vec<JobRecord> = self
             .tx
             .queued_jobs(tenant, &req.packs, limit)
