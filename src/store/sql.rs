@@ -160,17 +160,6 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
-            async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<Option<JobRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT * FROM jobs WHERE tenant_id = $1 AND job_id = $2",
-                    $lock
-                ))
-                .bind(tenant)
-                .bind(job_id)
-                .fetch_optional(&mut *self.tx)
-                .await?)
-            }
-
             async fn job_and_run(
                 &mut self,
                 tenant: &str,

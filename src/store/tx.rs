@@ -58,8 +58,6 @@ pub trait WriteTx: Send {
     async fn save_runs(&mut self, rows: &[(RunKey, RunRow)]) -> StoreResult<()>;
 
     // Jobs and leases.
-    /// The job of the tenant, locked for this transaction.
-    async fn job(&mut self, tenant: &str, job_id: &str) -> StoreResult<Option<JobRecord>>;
     /// The job's run row and every job of that run (the job among them),
     /// oldest first, locked: what a write to one job reads, in one query.
     async fn job_and_run(
