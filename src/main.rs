@@ -94,6 +94,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     open_store(&config, Default::default()).await?;
-    println!("database at {} is migrated", config.database.url);
+    println!(
+        "database at {} is migrated",
+        runsignal::redact(&config.database.url)
+    );
     Ok(())
 }
