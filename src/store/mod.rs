@@ -6,8 +6,8 @@
 //!   run status, which events and outbox rows a change writes), written once
 //!   over the [`tx::WriteTx`] primitives;
 //! - [`writer`]: group commit. Every write is a [`writer::Cmd`] applied in a
-//!   batch (one transaction, one savepoint per write), answered after the
-//!   commit; the writer publishes what the batch committed, in one place;
+//!   batch (one transaction; each write isolated, ADR 0020), answered after
+//!   the commit; the writer publishes what the batch committed, in one place;
 //! - [`sqlite`] and [`postgres`]: the backends. Each implements the
 //!   primitives and the reads (one SQL body, see [`sql`]).
 //!
