@@ -318,7 +318,8 @@ impl<'t> Op<'t> {
         // The row may be older than this batch's version (its key freed).
         match self.pending.job(tenant, &job.job_id) {
             Some(newer) if newer.idempotency_key.as_deref() != Some(key) => Ok(None),
-            _ => Ok(Some(job)),
+            Some(newer) => Ok(Some(newer.clone())),
+            None => Ok(Some(job)),
         }
     }
 
@@ -447,7 +448,8 @@ impl<'t> Op<'t> {
     /// `run.completed` when they changed.
     async fn refresh_run(&mut self, tenant: &str, run: &str) -> StoreResult<()> {
         // The run row first: its lock orders concurrent writers of the run,
-        // so the jobs read next include every committed change before ours.
+        // so the jobs read after it include every committed change before
+        // ours (`job_and_run` and `jobs_and_runs` read in that order too).
         let i = self.run(tenant, run).await?;
         let jobs = self.run_jobs(tenant, run).await?;
         let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
@@ -540,8 +542,10 @@ impl<'t> Op<'t> {
                 if job.created_at > self.now - new.idempotency_window_ms {
                     return Ok((job, false));
                 }
-                // Past the window the key is free again.
+                // Past the window the key is free again: written now, as
+                // the new job's row takes the key in this same write.
                 job.idempotency_key = None;
+                self.tx.upsert_jobs(std::slice::from_ref(&job)).await?;
                 self.put_job(&job);
             }
         }
@@ -576,6 +580,8 @@ impl<'t> Op<'t> {
         )
         .await?;
         self.refresh_run(tenant, &run_id).await?;
+        let queued = (job.tenant_id.clone(), job.pack.clone());
+        self.committed.queued.push(queued);
         Ok((job, true))
     }
 

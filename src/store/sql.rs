@@ -21,34 +21,6 @@ pub fn decode_event(json: &str) -> StoreResult<runsignal_actors::Envelope> {
     })
 }
 
-/// A job row with its run's columns (`job_and_run`).
-#[derive(sqlx::FromRow)]
-pub struct JobInRun {
-    #[sqlx(flatten)]
-    pub job: super::JobRecord,
-    run_last_seq: i64,
-    run_signal_etag: Option<String>,
-    run_signal_seq: Option<i64>,
-    run_status: String,
-    run_completed_seq: Option<i64>,
-    run_updated_at: i64,
-    run_created_at: i64,
-}
-
-impl JobInRun {
-    pub(super) fn run_row(&self) -> super::tx::RunRow {
-        super::tx::RunRow {
-            last_seq: self.run_last_seq,
-            signal_etag: self.run_signal_etag.clone(),
-            signal_seq: self.run_signal_seq,
-            status: self.run_status.clone(),
-            completed_seq: self.run_completed_seq,
-            updated_at: self.run_updated_at,
-            created_at: self.run_created_at,
-        }
-    }
-}
-
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal $(,)?) => {
         #[async_trait::async_trait]
@@ -111,7 +83,6 @@ macro_rules! sql_backend {
             }
 
             async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool> {
-                self.writes += 1;
                 let done = sqlx::query(
                     "INSERT INTO runs (tenant_id, run_id, name, labels, status, last_seq, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -126,7 +97,11 @@ macro_rules! sql_backend {
                 .bind(run.updated_at)
                 .execute(&mut *self.tx)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                let inserted = done.rows_affected() == 1;
+                if inserted {
+                    self.writes += 1;
+                }
+                Ok(inserted)
             }
 
             async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
@@ -165,56 +140,69 @@ macro_rules! sql_backend {
                 tenant: &str,
                 job_id: &str,
             ) -> StoreResult<Option<(RunRow, Vec<JobRecord>)>> {
-                let rows: Vec<$crate::store::sql::JobInRun> = sqlx::query_as(concat!(
-                    "SELECT j.*, r.last_seq AS run_last_seq, r.signal_etag AS run_signal_etag,
-                            r.signal_seq AS run_signal_seq, r.status AS run_status,
-                            r.completed_seq AS run_completed_seq, r.updated_at AS run_updated_at,
-                            r.created_at AS run_created_at
-                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
-                      WHERE r.tenant_id = $1
-                        AND r.run_id = (SELECT run_id FROM jobs WHERE tenant_id = $1 AND job_id = $2)
-                      ORDER BY j.created_at, j.job_id",
-                    $lock
-                ))
-                .bind(tenant)
-                .bind(job_id)
-                .fetch_all(&mut *self.tx)
-                .await?;
-                let Some(first) = rows.first() else {
-                    return Ok(None);
-                };
-                let run = first.run_row();
-                Ok(Some((run, rows.into_iter().map(|r| r.job).collect())))
+                let found = self.jobs_and_runs(&[job_id.to_owned()]).await?;
+                Ok(found
+                    .into_iter()
+                    .find(|(key, _, _)| &*key.tenant == tenant)
+                    .map(|(_, run, jobs)| (run, jobs)))
             }
 
             async fn jobs_and_runs(
                 &mut self,
                 job_ids: &[String],
             ) -> StoreResult<Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)>> {
+                // Two statements, in this order: the run rows first (locked
+                // on PostgreSQL), then their jobs. A jobs read that waited
+                // for a run's lock in the same statement would miss a job
+                // another writer of the run committed meanwhile.
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT j.*, r.last_seq AS run_last_seq, r.signal_etag AS run_signal_etag,
-                            r.signal_seq AS run_signal_seq, r.status AS run_status,
-                            r.completed_seq AS run_completed_seq, r.updated_at AS run_updated_at,
-                            r.created_at AS run_created_at
-                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
-                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
+                    "SELECT tenant_id, run_id, last_seq, signal_etag, signal_seq, status, completed_seq,
+                            updated_at, created_at
+                       FROM runs
+                      WHERE (tenant_id, run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
                 );
                 let mut list = q.separated(", ");
                 for id in job_ids {
                     list.push_bind(id.clone());
                 }
-                q.push(")) ORDER BY r.tenant_id, r.run_id, j.created_at, j.job_id").push($lock);
-                let rows: Vec<$crate::store::sql::JobInRun> =
-                    q.build_query_as().fetch_all(&mut *self.tx).await?;
-                let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = Vec::new();
-                for row in rows {
-                    let key = runsignal_actors::RunKey::new(&row.job.tenant_id, &row.job.run_id);
-                    match out.last_mut() {
-                        Some((k, _, jobs)) if *k == key => jobs.push(row.job),
-                        _ => {
-                            let run = row.run_row();
-                            out.push((key, run, vec![row.job]));
-                        }
+                q.push(")) ORDER BY tenant_id, run_id").push($lock);
+                type Row = (String, String, i64, Option<String>, Option<i64>, String, Option<i64>, i64, i64);
+                let runs: Vec<Row> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                if runs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE (tenant_id, run_id) IN (");
+                let mut list = q.separated(", ");
+                for (tenant, run, ..) in &runs {
+                    list.push("(")
+                        .push_bind_unseparated(tenant.clone())
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(run.clone())
+                        .push_unseparated(")");
+                }
+                q.push(") ORDER BY tenant_id, run_id, created_at, job_id").push($lock);
+                let jobs: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = runs
+                    .into_iter()
+                    .map(|(tenant, run, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at)| {
+                        let row = RunRow {
+                            last_seq,
+                            signal_etag,
+                            signal_seq,
+                            status,
+                            completed_seq,
+                            updated_at,
+                            created_at,
+                        };
+                        (runsignal_actors::RunKey::new(&tenant, &run), row, Vec::new())
+                    })
+                    .collect();
+                for job in jobs {
+                    if let Some((_, _, list)) = out
+                        .iter_mut()
+                        .find(|(k, _, _)| *k.tenant == *job.tenant_id && *k.run_id == *job.run_id)
+                    {
+                        list.push(job);
                     }
                 }
                 Ok(out)

@@ -362,11 +362,8 @@ async fn apply_batch(
     let job_ids: Vec<String> = batch.iter().filter_map(|r| r.cmd.job_id()).collect();
     if job_ids.len() > 1 {
         if let Err(e) = pending.prefetch(&mut *tx, &job_ids).await {
-            let message = e.to_string();
             let _ = tx.rollback().await;
-            for r in batch {
-                let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
-            }
+            give_back(batch, &e, retry);
             return;
         }
     }
@@ -388,9 +385,12 @@ async fn apply_batch(
             // They change rows behind the batch's back: read them again.
             pending.forget_prefetched();
             if let Err(e) = pending.flush(&mut *tx).await {
-                broken = Some(e.to_string());
-                let _ = r.reply.send(Err(e));
-                continue;
+                let _ = tx.rollback().await;
+                let mut all: Vec<Request> = applied.into_iter().map(|(r, _, _)| r).collect();
+                all.push(r);
+                all.extend(queue);
+                give_back(all, &e, retry);
+                return;
             }
         }
         if savepoints {
@@ -439,6 +439,13 @@ async fn apply_batch(
     // The last savepoint needs no release: the commit takes it along.
     if broken.is_none() {
         if let Err(e) = pending.flush(&mut *tx).await {
+            // A lost race (deadlock, …) here is the whole batch's: try it
+            // again; anything else fails it.
+            if e.is_retryable() {
+                let _ = tx.rollback().await;
+                give_back(applied.into_iter().map(|(r, _, _)| r).collect(), &e, retry);
+                return;
+            }
             broken = Some(e.to_string());
         }
     }
@@ -467,6 +474,20 @@ async fn apply_batch(
             sink.publish(committed);
         }
         let _ = r.reply.send(Ok(done));
+    }
+}
+
+/// A batch that could not go on: its writes are queued again (counting a
+/// try) when it lost a race, else answered with the error.
+fn give_back(requests: Vec<Request>, e: &StoreError, retry: &mut VecDeque<Request>) {
+    let message = e.to_string();
+    for mut r in requests {
+        if e.is_retryable() && r.tries < MAX_TRIES {
+            r.tries += 1;
+            retry.push_back(r);
+        } else {
+            let _ = r.reply.send(Err(StoreError::NotCommitted(message.clone())));
+        }
     }
 }
 

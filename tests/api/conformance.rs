@@ -372,3 +372,25 @@ async fn jobs_submitted_and_leased_in_one_batch_are_leased_once_each() {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     }
 }
+
+#[actix_web::test]
+async fn an_idempotency_key_past_its_window_makes_a_new_job() {
+    let f = fixture().await;
+    let mut first = new_job(None);
+    first.idempotency_key = Some("k".into());
+    let (old, created) = f.store.submit_job(T, first).await.unwrap();
+    assert!(created);
+    let mut again = new_job(None);
+    again.idempotency_key = Some("k".into());
+    again.idempotency_window_ms = 0;
+    let (new, created) = f.store.submit_job(T, again).await.unwrap();
+    assert!(created, "past the window the key is free");
+    assert_ne!(new.job_id, old.job_id);
+    let old = f.store.get_job(T, &old.job_id).await.unwrap();
+    assert_eq!(old.idempotency_key, None, "the old job gave the key up");
+    let mut within = new_job(None);
+    within.idempotency_key = Some("k".into());
+    let (same, created) = f.store.submit_job(T, within).await.unwrap();
+    assert!(!created);
+    assert_eq!(same.job_id, new.job_id, "within the window: the new job");
+}

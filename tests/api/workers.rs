@@ -244,9 +244,17 @@ async fn long_poll_lease_wakes_when_a_job_is_queued() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         app.submit_job(None).await
     };
+    let started = std::time::Instant::now();
     let (jobs, (job, _)) = futures_util::join!(lease, submit);
     assert_eq!(jobs.len(), 1, "the waiting lease got the new job");
     assert_eq!(jobs[0]["jobId"], job);
+    // Woken by the submit, not by its 20 s deadline (a generous bound for a
+    // busy machine; the wake-up itself is immediate).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the lease waited {:?}: the submit did not wake it",
+        started.elapsed()
+    );
     let empty = app
         .lease(json!({"workerId": "w", "packs": ["external"], "waitSeconds": 0}))
         .await;
