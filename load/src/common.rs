@@ -191,6 +191,24 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Nothing yet, for a phase that took `elapsed`.
+    pub fn empty(elapsed: Duration) -> anyhow::Result<Measured> {
+        Ok(Measured {
+            ok: 0,
+            elapsed,
+            hist: histogram()?,
+            errors: Errors::default(),
+        })
+    }
+
+    /// Add one connection's share of the phase.
+    pub fn add(&mut self, hist: Histogram<u64>, errors: Errors, ok: usize) -> anyhow::Result<()> {
+        self.hist.add(hist)?;
+        self.errors.merge(errors);
+        self.ok += ok;
+        Ok(())
+    }
+
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }

@@ -142,19 +142,12 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         let loops =
             (0..args.concurrency.max(1)).map(|w| client_loop(&client, &server, w, deadline));
         let results = futures_util::future::join_all(loops).await;
-        let mut m = Measured {
-            ok: 0,
-            elapsed: started.elapsed(),
-            hist: common::histogram()?,
-            errors: Errors::default(),
-        };
+        let mut m = Measured::empty(started.elapsed())?;
         let mut submitted = Vec::new();
         let mut empty = 0;
         for r in results {
             let (one, ids, e) = r?;
-            m.hist.add(one.hist)?;
-            m.errors.merge(one.errors);
-            m.ok += one.ok;
+            m.add(one.hist, one.errors, one.ok)?;
             submitted.extend(ids);
             empty += e;
         }

@@ -113,17 +113,10 @@ async fn measure(
         anyhow::Ok((hist, errors, ok))
     });
     let results = futures_util::future::join_all(loops).await;
-    let mut m = Measured {
-        ok: 0,
-        elapsed: started.elapsed(),
-        hist: common::histogram()?,
-        errors: Errors::default(),
-    };
+    let mut m = Measured::empty(started.elapsed())?;
     for r in results {
         let (hist, errors, ok) = r?;
-        m.hist.add(hist)?;
-        m.errors.merge(errors);
-        m.ok += ok;
+        m.add(hist, errors, ok)?;
     }
     Ok(m)
 }

@@ -75,17 +75,10 @@ async fn measure(
     });
     let results = futures_util::future::join_all(loops).await;
     let elapsed = started.elapsed();
-    let mut m = Measured {
-        ok: 0,
-        elapsed,
-        hist: common::histogram()?,
-        errors: Errors::default(),
-    };
+    let mut m = Measured::empty(elapsed)?;
     for r in results {
         let (hist, errors, ok) = r?;
-        m.hist.add(hist)?;
-        m.errors.merge(errors);
-        m.ok += ok;
+        m.add(hist, errors, ok)?;
     }
     Ok(m)
 }
