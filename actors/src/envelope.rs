@@ -131,9 +131,17 @@ impl Envelope {
 }
 
 /// RFC 8785 canonical JSON of any serializable value.
+///
+/// Panics on a number JCS cannot write (one past the double range, such as
+/// `1e400`, which `serde_json` keeps as written): values from clients are
+/// checked with [`try_canonical_json`] where they enter the service.
 pub fn canonical_json<T: Serialize>(value: &T) -> String {
-    // JCS fails only on non-finite floats, which serde_json values never hold.
-    serde_json_canonicalizer::to_string(value).expect("canonical JSON of a JSON value")
+    try_canonical_json(value).expect("canonical JSON of a checked JSON value")
+}
+
+/// RFC 8785 canonical JSON, or why the value has none.
+pub fn try_canonical_json<T: Serialize>(value: &T) -> Result<String, String> {
+    serde_json_canonicalizer::to_string(value).map_err(|e| e.to_string())
 }
 
 /// Lowercase hex SHA-256 of the canonical JSON of `value`.

@@ -83,6 +83,11 @@ impl Server {
         })
     }
 
+    /// Calls into the store since the server started.
+    pub fn store_calls(&self) -> u64 {
+        self.state.queries.get()
+    }
+
     pub async fn stop(self) {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = self.state.store.writer().stats();

@@ -18,6 +18,7 @@ use clap::Parser;
 mod common;
 mod fanout;
 mod lifecycle;
+mod longpoll;
 mod progress;
 mod submit;
 use hdrhistogram::Histogram;
@@ -38,6 +39,8 @@ enum Cli {
     Progress(progress::ProgressArgs),
     /// Write path: whole remote-job cycles (submit, lease, progress, complete).
     Lifecycle(lifecycle::LifecycleArgs),
+    /// Parked long-polling leases: store calls while waiting and per wake-up.
+    Longpoll(longpoll::LongpollArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -351,5 +354,6 @@ fn main() -> anyhow::Result<()> {
         Cli::Submit(args) => on_system(submit::run(args)),
         Cli::Progress(args) => on_system(progress::run(args)),
         Cli::Lifecycle(args) => on_system(lifecycle::run(args)),
+        Cli::Longpoll(args) => on_system(longpoll::run(args)),
     }
 }

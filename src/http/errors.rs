@@ -19,6 +19,7 @@ pub enum ErrorCode {
     InvalidQuery,
     InvalidField,
     PayloadTooLarge,
+    UnsupportedMediaType,
     RunNotFound,
     JobNotFound,
     ArtifactNotFound,
@@ -26,6 +27,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     RunExists,
     LeaseLost,
+    IdempotencyConflict,
     InvalidState,
     UnknownPack,
     UnknownRun,
@@ -76,6 +78,11 @@ impl ErrorCode {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large",
             ),
+            UnsupportedMediaType => (
+                "unsupported_media_type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+            ),
             RunNotFound => ("run_not_found", StatusCode::NOT_FOUND, "Run not found"),
             JobNotFound => ("job_not_found", StatusCode::NOT_FOUND, "Job not found"),
             ArtifactNotFound => (
@@ -91,6 +98,11 @@ impl ErrorCode {
             ),
             RunExists => ("run_exists", StatusCode::CONFLICT, "Run already exists"),
             LeaseLost => ("lease_lost", StatusCode::CONFLICT, "Lease lost"),
+            IdempotencyConflict => (
+                "idempotency_conflict",
+                StatusCode::CONFLICT,
+                "Idempotency key reused for another request",
+            ),
             InvalidState => (
                 "invalid_state",
                 StatusCode::CONFLICT,
@@ -244,6 +256,13 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseLost => ApiError::new(
                 ErrorCode::LeaseLost,
                 "the leaseId is stale or not this job's current lease",
+            ),
+            StoreError::IdempotencyConflict(field) => ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                format!(
+                    "this idempotency_key was used within its window for a job with a \
+                     different {field}; use a new key for a different request"
+                ),
             ),
             StoreError::InvalidState(state) => ApiError::new(
                 ErrorCode::InvalidState,

@@ -143,6 +143,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .get(actix_web::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let json = is_json(req);
         let mut payload = payload.take();
         Box::pin(async move {
             let too_large = || {
@@ -163,9 +164,36 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 }
                 body.extend_from_slice(&chunk);
             }
+            // No body at all is `invalid_body` below, whatever the type.
+            if !json && !body.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "the body must be sent as Content-Type: application/json",
+                ));
+            }
             parse_json(&body).map(JsonBody)
         })
     }
+}
+
+/// `application/json` or `application/<something>+json`, parameters
+/// allowed. Anything else (`text/plain` is what a cross-site form can send
+/// without a CORS preflight) is refused before the body is read.
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(Ok(value)) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 /// Deserialize, reporting the path of the field that failed.
@@ -193,10 +221,32 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A free-form JSON value from a client (inputs, labels, results) that the
+/// service will hash as canonical JSON (RFC 8785): a number outside the
+/// double range (`1e400`) has no canonical form and is refused here, before
+/// anything is written.
+pub fn canonical_value(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    runsignal_actors::envelope::try_canonical_json(value)
+        .map(drop)
+        .map_err(|e| ApiError::field(field, format!("has no canonical JSON form: {e}")))
+}
+
 /// Query string parsing with problem+json errors.
 pub fn parse_query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))
+}
+
+/// The largest seq a run can reach (seqs are stored as signed 64-bit).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// A seq a client sent (`after`, `lastEventId`): past [`MAX_SEQ`] it is not a
+/// seq at all, and would wrap to a negative number in the store.
+pub fn seq(field: &str, value: u64) -> Result<u64, ApiError> {
+    if value > MAX_SEQ {
+        return Err(ApiError::field(field, format!("must be 0..={MAX_SEQ}")));
+    }
+    Ok(value)
 }
 
 /// A list route's `limit`: `default` when absent, else within `1..=max`.

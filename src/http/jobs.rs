@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::errors::{ApiError, ErrorCode, Problem};
 use super::extract::{
-    job_id, page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant, TenantHeader,
+    canonical_value, job_id, page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant,
+    TenantHeader,
 };
 use super::model::job::{
     Job, JobAccepted, JobArtifact, JobDetail, JobList, JobStateName, JobWebhook,
@@ -106,6 +107,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
             body = JobAccepted,
             headers(("Location" = String, description = "`/jobs/{jobId}`"))),
         (status = 400, description = "`invalid_tenant`, `invalid_body`, `invalid_field`, `invalid_run_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_conflict`: the key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown_pack`; `run_not_found` when `run_id` names no run of the tenant", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
@@ -143,9 +145,11 @@ pub async fn submit_job(
             ));
         }
     }
+    let inputs = Value::Object(body.inputs.unwrap_or_default());
+    canonical_value("inputs", &inputs)?;
     let new = NewJob {
         pack: body.pack,
-        inputs: Value::Object(body.inputs.unwrap_or_default()),
+        inputs,
         run_id,
         correlation_id: body.correlation_id.unwrap_or(corr.0),
         webhook_url: body.state_webhook_url,

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::errors::{ApiError, Problem};
 use super::extract::{
-    page_limit, parse_query, run_id, CorrelationId, JsonBody, Tenant, TenantHeader,
+    canonical_value, page_limit, parse_query, run_id, seq, CorrelationId, JsonBody, Tenant,
+    TenantHeader,
 };
 use super::feed::history;
 use super::model::run::{Run, RunList, RunStatus, Timeline};
@@ -69,10 +70,12 @@ pub async fn create_run(
     if body.name.as_ref().is_some_and(|n| n.len() > 256) {
         return Err(ApiError::field("name", "at most 256 characters"));
     }
+    let labels = Value::Object(body.labels.unwrap_or_default());
+    canonical_value("labels", &labels)?;
     let new = NewRun {
         run_id: run_id.clone(),
         name: body.name,
-        labels: Value::Object(body.labels.unwrap_or_default()),
+        labels,
         correlation_id: corr.0,
     };
     let run = state.store.create_run(&tenant.0, new).await?;
@@ -219,7 +222,7 @@ pub async fn timeline(
     let q: TimelineParams = parse_query(&req)?;
     let limit = page_limit(q.limit, 100, 1000)?;
     let query = TimelineQuery {
-        after: q.after.unwrap_or(0),
+        after: seq("after", q.after.unwrap_or(0))?,
         limit,
         correlation_id: q.correlation_id,
     };

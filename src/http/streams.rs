@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::errors::{ApiError, Problem};
-use super::extract::{job_id, parse_query, run_id, CorrelationId, Tenant};
+use super::extract::{job_id, parse_query, run_id, seq, CorrelationId, Tenant};
 use super::feed::{stream_filter, Replay, Subscription};
 use crate::AppState;
 
@@ -43,12 +43,18 @@ fn last_event_id(req: &HttpRequest, q: &StreamParams) -> Result<Option<u64>, Api
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or(q.last_event_id.clone());
-    match raw.as_deref().map(str::trim) {
+    parse_last_event_id(raw.as_deref())
+}
+
+/// A `Last-Event-ID` (or `lastEventId`): blank is none, else a seq.
+pub fn parse_last_event_id(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match raw.map(str::trim) {
         None | Some("") => Ok(None),
         Some(v) => v
             .parse()
-            .map(Some)
-            .map_err(|_| ApiError::field("lastEventId", "must be a seq (a non-negative integer)")),
+            .map_err(|_| ApiError::field("lastEventId", "must be a seq (a non-negative integer)"))
+            .and_then(|v| seq("lastEventId", v))
+            .map(Some),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::errors::{ApiError, ErrorCode, Problem};
-use super::extract::{job_id, CorrelationId, JsonBody, Tenant, TenantHeader};
+use super::extract::{canonical_value, job_id, CorrelationId, JsonBody, Tenant, TenantHeader};
 use super::model::job::{Job, JobArtifact};
 use super::model::worker::{LeaseGrant, LeasedJob, LeasedJobState, LogStreamName};
 use crate::artifacts::{self, NewArtifact, Source};
@@ -354,6 +354,9 @@ pub async fn complete(
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
     let body = body.0;
+    if let Some(result) = &body.result {
+        canonical_value("result", result)?;
+    }
     let items = completion_artifacts(body.result.as_ref(), body.artifacts)?;
     // Files are written before the completing transaction: check the lease
     // first so a stale completion never overwrites a finished job's files.

@@ -540,6 +540,9 @@ impl<'t> Op<'t> {
         if let Some(key) = &new.idempotency_key {
             if let Some(mut job) = self.job_by_idempotency_key(tenant, key).await? {
                 if job.created_at > self.now - new.idempotency_window_ms {
+                    if let Some(field) = differs(&job, new) {
+                        return Err(StoreError::IdempotencyConflict(field));
+                    }
                     return Ok((job, false));
                 }
                 // Past the window the key is free again: written now, as
@@ -611,7 +614,7 @@ impl<'t> Op<'t> {
             // the refresh below need them).
             let mut job = self.job(&job.tenant_id, &job.job_id).await?;
             job.attempt += 1;
-            job.lease_id = Some(new_ulid());
+            job.lease_id = Some(random_lease_id());
             job.lease_worker = Some(req.worker_id.clone());
             job.lease_until = Some(until);
             job.lease_seconds = Some(i64::from(req.lease_seconds));
@@ -971,5 +974,31 @@ fn run_status(jobs: &[JobRecord]) -> &'static str {
         "canceled"
     } else {
         "succeeded"
+    }
+}
+
+/// A lease id: 128 bits from the OS RNG, hex (SPEC §11). Never derived from
+/// an event id or a clock: a reader of the timeline must not be able to guess
+/// the lease and forge a worker's report.
+pub fn random_lease_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random number generator");
+    hex::encode(bytes)
+}
+
+/// What a retried submit changed, if anything: the same key with another
+/// pack, inputs, webhook or run is a different request, not a retry.
+fn differs(job: &JobRecord, new: &NewJob) -> Option<&'static str> {
+    let inputs: serde_json::Value = serde_json::from_str(&job.inputs).unwrap_or_default();
+    if job.pack != new.pack {
+        Some("pack")
+    } else if inputs != new.inputs {
+        Some("inputs")
+    } else if job.webhook_url != new.webhook_url {
+        Some("state_webhook_url")
+    } else if new.run_id.as_ref().is_some_and(|r| *r != job.run_id) {
+        Some("run_id")
+    } else {
+        None
     }
 }

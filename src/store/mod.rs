@@ -44,6 +44,9 @@ pub enum StoreError {
     LeaseLost,
     #[error("job is {0} and cannot change")]
     InvalidState(String),
+    /// The idempotency key names a job submitted with another request.
+    #[error("idempotency key reused with a different {0}")]
+    IdempotencyConflict(&'static str),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

@@ -23,6 +23,8 @@ const OTHER: &str = "other";
 enum Body {
     Json(Value),
     Raw(Vec<u8>),
+    /// Bytes with this `Content-Type` (`None`: no header at all).
+    Typed(Option<&'static str>, Vec<u8>),
     Empty,
 }
 
@@ -80,6 +82,8 @@ async fn send(app: &TestApp, case: &Case<'_>) -> reqwest::Response {
         Body::Raw(b) => req
             .header("Content-Type", "application/json")
             .body(b.clone()),
+        Body::Typed(Some(kind), b) => req.header("Content-Type", *kind).body(b.clone()),
+        Body::Typed(None, b) => req.body(b.clone()),
         Body::Empty => req,
     };
     req.send()
@@ -279,6 +283,15 @@ async fn malformed_requests_answer_problem_json_and_change_nothing() {
         case("timeline: limit=1001", Method::GET, format!("{timeline}?limit=1001"), Body::Empty, 400, "invalid_field"),
         case("timeline: after=-1", Method::GET, format!("{timeline}?after=-1"), Body::Empty, 400, "invalid_query"),
         case("timeline: after=abc", Method::GET, format!("{timeline}?after=abc"), Body::Empty, 400, "invalid_query"),
+        case("timeline: after=u64::MAX", Method::GET, format!("{timeline}?after=18446744073709551615"), Body::Empty, 400, "invalid_field"),
+        case("timeline: after=i64::MAX+1", Method::GET, format!("{timeline}?after=9223372036854775808"), Body::Empty, 400, "invalid_field"),
+        case("stream: lastEventId=u64::MAX", Method::GET, format!("{ORCH}/stream/runs/{run}?lastEventId=18446744073709551615"), Body::Empty, 400, "invalid_field"),
+        // ---- media type: only JSON bodies (a cross-site form posts text/plain) ----
+        case("submit as text/plain", Method::POST, "/jobs", Body::Typed(Some("text/plain"), br#"{"pack":"external"}"#.to_vec()), 415, "unsupported_media_type"),
+        case("submit without Content-Type", Method::POST, "/jobs", Body::Typed(None, br#"{"pack":"external"}"#.to_vec()), 415, "unsupported_media_type"),
+        case("create run as a form", Method::POST, &runs, Body::Typed(Some("application/x-www-form-urlencoded"), b"{}".to_vec()), 415, "unsupported_media_type"),
+        case("complete as text/plain", Method::POST, &complete, Body::Typed(Some("text/plain;charset=UTF-8"), format!(r#"{{"leaseId":"{lease_id}"}}"#).into_bytes()), 415, "unsupported_media_type"),
+        case("lease as application/jsonx", Method::POST, &lease_path, Body::Typed(Some("application/jsonx"), br#"{"workerId":"w9","packs":["external"]}"#.to_vec()), 415, "unsupported_media_type"),
         case("timeline: unknown key", Method::GET, format!("{timeline}?from=1"), Body::Empty, 400, "invalid_query"),
         case("timeline: snake_case key", Method::GET, format!("{timeline}?correlation_id=x"), Body::Empty, 400, "invalid_query"),
         // ---- lease -------------------------------------------------------------
@@ -435,4 +448,31 @@ async fn malformed_requests_answer_problem_json_and_change_nothing() {
     );
     let (_, new_run) = app.submit_job(None).await;
     assert_ne!(new_run, run);
+}
+
+/// A number JCS cannot write (`1e400` parses, but is past the double range)
+/// used to reach the event hashing in the writer and panic there. It is now
+/// refused where it enters, and the server keeps serving.
+#[actix_rt::test]
+async fn a_number_with_no_canonical_form_is_refused_where_it_enters() {
+    let app = crate::helpers::spawn_app().await;
+    let raw = |path: &str, body: &str| {
+        app.req(Method::POST, path)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    let res = raw("/jobs", r#"{"pack":"external","inputs":{"x":1e400}}"#).await.unwrap();
+    assert_problem(res, 400, "invalid_field").await;
+    let res = raw(&format!("{ORCH}/runs"), r#"{"labels":{"x":[-1e400]}}"#).await.unwrap();
+    assert_problem(res, 400, "invalid_field").await;
+    let (job, _) = app.submit_job(None).await;
+    let lease = app.lease_one().await;
+    let body = format!(r#"{{"leaseId":"{}","result":{{"big":1E+999}}}}"#, lease["leaseId"].as_str().unwrap());
+    let res = raw(&format!("{ORCH}/jobs/{job}/complete"), &body).await.unwrap();
+    assert_problem(res, 400, "invalid_field").await;
+    // Still serving and still writing; big integers are still exact.
+    let done = json!({"leaseId": lease["leaseId"], "result": {"n": 123456789012345678901234567890u128}});
+    assert_eq!(app.worker(&job, "complete", done).await.status(), 200);
+    assert_eq!(app.job(&job).await["result"]["n"].to_string(), "123456789012345678901234567890");
 }

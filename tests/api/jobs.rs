@@ -69,6 +69,39 @@ async fn idempotency_key_returns_the_first_job_per_tenant() {
     assert_ne!(other["job_id"], a["job_id"], "keys are per tenant");
 }
 
+/// The same key with a different request is a client bug, not a retry:
+/// answering the first job would hide it (the second request silently never
+/// runs).
+#[actix_web::test]
+async fn an_idempotency_key_reused_for_a_different_request_is_a_conflict() {
+    let app = spawn_app().await;
+    let first = json!({"pack": "external", "inputs": {"n": 123456789012345678901234567890u128},
+        "idempotency_key": "order-7"});
+    let a: Value = app.submit(first.clone()).await.json().await.unwrap();
+    let run: Value = app.create_run(json!({})).await.json().await.unwrap();
+    let changes = [
+        ("pack", json!({"pack": "demo"})),
+        ("inputs", json!({"inputs": {"n": 123456789012345678901234567891u128}})),
+        ("state_webhook_url", json!({"state_webhook_url": "http://127.0.0.1:9/h"})),
+        ("run_id", json!({"run_id": run["runId"]})),
+    ];
+    for (field, change) in changes {
+        let mut body = first.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(change.as_object().unwrap().clone());
+        let problem = assert_problem(app.submit(body).await, 409, "idempotency_conflict").await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{field}: {problem}"
+        );
+    }
+    let again: Value = app.submit(first.clone()).await.json().await.unwrap();
+    assert_eq!(again["job_id"], a["job_id"], "the same request is still a retry");
+    let list: Value = app.get("/jobs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "nothing written");
+}
+
 #[actix_web::test]
 async fn jobs_join_an_existing_run_and_list_with_filters_and_cursor() {
     let app = spawn_app().await;
@@ -256,4 +289,19 @@ async fn prefer_wait_falls_back_to_202_when_the_job_is_still_running() {
         .unwrap();
     assert_eq!(res.status(), 202, "an invalid preference is ignored");
     assert!(header(&res, "preference-applied").is_empty());
+}
+
+#[actix_web::test]
+async fn json_bodies_are_accepted_with_parameters_and_json_suffixes() {
+    let app = spawn_app().await;
+    for kind in ["application/json; charset=utf-8", "Application/JSON", "application/vnd.acme+json"] {
+        let res = app
+            .req(Method::POST, "/jobs")
+            .header("Content-Type", kind)
+            .body(r#"{"pack":"external"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "{kind}");
+    }
 }

@@ -394,3 +394,40 @@ async fn a_bare_heartbeat_extends_the_lease_without_a_timeline_event() {
         "no event for a heartbeat"
     );
 }
+
+/// SPEC §11: a lease id is random, not derived from the ids a reader sees.
+/// Lease ids used to come from the same monotonic ULID generator as event
+/// ids, so the `job.loading` event id minus one was usually the lease, and a
+/// reader of the timeline could complete the job with forged results.
+#[actix_web::test]
+async fn a_lease_id_cannot_be_guessed_from_the_timeline() {
+    let app = spawn_app().await;
+    let (job, run) = app.submit_job(None).await;
+    let lease_id = app.lease_one().await["leaseId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        lease_id.len() == 32 && lease_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "128 random bits, hex: {lease_id}"
+    );
+    let loading = app
+        .timeline(&run)
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "job.loading")
+        .expect("job.loading event");
+    let seen: ulid::Ulid = loading["eventId"].as_str().unwrap().parse().unwrap();
+    let near = (-3i32..=3).map(|d| ulid::Ulid(seen.0.wrapping_add_signed(d as i128)));
+    for guess in near {
+        let forged = json!({"leaseId": guess.to_string(), "result": {"forged": true}});
+        let res = app.worker(&job, "complete", forged).await;
+        assert_problem(res, 409, "lease_lost").await;
+    }
+    assert_eq!(app.job(&job).await["state"], "loading", "not completed");
+    let other = {
+        let (_, _) = app.submit_job(None).await;
+        app.lease_one().await["leaseId"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(other, lease_id);
+}

@@ -9,6 +9,7 @@ use super::feed::{self, FeedEvent, FeedItem, Opened};
 use super::protocol::{stream_and_id, ServerFrame, SubscribeArgs, UnsubscribeArgs};
 use super::session::{Ctx, Live, Sub, WsSession};
 use crate::http::errors::{ApiError, ErrorCode};
+use crate::http::extract::seq;
 use crate::http::feed::stream_filter;
 
 impl WsSession {
@@ -22,6 +23,9 @@ impl WsSession {
             Ok(f) => f,
             Err(e) => return self.send_error(ctx, &e, Some((kind, &id))),
         };
+        if let Err(e) = args.after.map(|after| seq("after", after)).transpose() {
+            return self.send_error(ctx, &e, Some((kind, &id)));
+        }
         if kind != StreamKind::Run {
             filter.job_id = Some(id.as_str().into());
         }
