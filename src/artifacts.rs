@@ -1,6 +1,10 @@
-//! Job artifacts (SPEC §7, §7.2): files under `Artifacts.Dir/<tenant>/<job_id>/<name>`,
-//! written (temp file, fsync, rename) before the completing transaction
-//! that inserts their metadata rows. See docs/adr/0019-artifacts.md.
+//! Job artifacts (SPEC §7, §7.2, §11): files under
+//! `Artifacts.Dir/<tenant>/<jobId>/<completionId>/<name>`. Each completion
+//! writes its files (fsync) under a directory of its own before the
+//! completing transaction; the rows that commit name them, so only the
+//! committed completion's bytes are ever served. A refused completion's
+//! files are removed at once, a stranded one's by [`sweep_orphans`].
+//! See docs/adr/0019-artifacts.md and docs/adr/0023-artifact-integrity-and-serving.md.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +12,11 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::store::StoreResult;
+
+mod sweep;
+pub use sweep::{sweep_orphans, ORPHAN_GRACE};
 
 /// The artifact that holds a completed job's result JSON.
 pub const COMPLETION: &str = "completion";
@@ -81,38 +90,133 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-/// Write every artifact of a job (blocking I/O off the runtime). A source
-/// file that is missing is skipped with a warning; any other error fails.
+/// A completion's files, written under its own directory and not yet
+/// named by any row: keep them when the completion commits, else
+/// [`Staged::settle`] removes them.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// `<Dir>/<tenant>/<jobId>/<completionId>` (`None`: nothing written).
+    dir: Option<PathBuf>,
+    pub artifacts: Vec<StoredArtifact>,
+}
+
+impl Staged {
+    /// After the completing write: committed → kept; refused (lease lost,
+    /// canceled, not found) → removed now; failed otherwise (the commit's
+    /// outcome is unknown) → left for [`sweep_orphans`], which removes
+    /// them only if no row names them.
+    pub async fn settle<T>(self, outcome: &StoreResult<T>) {
+        match outcome {
+            Ok(_) => {}
+            Err(e) if e.is_refusal() => self.discard().await,
+            Err(e) => {
+                if let Some(dir) = &self.dir {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "completion outcome unknown; its files are left to the orphan sweep");
+                }
+            }
+        }
+    }
+
+    /// Remove the files (best effort).
+    pub async fn discard(self) {
+        let Some(dir) = self.dir else { return };
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing refused artifacts failed");
+            }
+            if let Some(job_dir) = dir.parent() {
+                let _ = std::fs::remove_dir(job_dir); // only when empty
+            }
+        })
+        .await;
+    }
+}
+
+/// Write every artifact of one completion under a fresh
+/// `<root>/<tenant>/<jobId>/<completionId>/` (blocking I/O off the
+/// runtime); every component goes through [`crate::paths::join`]. A source
+/// file that is missing is skipped with a warning; any other error fails
+/// and leaves nothing behind.
 pub async fn store_all(
     root: &str,
     tenant: &str,
     job_id: &str,
     items: Vec<NewArtifact>,
     inline_max: usize,
-) -> std::io::Result<Vec<StoredArtifact>> {
+) -> std::io::Result<Staged> {
     if items.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Staged::default());
     }
-    let dir = std::path::absolute(root)?.join(tenant).join(job_id);
+    let root = std::path::absolute(root)?;
+    let completion_id = runsignal_actors::new_ulid();
+    let dir = crate::paths::join(&root, &[tenant, job_id, &completion_id])?;
     let job_id = job_id.to_owned();
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let mut out = Vec::new();
-        for item in items {
-            match write_one(&dir, &item, inline_max) {
-                Ok(a) => out.push(a),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::warn!(job = %job_id, artifact = %item.name, "declared artifact is missing");
-                }
-                Err(e) => return Err(e),
+        let result = write_all(&root, &dir, &job_id, &items, inline_max);
+        match result {
+            Ok(artifacts) if artifacts.is_empty() => {
+                let _ = std::fs::remove_dir(&dir);
+                Ok(Staged::default())
+            }
+            Ok(artifacts) => Ok(Staged {
+                dir: Some(dir),
+                artifacts,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
             }
         }
-        Ok(out)
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
+fn write_all(
+    root: &Path,
+    dir: &Path,
+    job_id: &str,
+    items: &[NewArtifact],
+    inline_max: usize,
+) -> std::io::Result<Vec<StoredArtifact>> {
+    // A new job directory (and maybe tenant directory) needs its own entry
+    // made durable too.
+    let job_dir = dir.parent().unwrap_or(dir);
+    let new_job_dir = !job_dir.exists();
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for item in items {
+        match write_one(dir, item, inline_max) {
+            Ok(a) => out.push(a),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(job = %job_id, artifact = %item.name, "declared artifact is missing");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(dir);
+    sync_dir(job_dir);
+    if new_job_dir {
+        if let Some(tenant_dir) = job_dir.parent() {
+            sync_dir(tenant_dir);
+        }
+        sync_dir(root);
+    }
+    Ok(out)
+}
+
+/// `fsync` a directory so the entries made in it survive a crash (best
+/// effort: not every platform can open a directory).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Write one file into the completion's own directory: nothing names it
+/// until the completion commits, so it is written in place, hashed while
+/// written, and `fsync`ed.
 fn write_one(dir: &Path, item: &NewArtifact, inline_max: usize) -> std::io::Result<StoredArtifact> {
     let mut reader: Box<dyn Read> = match &item.source {
         Source::Bytes(b) => Box::new(std::io::Cursor::new(b.clone())),
@@ -123,55 +227,39 @@ fn write_one(dir: &Path, item: &NewArtifact, inline_max: usize) -> std::io::Resu
             Box::new(std::fs::File::open(p)?)
         }
     };
-    let target = dir.join(&item.name);
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        item.name,
-        runsignal_actors::new_ulid()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        let mut hasher = Sha256::new();
-        let mut small = Vec::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])?;
-            size += n as u64;
-            if size as usize <= inline_max {
-                small.extend_from_slice(&buf[..n]);
-            }
+    let target = crate::paths::join(dir, &[&item.name])?;
+    let mut file = std::fs::File::create_new(&target)?;
+    let mut hasher = Sha256::new();
+    let mut small = Vec::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
         }
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &target)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        size += n as u64;
+        if size as usize <= inline_max {
+            small.extend_from_slice(&buf[..n]);
         }
-        let inline = (size as usize <= inline_max)
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&small));
-        Ok(StoredArtifact {
-            name: item.name.clone(),
-            size,
-            sha256: hex::encode(hasher.finalize()),
-            content_type: item.content_type.clone(),
-            path: target.display().to_string(),
-            inline,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+    file.sync_all()?;
+    let inline = (size as usize <= inline_max)
+        .then(|| base64::engine::general_purpose::STANDARD.encode(&small));
+    Ok(StoredArtifact {
+        name: item.name.clone(),
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        content_type: item.content_type.clone(),
+        path: target.display().to_string(),
+        inline,
+    })
 }
 
-/// Delete artifact files (after the prune commit), then their job
-/// directories when empty. Best effort.
+/// Delete artifact files (after the prune commit), then their completion
+/// and job directories when empty. Best effort.
 pub async fn remove_files(paths: Vec<String>) {
     if paths.is_empty() {
         return;
@@ -184,17 +272,83 @@ pub async fn remove_files(paths: Vec<String>) {
                     tracing::warn!(path = %p, error = %e, "removing a pruned artifact failed");
                 }
             }
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir); // only when empty
-            }
+            remove_empty_parents(path);
         }
     })
     .await;
 }
 
+/// Remove the file's directory when empty, and its job directory when that
+/// was a completion directory (named by a ULID under a ULID) and is empty
+/// now. Files of the layout before ADR 0023 sit in the job directory.
+fn remove_empty_parents(file: &Path) {
+    let Some(dir) = file.parent() else { return };
+    if std::fs::remove_dir(dir).is_err() {
+        return; // not empty (or gone)
+    }
+    let Some(job_dir) = dir.parent() else { return };
+    let named_by_ulid = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(is_ulid);
+    if named_by_ulid(dir) && named_by_ulid(job_dir) {
+        let _ = std::fs::remove_dir(job_dir);
+    }
+}
+
+/// A canonical ULID (as job and completion ids are written).
+fn is_ulid(s: &str) -> bool {
+    ulid::Ulid::from_string(s).is_ok_and(|u| u.to_string() == s)
+}
+
+/// Whether a stored artifact of this `Content-Type` is shown inline by a
+/// browser (SPEC §11): JSON, plain text and raster images. Everything else
+/// is served as an attachment, SVG and other XML images included (they can
+/// carry script).
+pub fn served_inline(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", "json")) | Some(("text", "plain")) => true,
+        Some(("image", sub)) => !sub.is_empty() && !sub.contains("svg") && !sub.contains("xml"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::{served_inline, valid_name};
+
+    #[test]
+    fn only_json_text_and_raster_images_are_inline() {
+        for inline in [
+            "application/json",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "TEXT/Plain",
+            "image/png",
+            "image/jpeg",
+            " image/gif ",
+        ] {
+            assert!(served_inline(inline), "{inline}");
+        }
+        for attachment in [
+            "text/html",
+            "application/xhtml+xml",
+            "image/svg+xml",
+            "image/svg",
+            "application/octet-stream",
+            "application/javascript",
+            "text/xml",
+            "application/json+evil",
+            "image/",
+            "",
+            "textplain",
+        ] {
+            assert!(!served_inline(attachment), "{attachment}");
+        }
+    }
 
     #[test]
     fn names() {

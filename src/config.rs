@@ -172,7 +172,7 @@ pub struct WebhooksConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct ArtifactsConfig {
     pub inline_max_bytes: usize,
-    /// Artifact files live under `<Dir>/<tenant>/<jobId>/<name>`.
+    /// Artifact files live under `<Dir>/<tenant>/<jobId>/<completionId>/<name>`.
     pub dir: String,
 }
 

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod openapi;
 pub mod packs;
+pub mod paths;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! Background tasks: the lease-expiry sweeper, the snapshot writer and the
-//! cache purge. Each runs on its own interval and publishes what it commits
+//! Background tasks: the lease-expiry sweeper, the snapshot writer, the
+//! cache purge, pruning and the orphan artifact sweep. Each runs on its own interval and publishes what it commits
 //! through the store's writer, like any other write.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ pub fn spawn_all(state: Arc<AppState>) {
     actix_rt::spawn(every(sweep, state.clone(), |s| Box::pin(sweep_leases(s))));
     let prune = Duration::from_secs(state.config.jobs.prune_interval_seconds);
     actix_rt::spawn(every(prune, state.clone(), |s| Box::pin(prune_runs(s))));
+    actix_rt::spawn(sweep_artifacts(state.clone(), prune));
     let sw = &state.config.first_signal.snapshot_writer;
     if sw.enabled {
         let period = Duration::from_secs(sw.poll_interval_seconds);
@@ -83,6 +84,22 @@ pub async fn prune_runs(state: Arc<AppState>) {
                 return;
             }
         }
+    }
+}
+
+/// Remove artifact files no row names (ADR 0023): all of `Artifacts.Dir`
+/// once at start-up, then every `period` the job directories changed
+/// recently enough to hold files that crossed the grace period since.
+async fn sweep_artifacts(state: Arc<AppState>, period: Duration) {
+    use crate::artifacts::{sweep_orphans, ORPHAN_GRACE};
+    let dir = state.config.artifacts.dir.clone();
+    sweep_orphans(&state.store, &dir, ORPHAN_GRACE, None).await;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let since = std::time::SystemTime::now().checked_sub(period + 2 * ORPHAN_GRACE);
+        sweep_orphans(&state.store, &dir, ORPHAN_GRACE, since).await;
     }
 }
 

@@ -78,7 +78,7 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
     let result = json!({"steps": total});
     let items = collect(&pack, &workspace, &result);
     let cfg = &state.config.artifacts;
-    let stored = match artifacts::store_all(
+    let staged = match artifacts::store_all(
         &cfg.dir,
         &reporter.tenant,
         &reporter.job_id,
@@ -87,7 +87,7 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
     )
     .await
     {
-        Ok(stored) => stored,
+        Ok(staged) => staged,
         Err(e) => {
             let message = format!("cannot store the job's artifacts: {e}");
             return fail(&reporter, "artifacts_unavailable", message, None, None).await;
@@ -97,15 +97,16 @@ pub async fn run(state: Arc<AppState>, tenant: String, leased: LeasedJob) {
         lease_id: reporter.lease_id.clone(),
         result: Some(result),
         correlation_id: reporter.correlation_id.clone(),
-        artifacts: stored,
+        artifacts: staged.artifacts.clone(),
     };
-    match state
+    let outcome = state
         .store
         .complete_job(&reporter.tenant, &reporter.job_id, &done)
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::LeaseLost) => {}
+        .await;
+    // Canceled meanwhile (lease lost): the files go with the refusal.
+    staged.settle(&outcome).await;
+    match outcome {
+        Ok(_) | Err(StoreError::LeaseLost) => {}
         Err(e) => {
             tracing::warn!(job = %reporter.job_id, error = %e, "completing a built-in job failed")
         }
@@ -125,16 +126,32 @@ fn collect(pack: &Pack, workspace: &Path, result: &Value) -> Vec<NewArtifact> {
             tracing::warn!(pack = %pack.name, artifact = %decl.name, "artifact name not storable; skipped");
             continue;
         }
+        let Some(path) = inside(workspace, &decl.path) else {
+            tracing::warn!(pack = %pack.name, artifact = %decl.name, "artifact path leaves the workspace; skipped");
+            continue;
+        };
         items.push(NewArtifact {
             name: decl.name.clone(),
             content_type: decl
                 .content_type
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_owned()),
-            source: Source::File(workspace.join(&decl.path)),
+            source: Source::File(path),
         });
     }
     items
+}
+
+/// `<workspace>/<relative>` through the checked join, when it exists and,
+/// links resolved, is still inside the workspace (a step may leave a
+/// symbolic link to anywhere). A missing file stays a missing artifact.
+fn inside(workspace: &Path, relative: &str) -> Option<PathBuf> {
+    let path = crate::paths::join_relative(workspace, relative).ok()?;
+    match (path.canonicalize(), workspace.canonicalize()) {
+        (Ok(real), Ok(root)) => real.starts_with(&root).then_some(real),
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => Some(path),
+        _ => None,
+    }
 }
 
 /// Fail the job (not retryable: a built-in step fails the same way again).
@@ -193,7 +210,7 @@ fn input_env(pack: &Pack, inputs: &Value) -> Result<BTreeMap<String, String>, St
 /// kept after the job for its declared artifacts.
 fn workspace(state: &AppState, job_id: &str) -> std::io::Result<PathBuf> {
     let root = std::path::absolute(&state.config.executor.workspace_dir)?;
-    let dir = root.join(job_id);
+    let dir = crate::paths::join(&root, &[job_id])?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }

@@ -35,8 +35,12 @@ pub struct TenantHeader {
     pub x_tenant_id: String,
 }
 
+/// 1–64 of `[A-Za-z0-9._:-]`, and not `.` or `..`: a tenant id names a
+/// directory under `Artifacts.Dir` (SPEC §11).
 pub fn valid_tenant(t: &str) -> bool {
     (1..=64).contains(&t.len())
+        && t != "."
+        && t != ".."
         && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
 }

@@ -1,7 +1,7 @@
 //! The async job surface `/jobs` (SPEC §7, snake_case bodies).
 
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use runsignal_actors::JobState;
 use serde::Deserialize;
 use serde_json::Value;
@@ -314,7 +314,7 @@ pub async fn cancel_job(
     path = "/jobs/{jobId}/artifacts/{name}",
     tag = "jobs",
     summary = "Download a job artifact",
-    description = "The bytes, streamed from storage, with `Content-Type`, `Content-Length` and a strong `ETag` (the SHA-256 in quotes); `If-None-Match` with it → 304.",
+    description = "The bytes, streamed from storage, with `Content-Type`, `Content-Length` and a strong `ETag` (the SHA-256 in quotes); `If-None-Match` with it → 304. Always `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; `Content-Disposition: attachment` unless the type is `application/json`, `text/plain` or a raster image.",
     params(
         TenantHeader,
         ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$"),
@@ -323,7 +323,10 @@ pub async fn cancel_job(
     ),
     responses(
         (status = 200, description = "The artifact's bytes", content_type = "application/octet-stream", body = Vec<u8>,
-            headers(("ETag" = String, description = "`\"<sha256 hex>\"`"), ("Content-Length" = u64, description = "The size in bytes"))),
+            headers(("ETag" = String, description = "`\"<sha256 hex>\"`"), ("Content-Length" = u64, description = "The size in bytes"),
+                ("X-Content-Type-Options" = String, description = "`nosniff`"),
+                ("Content-Security-Policy" = String, description = "`sandbox`"),
+                ("Content-Disposition" = String, description = "`inline; filename=\"<name>\"` for JSON, plain text and raster images, else `attachment; filename=\"<name>\"`"))),
         (status = 304, description = "Not modified (`If-None-Match` matched)"),
         (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found`, `artifact_not_found`", body = Problem, content_type = "application/problem+json"),
@@ -362,20 +365,41 @@ pub async fn get_artifact(
         .map(str::trim)
         .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str()));
     if matched {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish());
+        let mut res = HttpResponse::NotModified();
+        res.insert_header((header::ETAG, etag));
+        return Ok(sandboxed(res, &artifact.content_type, &name).finish());
     }
     let file = tokio::fs::File::open(&artifact.path).await.map_err(|e| {
         tracing::warn!(job = %id, artifact = %name, error = %e, "artifact file unreadable");
         not_found()
     })?;
     let size = artifact.size as u64;
-    Ok(HttpResponse::Ok()
-        .content_type(artifact.content_type.as_str())
+    let mut res = HttpResponse::Ok();
+    res.content_type(artifact.content_type.as_str())
         .insert_header((header::ETAG, etag))
-        .no_chunking(size)
-        .streaming(file_chunks(file, size)))
+        .no_chunking(size);
+    Ok(sandboxed(res, &artifact.content_type, &name).streaming(file_chunks(file, size)))
+}
+
+/// SPEC §11: a worker chooses an artifact's bytes and type, so a browser
+/// must never run it as the service's page: no sniffing, a sandbox with
+/// no script or same-origin rights, and a download (attachment) for every
+/// type but JSON, plain text and raster images (see
+/// [`crate::artifacts::served_inline`]).
+fn sandboxed(mut res: HttpResponseBuilder, content_type: &str, name: &str) -> HttpResponseBuilder {
+    let disposition = if crate::artifacts::served_inline(content_type) {
+        DispositionType::Inline
+    } else {
+        DispositionType::Attachment
+    };
+    res.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox"))
+        .insert_header(ContentDisposition {
+            disposition,
+            // Artifact names are `[A-Za-z0-9._-]`: a safe filename as is.
+            parameters: vec![DispositionParam::Filename(name.to_owned())],
+        });
+    res
 }
 
 /// The file as a stream of chunks of at most [`crate::artifacts::CHUNK`]

@@ -359,28 +359,36 @@ pub async fn complete(
     }
     let items = completion_artifacts(body.result.as_ref(), body.artifacts)?;
     // Files are written before the completing transaction: check the lease
-    // first so a stale completion never overwrites a finished job's files.
+    // first so a stale completion does not even write them.
     let current = state.store.get_job(&tenant.0, &id).await?;
     let running = matches!(current.job_state(), JobState::Loading | JobState::Working);
     if !running || current.lease_id.as_deref() != Some(body.lease_id.as_str()) {
         return Err(crate::store::StoreError::LeaseLost.into());
     }
+    // Each completion writes under a directory of its own; the rows that
+    // commit name the winner's files, a refused completion's go at once.
     let cfg = &state.config.artifacts;
-    let stored = artifacts::store_all(&cfg.dir, &tenant.0, &id, items, cfg.inline_max_bytes)
+    let staged = artifacts::store_all(&cfg.dir, &tenant.0, &id, items, cfg.inline_max_bytes)
         .await
         .map_err(|e| {
             tracing::error!(job = %id, error = %e, "writing artifacts failed");
             ApiError::new(ErrorCode::Internal, "artifacts could not be stored")
         })?;
     // As `GET /jobs/{id}` lists them: without the event's inline bytes.
-    let listed = stored.iter().map(|a| JobArtifact::stored(&id, a)).collect();
+    let listed = staged
+        .artifacts
+        .iter()
+        .map(|a| JobArtifact::stored(&id, a))
+        .collect();
     let done = Completion {
         lease_id: body.lease_id,
         result: body.result,
         correlation_id: corr.0,
-        artifacts: stored,
+        artifacts: staged.artifacts.clone(),
     };
-    let job = state.store.complete_job(&tenant.0, &id, &done).await?;
+    let outcome = state.store.complete_job(&tenant.0, &id, &done).await;
+    staged.settle(&outcome).await;
+    let job = outcome?;
     Ok(HttpResponse::Ok().json(Job::new(&job).with_artifacts(listed)))
 }
 

@@ -9,6 +9,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod races;
+mod serving;
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -313,8 +316,14 @@ async fn prune_removes_artifact_rows_and_files() {
     .await;
     assert_eq!(res.status(), 200);
     let files = root.join(TENANT).join(&job);
-    assert!(files.join("a.bin").is_file());
-    assert!(files.join("completion").is_file());
+    let mut on_disk = Vec::new();
+    for name in ["a.bin", "completion"] {
+        let row = app.state.store.get_artifact(TENANT, &job, name).await;
+        on_disk.push(std::path::PathBuf::from(row.unwrap().unwrap().path));
+    }
+    let (a, completion) = (&on_disk[0], &on_disk[1]);
+    assert!(a.starts_with(&files) && a.is_file());
+    assert!(completion.starts_with(&files) && completion.is_file());
     assert_eq!(artifact(&app, &job, "a.bin").await.status(), 200);
 
     let cutoff = chrono::Utc::now().timestamp_millis() + 3_600_000;
@@ -330,7 +339,7 @@ async fn prune_removes_artifact_rows_and_files() {
         .await
         .unwrap()
         .is_none());
-    assert!(!files.join("a.bin").exists());
-    assert!(!files.join("completion").exists());
+    assert!(!a.exists());
+    assert!(!completion.exists());
     assert!(!files.exists(), "the empty job directory goes too");
 }
