@@ -105,6 +105,11 @@ proptest! {
         prop_assert_eq!(valid_tenant(&t), rule);
     }
 
+    #[test]
+    fn dot_tenants_are_invalid(dots in prop_oneof![Just("."), Just("..")]) {
+        prop_assert!(!valid_tenant(dots));
+    }
+
     /// A job id is a ULID in any case; it names one job, written upper case.
     #[test]
     fn job_ids_round_trip_and_nothing_else_parses(bits in any::<u128>(), raw in "\\PC{0,30}") {
