@@ -135,10 +135,11 @@ fn add_correlation(op: &mut Operation) {
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(
-            "Carried into the events this request causes; generated when absent \
-             (used only when 1..=128 chars).",
+            "Carried into the events this request causes; 1..=128 visible ASCII \
+             chars. Generated when absent, and when it is not such a value (it is \
+             never refused: a caller's tracing header must not fail its request).",
         ))
-        .schema(Some(string().max_length(Some(128))))
+        .schema(Some(string()))
         .build();
     let params = op.parameters.get_or_insert_with(Vec::new);
     params.push(RefOr::T(param));

@@ -36,8 +36,9 @@ pub struct Pack {
     /// Declared inputs; a built-in step sees each as `INPUT_<NAME>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputDecl>,
-    /// Built-in packs only: the steps, run in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Built-in packs only: the steps, run in order (served as `[]` for a
+    /// remote pack).
+    #[serde(default)]
     pub steps: Vec<Step>,
     /// Declared artifact paths (relative to the job's workspace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -43,8 +43,15 @@ pub struct PackInfo {
     pub name: String,
     pub description: String,
     pub executor: PackExecutor,
+    /// Declared inputs `{"name","required","default"?}`; absent when none.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub inputs: Option<Vec<Value>>,
+    /// The steps of a built-in pack, in order; `[]` for a remote pack.
     #[schema(value_type = Vec<Object>)]
     pub steps: Vec<Value>,
+    /// Declared artifact paths; absent when none.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub artifacts: Option<Vec<Value>>,
 }
 
 #[derive(Serialize, ToSchema)]
