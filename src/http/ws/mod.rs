@@ -56,11 +56,15 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{
+    web, FromRequest as _, HttpMessage as _, HttpRequest, HttpResponse, ResponseError,
+};
 use actix_web_actors::ws;
 
+use super::auth::check_origin;
 use super::errors::{ApiError, ErrorCode, Problem};
-use super::extract::{CorrelationId, Tenant};
+use super::extract::{named_tenant, CorrelationId, Tenant};
+use crate::auth::Principal;
 use crate::AppState;
 use guard::FrameGuard;
 pub use session::WsSession;
@@ -87,21 +91,24 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 )]
 pub async fn socket(
     req: HttpRequest,
-    tenant: Tenant,
     correlation: CorrelationId,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state.config.server.cors)?;
+    // A handshake without any credential (the middleware let it through)
+    // authenticates with its first frame; any other is resolved now.
+    let awaiting = state.auth.enabled() && req.extensions().get::<Principal>().is_none();
+    let tenant = if awaiting {
+        Err(named_tenant(&req)?)
+    } else {
+        Ok(Tenant::extract(&req).await?.0)
+    };
     if let Err(e) = ws::handshake(&req) {
         return Ok(handshake_problem(&e));
     }
     let oversize = Rc::new(Cell::new(false));
-    let session = WsSession::new(
-        state.into_inner(),
-        tenant.0,
-        correlation.0,
-        oversize.clone(),
-    );
+    let session = WsSession::new(state.into_inner(), tenant, correlation.0, oversize.clone());
     let guarded = FrameGuard::new(payload, MAX_FRAME_BYTES as u64, oversize);
     ws::WsResponseBuilder::new(session, &req, guarded)
         .frame_size(MAX_FRAME_BYTES)
