@@ -40,6 +40,14 @@
 //! is dropped by the run actor: the client gets an error frame
 //! `subscription_dropped` carrying `after`, the seq to resume from.
 //!
+//! Access control (SPEC §10, ADR 0021): a handshake from an `Origin` outside
+//! `Server.Cors.AllowedOrigins` → 403. With `Auth.Mode` `token` or `jwt`
+//! the handshake carries `Authorization: Bearer` or `?access_token=`, or no
+//! credential at all: then the first frame must be
+//! `{"op":"auth","token":"…","tenant"?:"…"}` (answered
+//! `{"op":"authenticated","tenant":…}`), and any other frame, a wrong token
+//! or no `auth` within 5 s closes with 4401 (4403: scope or tenant).
+//!
 //! Protocol limits: an RFC 6455 ping every `Streams.HeartbeatIntervalSeconds`,
 //! closed with 1001 when two pings in a row get no pong; frames are limited
 //! to 64 KiB (a larger one closes with 1009, as soon as its header arrives);
@@ -86,6 +94,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
     responses(
         (status = 101, description = "Switching protocols: the socket is open"),
         (status = 400, description = "`invalid_tenant`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`: a wrong credential (none at all: authenticate with the first frame)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`insufficient_scope`, `tenant_forbidden`, `origin_forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
     )
 )]
