@@ -7,6 +7,9 @@
 #   scripts/demo.sh                     # builds with cargo build --release
 #   RUNSIGNAL_BIN=path/to/runsignal scripts/demo.sh
 #   DEMO_DROP_STATE=loading scripts/demo.sh   # drop another state (none: drop nothing)
+#   RUNSIGNAL_TOKEN=rsg_… scripts/demo.sh     # the bearer token to use (else a fresh one)
+# The server runs with Auth.Mode=token: it knows only the token's SHA-256,
+# and every curl sends the token (from a header file, never on a command line).
 # Needs bash, curl and python3. Exit 0 when everything checks out.
 set -euo pipefail
 
@@ -35,6 +38,9 @@ if [[ -n "${RUNSIGNAL_BIN:-}" ]]; then BIN="$RUNSIGNAL_BIN"; else
   cargo build --release --quiet
   BIN="${CARGO_TARGET_DIR:-target}/release/runsignal"
 fi
+TOKEN="${RUNSIGNAL_TOKEN:-$("$BIN" token new --tenant "$TENANT" --scope read,write | sed -n 's/^token: //p')}"
+TOKEN_SHA256="$(printf '%s' "$TOKEN" | python3 -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+printf 'Authorization: Bearer %s\n' "$TOKEN" >"$TMP/auth.header"
 SECRET="whsec_$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(24)).decode())')"
 PORT="$(free_port)"; API="http://127.0.0.1:$PORT"
 RUNSIGNAL__Server__Bind="127.0.0.1:$PORT" \
@@ -42,6 +48,8 @@ RUNSIGNAL__Database__Url="sqlite://$TMP/runsignal.db" \
 RUNSIGNAL__Executor__WorkspaceDir="$TMP/workspaces" \
 RUNSIGNAL__Artifacts__Dir="$TMP/artifacts" \
 RUNSIGNAL__Webhooks__AllowedNetworks__0=127.0.0.0/8 \
+RUNSIGNAL__Auth__Mode=token \
+RUNSIGNAL__Auth__Tokens__0='{"name":"demo","sha256":"'"$TOKEN_SHA256"'","tenants":["'"$TENANT"'"],"scopes":["read","write"]}' \
 RUNSIGNAL__Webhooks__Secrets__0="$SECRET" \
 RUNSIGNAL__Webhooks__RetryScheduleSeconds__0=1 \
 RUNSIGNAL__Webhooks__RetryScheduleSeconds__1=1 \
@@ -89,11 +97,11 @@ wait_http "http://127.0.0.1:$LPORT/" 10
 echo "server $API (tenant $TENANT), webhook listener http://127.0.0.1:$LPORT/hook (drops the first '$DROP_STATE')"
 
 # 3. Submit the demo job with a state webhook.
-JOB_ID="$(curl -sf -X POST "$API/jobs" -H "X-Tenant-Id: $TENANT" -H 'Content-Type: application/json' \
+JOB_ID="$(curl -sf -X POST "$API/jobs" -H @"$TMP/auth.header" -H "X-Tenant-Id: $TENANT" -H 'Content-Type: application/json' \
   -d '{"pack":"demo","inputs":{"name":"runsignal"},"state_webhook_url":"http://127.0.0.1:'"$LPORT"'/hook"}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')"
 echo "submitted job $JOB_ID (pack demo) -- follow it live with:"
-echo "  runsignal watch --url $API --tenant $TENANT $JOB_ID"
+echo "  RUNSIGNAL_TOKEN=… runsignal watch --url $API --tenant $TENANT $JOB_ID"
 
 
 # Show what the listener prints, until it has accepted `done` (each retry
@@ -108,7 +116,7 @@ sleep 0.2; kill "$TAIL" 2>/dev/null || true; wait "$TAIL" 2>/dev/null || true
 #    after 2 attempts, the others after 1, and every signature ok.
 echo "GET /jobs/$JOB_ID:"
 for i in $(seq 50); do
-  curl -sf "$API/jobs/$JOB_ID" -H "X-Tenant-Id: $TENANT" >"$TMP/job.json"
+  curl -sf "$API/jobs/$JOB_ID" -H @"$TMP/auth.header" -H "X-Tenant-Id: $TENANT" >"$TMP/job.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["webhook"]["deliveries"]
 sys.exit(any(x["status"] in ("pending","sending") for x in d))' "$TMP/job.json" && break
   sleep 0.2

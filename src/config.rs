@@ -31,7 +31,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         message: message.into(),
@@ -54,6 +54,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub artifacts: ArtifactsConfig,
     pub logging: LoggingConfig,
+    pub auth: crate::auth::AuthConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +65,21 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    pub cors: CorsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CorsConfig {
+    /// Browser origins allowed to call the API; empty: no CORS headers.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MetricsConfig {
+    /// `/metrics` without the `admin` scope.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,10 +250,22 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.server
+        let bind = self
+            .server
             .bind
             .parse::<SocketAddr>()
             .map_err(|_| invalid("Server.Bind", "must be an address like 127.0.0.1:8080"))?;
+        self.auth.validate(&bind)?;
+        for (i, origin) in self.server.cors.allowed_origins.iter().enumerate() {
+            let ok = url::Url::parse(origin)
+                .is_ok_and(|u| u.origin().ascii_serialization() == origin.as_str());
+            if !ok {
+                return Err(invalid(
+                    &format!("Server.Cors.AllowedOrigins[{i}]"),
+                    format!("`{origin}` is not an origin such as https://app.example.com (scheme, host, optional port; no path)"),
+                ));
+            }
+        }
         positive("Server.MaxBodyBytes", self.server.max_body_bytes as u64)?;
         let url = &self.database.url;
         if !url.starts_with("sqlite:") && !crate::store::postgres::is_postgres_url(url) {

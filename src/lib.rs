@@ -5,6 +5,7 @@
 //! [`Application::run_until_stopped`] serves until a signal stops it.
 
 pub mod artifacts;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub packs: Packs,
     pub queries: Arc<QueryCounter>,
+    /// Checks bearer credentials (`Auth.Mode`); keys loaded at start-up.
+    pub auth: auth::Authenticator,
     /// Turns true when the process is stopping: open streams end cleanly.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -130,6 +133,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let is_default_packs = config.executor.packs_dir == Config::defaults().executor.packs_dir;
         let packs = Packs::load(&config.executor.packs_dir, is_default_packs)?;
+        let auth = auth::Authenticator::from_config(&config.auth)?;
         let queries = Arc::new(QueryCounter::default());
         let store = open_store(&config, queries.clone()).await?;
         let metrics = Arc::new(Metrics::new());
@@ -172,6 +176,7 @@ impl Application {
             metrics,
             packs,
             queries,
+            auth,
             shutdown,
         });
         let app_state = state.clone();
@@ -182,6 +187,8 @@ impl Application {
                     ErrorHandlers::new()
                         .handler(StatusCode::METHOD_NOT_ALLOWED, http::method_not_allowed),
                 )
+                .wrap(from_fn(http::auth::authenticate))
+                .wrap(http::auth::cors(&app_state.config.server.cors))
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
                 // Here, not in `http::routes`: the document is assembled

@@ -32,6 +32,8 @@ enum Command {
     /// Follow a run (UUID) or a job (ULID) live until it ends.
     /// Exit code: 0 succeeded, 1 failed, 2 canceled, 3 error.
     Watch(WatchArgs),
+    /// Bearer tokens for `Auth.Mode = token`: `token new --tenant T --scope read,write`.
+    Token(cli::token::TokenArgs),
 }
 
 #[actix_web::main]
@@ -51,6 +53,16 @@ async fn main() -> std::process::ExitCode {
                 }
             };
         }
+        // Needs no configuration either: it prints one entry of it.
+        Command::Token(args) => {
+            return match cli::token::run(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("runsignal token: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         command => command,
     };
     let config = match Config::load(cli.config.as_deref()) {
@@ -64,7 +76,9 @@ async fn main() -> std::process::ExitCode {
     let result = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
-        Command::Watch(_) => unreachable!("dispatched before the configuration is loaded"),
+        Command::Watch(_) | Command::Token(_) => {
+            unreachable!("dispatched before the configuration is loaded")
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! [`document`] then mirrors each of those path items under
 //! `/api/v1/jobengine` (both prefixes serve the same routes, SPEC §2), and
 //! adds what every route shares: the `X-Correlation-Id` request header and
-//! its echo on every response.
+//! its echo on every response, and the bearer security scheme (SPEC §10:
+//! optional, since `Auth.Mode = none` takes no credential).
 //!
 //! This module only assembles: every schema is derived from the type its
 //! handler serializes (`src/http/model/`, and beside the handlers), and no
@@ -107,7 +108,38 @@ pub fn document() -> utoipa::openapi::OpenApi {
         })
         .collect();
     doc.paths.paths.extend(mirrored);
+    add_bearer(&mut doc);
     doc
+}
+
+/// `Authorization: Bearer` (a static token or a JWT, per `Auth.Mode`), or
+/// nothing (`Auth.Mode = none`); `/healthz`, `/readyz` and this document
+/// need none.
+fn add_bearer(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let scheme = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .bearer_format("static token or JWT")
+        .description(Some(
+            "Required unless Auth.Mode is `none`; stream and WebSocket routes also take              `?access_token=`. 401 `unauthenticated`, 403 `insufficient_scope` or `tenant_forbidden`.",
+        ))
+        .build();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    doc.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if ["/healthz", "/readyz", "/openapi.json"].contains(&path.as_str()) {
+            for (_, op) in operations_mut(item) {
+                op.security = Some(vec![SecurityRequirement::default()]);
+            }
+        }
+    }
 }
 
 fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {

@@ -436,3 +436,96 @@ fn no_job_answered_202_is_lost_by_a_sigkill_under_concurrent_submits() {
         server.wait().unwrap();
     }
 }
+
+/// `token new` prints a token, its entry (whose sha256 is the token's) and
+/// the env-var form; a server configured with that line accepts the token.
+/// With every log level on, no token (given as a header, as
+/// `?access_token=`, right or wrong) appears in the server's logs.
+#[test]
+fn token_new_makes_a_working_token_and_no_token_reaches_the_logs() {
+    use sha2::{Digest, Sha256};
+    let out = Command::new(BIN)
+        .args(["token", "new", "--tenant", "acme", "--scope", "read,write"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token line")
+        .to_owned();
+    assert!(token.len() >= 32, "at least 128 bits: {token}");
+    let entry: serde_json::Value = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("an entry line");
+    assert_eq!(
+        entry["sha256"],
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    assert_eq!(entry["tenants"], serde_json::json!(["acme"]));
+    let env_line = text
+        .lines()
+        .find(|l| l.starts_with("RUNSIGNAL__Auth__Tokens__0="))
+        .expect("an env-var line");
+    let (name, value) = env_line.split_once('=').unwrap();
+    let value = value.trim_matches('\'').to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("RUNSIGNAL__Server__Bind", format!("127.0.0.1:{port}"))
+        .env("RUNSIGNAL__Server__Workers", "1")
+        .env("RUNSIGNAL__Auth__Mode", "token")
+        .env(name, value)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    wait_ready(&client, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let jobs = client
+        .get(format!("{base}/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(jobs.status(), 200, "the printed token authenticates");
+    let none = client.get(format!("{base}/jobs")).send().unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = "rsg_wrong-token-that-must-not-be-logged";
+    let run = "0b7c5a8e-2f35-4c1b-9a51-3f0a6f9d2c11";
+    for t in [token.as_str(), wrong] {
+        for path in [
+            "/jobs".to_owned(),
+            format!("/api/v1/orchestrator/stream/runs/{run}?access_token={t}"),
+            format!("/jobs?access_token={t}"),
+        ] {
+            client
+                .get(format!("{base}{path}"))
+                .bearer_auth(t)
+                .send()
+                .unwrap();
+            client.get(format!("{base}{path}")).send().unwrap();
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let logs = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        logs.contains("runsignal listening"),
+        "logs were captured: {logs}"
+    );
+    for t in [token.as_str(), wrong] {
+        assert!(!logs.contains(t), "a token in the logs");
+    }
+}

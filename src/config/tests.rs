@@ -137,3 +137,81 @@ fn webhook_timing_is_validated() {
     let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "100000")]);
     assert!(e.contains("Webhooks.RetryScheduleSeconds[1]"), "{e}");
 }
+
+#[test]
+fn auth_none_on_a_public_bind_is_refused_unless_anonymous_is_allowed() {
+    let load = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("RUNSIGNAL__Server__Bind", "0.0.0.0:8080")];
+        vars.extend_from_slice(extra);
+        Config::load_from(None, env(&vars))
+    };
+    let err = load(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("Auth.Mode") && err.contains("Auth.AllowAnonymous"),
+        "{err}"
+    );
+    assert!(load(&[("RUNSIGNAL__Auth__AllowAnonymous", "true")]).is_ok());
+    let entry = r#"{"name":"ci","sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","tenants":["acme"],"scopes":["read"]}"#;
+    let c = load(&[
+        ("RUNSIGNAL__Auth__Mode", "token"),
+        ("RUNSIGNAL__Auth__Tokens__0", entry),
+    ])
+    .unwrap();
+    assert_eq!(c.auth.tokens[0].name, "ci");
+    // Loopback binds need nothing.
+    assert!(Config::load_from(None, env(&[("RUNSIGNAL__Server__Bind", "[::1]:8080")])).is_ok());
+}
+
+#[test]
+fn auth_settings_are_validated_naming_the_key() {
+    let load = |vars: &[(&str, &str)]| Config::load_from(None, env(vars)).unwrap_err().to_string();
+    for (vars, key) in [
+        (vec![("RUNSIGNAL__Auth__Mode", "basic")], "Auth.Mode"),
+        (vec![("RUNSIGNAL__Auth__Mode", "token")], "Auth.Tokens"),
+        (
+            vec![
+                ("RUNSIGNAL__Auth__Mode", "token"),
+                (
+                    "RUNSIGNAL__Auth__Tokens__0",
+                    r#"{"name":"x","sha256":"abc","tenants":["a"],"scopes":["read"]}"#,
+                ),
+            ],
+            "Auth.Tokens[0].sha256",
+        ),
+        (
+            vec![
+                ("RUNSIGNAL__Auth__Mode", "token"),
+                (
+                    "RUNSIGNAL__Auth__Tokens__0",
+                    r#"{"name":"x","sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","tenants":["a"],"scopes":["root"]}"#,
+                ),
+            ],
+            "Auth.Tokens[0].scopes",
+        ),
+        (vec![("RUNSIGNAL__Auth__Mode", "jwt")], "Auth.Jwt.Secret"),
+        (
+            vec![
+                ("RUNSIGNAL__Auth__Mode", "jwt"),
+                ("RUNSIGNAL__Auth__Jwt__Algorithms", r#"["RS256"]"#),
+            ],
+            "Auth.Jwt.PublicKeyFile",
+        ),
+        (
+            vec![
+                ("RUNSIGNAL__Auth__Mode", "jwt"),
+                ("RUNSIGNAL__Auth__Jwt__Algorithms", r#"["none"]"#),
+            ],
+            "Auth.Jwt.Algorithms[0]",
+        ),
+        (
+            vec![(
+                "RUNSIGNAL__Server__Cors__AllowedOrigins__0",
+                "https://app.example/path",
+            )],
+            "Server.Cors.AllowedOrigins[0]",
+        ),
+    ] {
+        let err = load(&vars);
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+}

@@ -41,6 +41,13 @@ pub enum ErrorCode {
     NotSubscribed,
     SubscriptionLimit,
     SubscriptionDropped,
+    /// 401 without a credential (`WWW-Authenticate: Bearer`).
+    Unauthenticated,
+    /// 401 with a credential that is wrong (`error="invalid_token"`).
+    InvalidToken,
+    TenantForbidden,
+    InsufficientScope,
+    OriginForbidden,
 }
 
 impl ErrorCode {
@@ -158,6 +165,26 @@ impl ErrorCode {
                 StatusCode::CONFLICT,
                 "Subscription dropped",
             ),
+            Unauthenticated | InvalidToken => (
+                "unauthenticated",
+                StatusCode::UNAUTHORIZED,
+                "Authentication required",
+            ),
+            TenantForbidden => (
+                "tenant_forbidden",
+                StatusCode::FORBIDDEN,
+                "Tenant not allowed for this credential",
+            ),
+            InsufficientScope => (
+                "insufficient_scope",
+                StatusCode::FORBIDDEN,
+                "Insufficient scope",
+            ),
+            OriginForbidden => (
+                "origin_forbidden",
+                StatusCode::FORBIDDEN,
+                "Origin not allowed",
+            ),
         }
     }
 }
@@ -229,15 +256,26 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, status, title) = self.code.row();
-        HttpResponse::build(status)
-            .content_type("application/problem+json")
-            .json(Problem {
-                problem_type: format!("https://runsignal.dev/problems/{code}"),
-                title: title.to_owned(),
-                status: status.as_u16(),
-                detail: self.detail.clone(),
-                code: code.to_owned(),
-            })
+        let mut res = HttpResponse::build(status);
+        // RFC 6750 §3: how to authenticate, and what was wrong.
+        let challenge = match self.code {
+            ErrorCode::Unauthenticated => Some(r#"Bearer realm="runsignal""#),
+            ErrorCode::InvalidToken => Some(r#"Bearer realm="runsignal", error="invalid_token""#),
+            ErrorCode::InsufficientScope => {
+                Some(r#"Bearer realm="runsignal", error="insufficient_scope""#)
+            }
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        res.content_type("application/problem+json").json(Problem {
+            problem_type: format!("https://runsignal.dev/problems/{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: code.to_owned(),
+        })
     }
 }
 

@@ -9,12 +9,17 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use actix_web::http::header::HeaderValue;
+
+use super::auth::{authorize, is_stream_route, query_param};
 use super::errors::{ApiError, ErrorCode};
+use crate::auth::Principal;
 use crate::AppState;
 
 /// The tenant a request acts for: `X-Tenant-Id`, 1–64 chars of
-/// `[A-Za-z0-9._:-]`. The one place tenants are resolved, so that token
-/// authentication can bind them here later.
+/// `[A-Za-z0-9._:-]`. The one place tenants are resolved: with
+/// `Auth.Mode` other than `none` it also checks the route's scope and that
+/// the credential may act for the tenant (see [`tenant_for`]).
 #[derive(Debug, Clone)]
 pub struct Tenant(pub String);
 
@@ -24,7 +29,8 @@ pub struct Tenant(pub String);
 pub struct TenantHeader {
     /// The tenant this request acts for: 1–64 chars of `[A-Za-z0-9._:-]`.
     /// Missing or invalid → 400 `invalid_tenant`. Another tenant's resources
-    /// are 404, never 403.
+    /// are 404, never 403. With a credential bound to one tenant it may be
+    /// left out; a tenant outside the credential → 403 `tenant_forbidden`.
     #[param(
         rename = "X-Tenant-Id",
         min_length = 1,
@@ -50,45 +56,82 @@ impl FromRequest for Tenant {
     type Future = std::future::Ready<Result<Tenant, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let mut values = req.headers().get_all("x-tenant-id");
-        let mut first = values.next();
-        // Browsers' EventSource and WebSocket cannot set headers: stream and
-        // WebSocket routes also take `?tenant=`.
-        let from_query;
-        if first.is_none() && is_stream_path(req.path()) {
-            from_query = query_tenant(req.query_string());
-            first = from_query.as_ref();
-        }
-        // Two tenants in one request: refuse rather than pick one.
-        let repeated = values.next().is_some();
-        let result = match first.map(|v| v.to_str()) {
-            None => Err(ApiError::new(
-                ErrorCode::InvalidTenant,
-                "header X-Tenant-Id is required",
-            )),
-            Some(_) if repeated => Err(ApiError::new(
-                ErrorCode::InvalidTenant,
-                "header X-Tenant-Id must be given once",
-            )),
-            Some(Ok(t)) if valid_tenant(t) => Ok(Tenant(t.to_owned())),
-            Some(_) => Err(ApiError::new(
-                ErrorCode::InvalidTenant,
-                "X-Tenant-Id must be 1-64 chars of [A-Za-z0-9._:-]",
-            )),
-        };
-        std::future::ready(result)
+        std::future::ready(resolve_tenant(req))
     }
 }
 
-fn is_stream_path(path: &str) -> bool {
-    path.contains("/stream/") || path.ends_with("/ws")
+/// Scope first (403 `insufficient_scope`), then the tenant named (400 when
+/// malformed), then the tenant rules.
+fn resolve_tenant(req: &HttpRequest) -> Result<Tenant, ApiError> {
+    let principal = authorize(req)?;
+    let named = named_tenant(req)?;
+    let enabled = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.auth.enabled());
+    tenant_for(enabled, principal.as_ref(), named)
 }
 
-/// `tenant` from a query string, as a header value for uniform validation.
-fn query_tenant(query: &str) -> Option<actix_web::http::header::HeaderValue> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
-    let tenant = pairs.into_iter().find(|(k, _)| k == "tenant")?.1;
-    actix_web::http::header::HeaderValue::from_str(&tenant).ok()
+/// The tenant a request names: `X-Tenant-Id`, or on the stream and
+/// WebSocket routes themselves (browsers' EventSource and WebSocket cannot
+/// set headers) `?tenant=`. Malformed or repeated → 400.
+pub fn named_tenant(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all("x-tenant-id");
+    let mut first = values.next().cloned();
+    // Two tenants in one request: refuse rather than pick one.
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTenant,
+            "header X-Tenant-Id must be given once",
+        ));
+    }
+    if first.is_none() && is_stream_route(req) {
+        first =
+            query_param(req.query_string(), "tenant").and_then(|t| HeaderValue::from_str(&t).ok());
+    }
+    match first.as_ref().map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(t)) if valid_tenant(t) => Ok(Some(t.to_owned())),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidTenant,
+            "X-Tenant-Id must be 1-64 chars of [A-Za-z0-9._:-]",
+        )),
+    }
+}
+
+/// The tenant rules (SPEC §10). Without authentication the named tenant is
+/// trusted and required. With it, a named tenant must be one of the
+/// credential's; a credential bound to exactly one tenant may leave it out.
+pub fn tenant_for(
+    auth_enabled: bool,
+    principal: Option<&Principal>,
+    named: Option<String>,
+) -> Result<Tenant, ApiError> {
+    let required = || ApiError::new(ErrorCode::InvalidTenant, "header X-Tenant-Id is required");
+    if !auth_enabled {
+        return named.map(Tenant).ok_or_else(required);
+    }
+    let Some(principal) = principal else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "this route needs a credential: `Authorization: Bearer <token>`",
+        ));
+    };
+    match named {
+        Some(t) if principal.allows_tenant(&t) => Ok(Tenant(t)),
+        Some(t) => Err(ApiError::new(
+            ErrorCode::TenantForbidden,
+            format!("this credential may not act for tenant `{t}`"),
+        )),
+        None => principal
+            .sole_tenant()
+            .map(|t| Tenant(t.to_owned()))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidTenant,
+                    "header X-Tenant-Id is required: this credential is not bound to one tenant",
+                )
+            }),
+    }
 }
 
 /// The request's correlation id (from `X-Correlation-Id` or generated by the

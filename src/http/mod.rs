@@ -1,6 +1,7 @@
 //! HTTP surface: one file per resource; both API prefixes serve the same
 //! routes (SPEC §2). Handlers talk to run actors only by message.
 
+pub mod auth;
 pub mod errors;
 pub mod extract;
 pub mod feed;

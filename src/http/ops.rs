@@ -1,13 +1,15 @@
 //! Operational routes: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
 //! and `{prefix}/packs`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::errors::Problem;
+use super::auth::authorize_scope;
+use super::errors::{ApiError, Problem};
 use super::extract::{Tenant, TenantHeader};
+use crate::auth::Scope;
 use crate::packs::Pack;
 use crate::AppState;
 
@@ -111,15 +113,22 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             content_type = "text/plain; version=0.0.4"),
     ),
 )]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // With `Metrics.Public` (or `Auth.Mode = none`) anyone may read them.
+    if !state.config.metrics.public {
+        authorize_scope(&req, Scope::Admin)?;
+    }
     state
         .metrics
         .resident_actors
         .set(state.engine.supervisor.len() as i64);
     state.metrics.store_queries.set(state.queries.get() as i64);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }
 
 #[utoipa::path(

@@ -34,6 +34,11 @@ pub struct StreamParams {
     pub correlation_id: Option<String>,
     /// Tenant for clients that cannot set headers (EventSource).
     pub tenant: Option<String>,
+    /// Bearer token for clients that cannot set headers (EventSource);
+    /// read by the auth middleware, never logged.
+    #[serde(rename = "access_token")]
+    #[param(rename = "access_token")]
+    pub access_token: Option<String>,
 }
 
 fn last_event_id(req: &HttpRequest, q: &StreamParams) -> Result<Option<u64>, ApiError> {

@@ -7,6 +7,7 @@ mod testdb;
 mod helpers;
 
 mod artifacts;
+mod auth;
 mod conformance;
 mod bad_input;
 mod executor;

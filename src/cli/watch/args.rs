@@ -19,6 +19,10 @@ pub struct WatchArgs {
     /// Tenant the run or job belongs to (sent as `X-Tenant-Id`).
     #[arg(long, env = "RUNSIGNAL_TENANT")]
     pub tenant: String,
+    /// Bearer token for a server with `Auth.Mode` token or jwt (sent as
+    /// `Authorization: Bearer`).
+    #[arg(long, env = "RUNSIGNAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// API prefix of the stream routes.
     #[arg(long, default_value = "/api/v1/orchestrator")]
     pub prefix: String,

@@ -99,7 +99,22 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
     if tenant.is_empty() {
         bail!("--tenant must not be empty");
     }
+    // Every request carries the token; marked sensitive so that no debug
+    // output of the client shows it.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = args
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token must be printable ASCII")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = Client::builder()
+        .default_headers(headers)
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(IDLE_TIMEOUT)
         .build()

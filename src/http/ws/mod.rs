@@ -40,6 +40,14 @@
 //! is dropped by the run actor: the client gets an error frame
 //! `subscription_dropped` carrying `after`, the seq to resume from.
 //!
+//! Access control (SPEC §10, ADR 0021): a handshake from an `Origin` outside
+//! `Server.Cors.AllowedOrigins` → 403. With `Auth.Mode` `token` or `jwt`
+//! the handshake carries `Authorization: Bearer` or `?access_token=`, or no
+//! credential at all: then the first frame must be
+//! `{"op":"auth","token":"…","tenant"?:"…"}` (answered
+//! `{"op":"authenticated","tenant":…}`), and any other frame, a wrong token
+//! or no `auth` within 5 s closes with 4401 (4403: scope or tenant).
+//!
 //! Protocol limits: an RFC 6455 ping every `Streams.HeartbeatIntervalSeconds`,
 //! closed with 1001 when two pings in a row get no pong; frames are limited
 //! to 64 KiB (a larger one closes with 1009, as soon as its header arrives);
@@ -56,11 +64,15 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{
+    web, FromRequest as _, HttpMessage as _, HttpRequest, HttpResponse, ResponseError,
+};
 use actix_web_actors::ws;
 
+use super::auth::check_origin;
 use super::errors::{ApiError, ErrorCode, Problem};
-use super::extract::{CorrelationId, Tenant};
+use super::extract::{named_tenant, CorrelationId, Tenant};
+use crate::auth::Principal;
 use crate::AppState;
 use guard::FrameGuard;
 pub use session::WsSession;
@@ -82,26 +94,31 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
     responses(
         (status = 101, description = "Switching protocols: the socket is open"),
         (status = 400, description = "`invalid_tenant`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`: a wrong credential (none at all: authenticate with the first frame)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`insufficient_scope`, `tenant_forbidden`, `origin_forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn socket(
     req: HttpRequest,
-    tenant: Tenant,
     correlation: CorrelationId,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state.config.server.cors)?;
+    // A handshake without any credential (the middleware let it through)
+    // authenticates with its first frame; any other is resolved now.
+    let awaiting = state.auth.enabled() && req.extensions().get::<Principal>().is_none();
+    let tenant = if awaiting {
+        Err(named_tenant(&req)?)
+    } else {
+        Ok(Tenant::extract(&req).await?.0)
+    };
     if let Err(e) = ws::handshake(&req) {
         return Ok(handshake_problem(&e));
     }
     let oversize = Rc::new(Cell::new(false));
-    let session = WsSession::new(
-        state.into_inner(),
-        tenant.0,
-        correlation.0,
-        oversize.clone(),
-    );
+    let session = WsSession::new(state.into_inner(), tenant, correlation.0, oversize.clone());
     let guarded = FrameGuard::new(payload, MAX_FRAME_BYTES as u64, oversize);
     ws::WsResponseBuilder::new(session, &req, guarded)
         .frame_size(MAX_FRAME_BYTES)

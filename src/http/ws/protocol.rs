@@ -10,9 +10,10 @@ use serde_json::{Map, Value};
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::extract::{job_id, run_id};
 
-/// A client text frame: `{"op": "subscribe" | "unsubscribe" | "ping", …}`.
+/// A client text frame: `{"op": "auth" | "subscribe" | "unsubscribe" | "ping", …}`.
 #[derive(Debug)]
 pub enum ClientFrame {
+    Auth(AuthArgs),
     Subscribe(SubscribeArgs),
     Unsubscribe(UnsubscribeArgs),
     Ping,
@@ -40,14 +41,36 @@ impl ClientFrame {
         };
         let args = Value::Object(fields);
         match op.as_str() {
+            "auth" => op_args(args).map(ClientFrame::Auth),
             "subscribe" => op_args(args).map(ClientFrame::Subscribe),
             "unsubscribe" => op_args(args).map(ClientFrame::Unsubscribe),
             "ping" => Ok(ClientFrame::Ping),
             other => Err(ApiError::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op `{other}`; expected subscribe, unsubscribe or ping"),
+                format!("unknown op `{other}`; expected auth, subscribe, unsubscribe or ping"),
             )),
         }
+    }
+}
+
+/// `{"op":"auth","token","tenant"?}`: the first frame of a socket whose
+/// handshake carried no credential.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthArgs {
+    pub token: String,
+    /// The tenant to act for (else the handshake's, else the credential's
+    /// only one).
+    pub tenant: Option<String>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("token", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .finish()
     }
 }
 
@@ -120,6 +143,10 @@ pub enum ServerFrame<'a> {
         id: &'a str,
     },
     Pong,
+    /// The `auth` frame was accepted: the socket acts for `tenant`.
+    Authenticated {
+        tenant: &'a str,
+    },
     /// Never closes the socket; `stream` and `id` when it concerns one
     /// subscription, `after` the seq a dropped one resumes after.
     Error {

@@ -13,9 +13,12 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 use runsignal_actors::{RunActor, StreamKind, Unsubscribe};
 
-use super::protocol::{ClientFrame, ServerFrame};
+use super::protocol::{AuthArgs, ClientFrame, ServerFrame};
 use super::MAX_FRAME_BYTES;
+use crate::auth::Scope;
+use crate::http::auth::insufficient;
 use crate::http::errors::{ApiError, ErrorCode};
+use crate::http::extract::{tenant_for, valid_tenant};
 use crate::AppState;
 
 /// Pings in a row without a pong before the socket is closed.
@@ -24,12 +27,20 @@ const MISSED_PONGS: u32 = 2;
 /// How long a socket we close waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a socket whose handshake carried no credential has to send its
+/// `auth` frame before it is closed (4401).
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(super) type Ctx = ws::WebsocketContext<WsSession>;
 
 /// One socket.
 pub struct WsSession {
     pub(super) state: Arc<AppState>,
+    /// Empty while `awaiting_auth`.
     pub(super) tenant: String,
+    /// `Some` until the first frame authenticates the socket: the tenant the
+    /// handshake named, if any. No other op is served meanwhile.
+    awaiting_auth: Option<Option<String>>,
     /// Of the upgrade request: named in the first `first_signal` frames.
     pub(super) correlation_id: String,
     /// Subscriptions by token (a token is never reused within a socket).
@@ -58,15 +69,23 @@ pub(super) struct Live {
 }
 
 impl WsSession {
+    /// `tenant`: `Ok` when the handshake was authenticated (or `Auth.Mode`
+    /// is `none`); `Err(named)` when the first frame must authenticate,
+    /// `named` the tenant the handshake named.
     pub fn new(
         state: Arc<AppState>,
-        tenant: String,
+        tenant: Result<String, Option<String>>,
         correlation_id: String,
         oversize: Rc<Cell<bool>>,
     ) -> WsSession {
+        let (tenant, awaiting_auth) = match tenant {
+            Ok(t) => (t, None),
+            Err(named) => (String::new(), Some(named)),
+        };
         WsSession {
             state,
             tenant,
+            awaiting_auth,
             correlation_id,
             subs: HashMap::new(),
             next_token: 1,
@@ -93,6 +112,17 @@ impl Actor for WsSession {
                     }
                 }),
         );
+        if self.awaiting_auth.is_some() {
+            ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+                if act.awaiting_auth.is_some() {
+                    let why = format!(
+                        "unauthenticated: no auth frame within {} s",
+                        AUTH_TIMEOUT.as_secs()
+                    );
+                    act.close(ctx, CLOSE_UNAUTHENTICATED, &why);
+                }
+            });
+        }
         tracing::debug!(tenant = %self.tenant, "websocket opened");
     }
 
@@ -162,7 +192,24 @@ impl WsSession {
 
     /// One client text message.
     fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
+        if let Some(named) = self.awaiting_auth.take() {
+            return match ClientFrame::parse(text) {
+                Ok(ClientFrame::Auth(args)) => self.authenticate(args, named, ctx),
+                _ => self.close(
+                    ctx,
+                    CLOSE_UNAUTHENTICATED,
+                    r#"unauthenticated: the first frame must be {"op":"auth","token":"…"}"#,
+                ),
+            };
+        }
         match ClientFrame::parse(text) {
+            Ok(ClientFrame::Auth(_)) => {
+                let e = ApiError::new(
+                    ErrorCode::InvalidBody,
+                    "this socket is already authenticated",
+                );
+                self.send_error(ctx, &e, None)
+            }
             Ok(ClientFrame::Subscribe(args)) => self.subscribe(args, ctx),
             Ok(ClientFrame::Unsubscribe(args)) => self.unsubscribe(args, ctx),
             Ok(ClientFrame::Ping) => self.send(ctx, ServerFrame::Pong),
@@ -179,10 +226,61 @@ impl WsSession {
     }
 }
 
+/// The first frame's credential: on success the socket acts for the
+/// tenant; else it closes with 4000 + the HTTP status the same refusal
+/// would have (4401, 4403, 4400) and the error code in the reason.
+impl WsSession {
+    fn authenticate(&mut self, args: AuthArgs, named: Option<String>, ctx: &mut Ctx) {
+        let result = self
+            .state
+            .auth
+            .authenticate(&args.token)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
+            .and_then(|principal| {
+                if !principal.has_scope(Scope::Read) {
+                    return Err(insufficient(Scope::Read));
+                }
+                let named = match args.tenant {
+                    Some(t) if !valid_tenant(&t) => {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidTenant,
+                            "tenant must be 1-64 chars of [A-Za-z0-9._:-]",
+                        ))
+                    }
+                    Some(t) => Some(t),
+                    None => named,
+                };
+                tenant_for(true, Some(&principal), named)
+            });
+        match result {
+            Ok(tenant) => {
+                self.tenant = tenant.0;
+                let frame = ServerFrame::Authenticated {
+                    tenant: &self.tenant,
+                };
+                self.send(ctx, frame);
+            }
+            Err(e) => {
+                use actix_web::ResponseError as _;
+                let code = ws::CloseCode::Other(4000 + e.status_code().as_u16());
+                self.close(ctx, code, &format!("{}: {}", e.code.as_str(), e.detail));
+            }
+        }
+    }
+}
+
+/// Close code of a socket that did not authenticate in time or correctly.
+const CLOSE_UNAUTHENTICATED: ws::CloseCode = ws::CloseCode::Other(4401);
+
 fn reason(code: ws::CloseCode, why: &str) -> ws::CloseReason {
+    // A close frame's reason has at most 123 bytes.
+    let mut end = why.len().min(123);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
     ws::CloseReason {
         code,
-        description: Some(why.to_owned()),
+        description: Some(why[..end].to_owned()),
     }
 }
 
