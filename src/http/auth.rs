@@ -232,6 +232,16 @@ pub fn insufficient(scope: Scope) -> ApiError {
     )
 }
 
+/// `Origin` names the host the request was sent to (`Host`): the page came
+/// from this server.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
 /// CORS per `Server.Cors.AllowedOrigins`; none at all when it is empty.
 pub fn cors(config: &CorsConfig) -> Condition<Cors> {
     let mut cors = Cors::default()
@@ -261,15 +271,17 @@ pub fn cors(config: &CorsConfig) -> Condition<Cors> {
     Condition::new(!config.allowed_origins.is_empty(), cors)
 }
 
-/// WebSocket handshakes from browsers: an `Origin` must be listed in
+/// WebSocket handshakes from browsers: an `Origin` must be the server's
+/// own (a page it served, such as the dashboard) or be listed in
 /// `Server.Cors.AllowedOrigins`; a request without one is not a browser's.
 pub fn check_origin(req: &HttpRequest, config: &CorsConfig) -> Result<(), ApiError> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    let allowed = origin
-        .to_str()
-        .is_ok_and(|o| config.allowed_origins.iter().any(|a| a == o));
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let allowed = origin.to_str().is_ok_and(|o| {
+        same_origin(o, host) || config.allowed_origins.iter().any(|a| a == o)
+    });
     if allowed {
         return Ok(());
     }

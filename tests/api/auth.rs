@@ -554,6 +554,16 @@ async fn cors_headers_only_for_listed_origins_and_the_websocket_checks_origin() 
         .await
         .unwrap_err();
     assert_eq!(ws_status(err), 403);
+    // A page the server itself served (its own origin) may open a socket.
+    let own = plain.address.clone();
+    ws_connect(&plain, "", &[("X-Tenant-Id", TENANT), ("Origin", &own)])
+        .await
+        .unwrap();
+    let look_alike = format!("{own}.evil.example");
+    let err = ws_connect(&plain, "", &[("X-Tenant-Id", TENANT), ("Origin", &look_alike)])
+        .await
+        .unwrap_err();
+    assert_eq!(ws_status(err), 403);
 }
 
 #[actix_web::test]
