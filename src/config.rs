@@ -183,6 +183,19 @@ pub struct WebhooksConfig {
     pub timeout_seconds: u64,
     /// Deliveries in flight at once.
     pub max_concurrency: usize,
+    /// Deliveries of one tenant in flight at once; 0: a quarter of
+    /// `MaxConcurrency`, at least 1 (see [`WebhooksConfig::per_tenant_slots`]).
+    pub max_in_flight_per_tenant: usize,
+}
+
+impl WebhooksConfig {
+    /// The per-tenant cap in force (SPEC §11, ADR 0025).
+    pub fn per_tenant_slots(&self) -> usize {
+        match self.max_in_flight_per_tenant {
+            0 => (self.max_concurrency / 4).max(1),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +386,15 @@ impl Config {
                 format!(
                     "{} is out of range; allowed: 1..=1024",
                     hooks.max_concurrency
+                ),
+            ));
+        }
+        if hooks.max_in_flight_per_tenant > 1024 {
+            return Err(invalid(
+                "Webhooks.MaxInFlightPerTenant",
+                format!(
+                    "{} is out of range; allowed: 0 (a quarter of MaxConcurrency) or 1..=1024",
+                    hooks.max_in_flight_per_tenant
                 ),
             ));
         }

@@ -5,19 +5,22 @@
 //! id [`WORKER_ID`]) and then only reports progress, completes or fails with
 //! its lease id, publishing every write through the engine. Events, signals,
 //! step events and webhooks therefore behave exactly as for remote workers.
-//! See docs/adr/0018-built-in-executor.md.
+//! Slots go round robin across tenants ([`turns`]). See
+//! docs/adr/0018-built-in-executor.md and 0025.
 
 mod job;
 mod step;
+mod turns;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use runsignal_actors::new_ulid;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::store::LeaseRequest;
 use crate::AppState;
+use turns::Turns;
 
 /// The worker id the built-in executor leases under.
 pub const WORKER_ID: &str = "builtin";
@@ -36,44 +39,105 @@ pub async fn run(state: Arc<AppState>) {
     }
     let max = state.config.executor.max_concurrent_jobs;
     let slots = Arc::new(Semaphore::new(max));
-    let freed = Arc::new(Notify::new());
+    // Each running job sends its tenant back when it gives its slot up
+    // (from `Drop`, so a panicking job does too). At most `max` slots are
+    // out and the loop drains the channel before it leases, so `max`
+    // messages never block a sender.
+    let (freed_tx, mut freed) = mpsc::channel::<String>(max.max(1));
+    let mut turns = Turns::default();
     loop {
         // Register interest before looking, so a job queued in between
         // wakes us; only jobs of built-in packs do.
         let queued = state.engine.queued.interest(None, &packs);
+        while let Ok(tenant) = freed.try_recv() {
+            turns.finished(&tenant);
+        }
         let free = slots.available_permits();
         if free > 0 {
-            let req = LeaseRequest {
-                worker_id: WORKER_ID.to_owned(),
-                packs: packs.clone(),
-                max: free as u32,
-                lease_seconds: LEASE_SECONDS,
-                correlation_id: new_ulid(),
-            };
-            match state.store.lease_any_tenant(&req).await {
-                Ok(leased_jobs) => {
-                    for (tenant, leased) in leased_jobs {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            // Cannot happen: we leased at most `free`.
-                            tracing::error!(job = %leased.job_id, "no free executor slot");
-                            break;
-                        };
-                        let (state, freed) = (state.clone(), freed.clone());
-                        actix_rt::spawn(async move {
-                            job::run(state, tenant, leased).await;
-                            drop(permit);
-                            freed.notify_one();
-                        });
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "built-in executor lease failed"),
-            }
+            start_jobs(&state, &packs, free, &slots, &freed_tx, &mut turns).await;
         }
         tokio::select! {
             _ = queued.wait() => {}
-            _ = freed.notified() => {}
+            Some(tenant) = freed.recv() => turns.finished(&tenant),
             _ = tokio::time::sleep(IDLE_TICK) => {}
         }
+    }
+}
+
+/// Fill up to `free` slots, one lease at a time, each for the tenant whose
+/// turn it is ([`Turns::pick`]).
+async fn start_jobs(
+    state: &Arc<AppState>,
+    packs: &[String],
+    free: usize,
+    slots: &Arc<Semaphore>,
+    freed: &mpsc::Sender<String>,
+    turns: &mut Turns,
+) {
+    let mut queued = match state.store.queued_tenants(packs).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "built-in executor: reading queued jobs failed");
+            return;
+        }
+    };
+    turns.prune(&queued);
+    let mut started = 0;
+    while started < free {
+        let Some(i) = turns.pick(&queued) else {
+            return;
+        };
+        let tenant = queued[i].0.clone();
+        let req = LeaseRequest {
+            worker_id: WORKER_ID.to_owned(),
+            packs: packs.to_vec(),
+            max: 1,
+            lease_seconds: LEASE_SECONDS,
+            correlation_id: new_ulid(),
+        };
+        let leased = match state.store.lease_jobs(&tenant, &req).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::warn!(error = %e, "built-in executor lease failed");
+                return;
+            }
+        };
+        let Some(leased) = leased.into_iter().next() else {
+            // Taken meanwhile (another node, a cancel): skip the tenant.
+            queued.swap_remove(i);
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Cannot happen: the loop alone takes permits, at most `free`.
+            tracing::error!(job = %leased.job_id, "no free executor slot");
+            return;
+        };
+        turns.started(&tenant);
+        started += 1;
+        let slot = Slot {
+            tenant: tenant.clone(),
+            freed: freed.clone(),
+            _permit: permit,
+        };
+        let state = state.clone();
+        actix_rt::spawn(async move {
+            job::run(state, tenant, leased).await;
+            drop(slot);
+        });
+    }
+}
+
+/// A running job's slot: gives the permit back and tells the loop whose it was.
+struct Slot {
+    tenant: String,
+    freed: mpsc::Sender<String>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Never full (see `run`); if the loop is gone, nobody needs to know.
+        let _ = self.freed.try_send(std::mem::take(&mut self.tenant));
     }
 }
 

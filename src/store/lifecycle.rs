@@ -159,9 +159,11 @@ impl<'t> Op<'t> {
                 let now = op.now;
                 Done::Count(op.tx.expire_worker_leases(worker_id, now - 1).await?)
             }
-            Cmd::ClaimWebhooks { now_ms, limit } => {
-                Done::Claimed(op.tx.claim_deliveries(*now_ms, *limit).await?)
-            }
+            Cmd::ClaimWebhooks {
+                now_ms,
+                limit,
+                share,
+            } => Done::Claimed(op.tx.claim_deliveries(*now_ms, *limit, share).await?),
             Cmd::FinishWebhook { id, outcome } => {
                 let now = op.now;
                 op.tx.finish_delivery(*id, outcome, now).await?;

@@ -134,6 +134,8 @@ pub trait JobReads: Send + Sync {
     /// Whether any job of `packs` is queued, in any tenant (a cheap read
     /// before the built-in executor asks the writer for a lease).
     async fn any_queued(&self, packs: &[String]) -> StoreResult<bool>;
+    /// Each tenant with queued jobs of `packs`, with its oldest such job id.
+    async fn queued_tenants(&self, packs: &[String]) -> StoreResult<Vec<(String, String)>>;
     /// A job's artifacts, by name.
     async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>>;
     /// One artifact of a job of the tenant (`None`: no such artifact).

@@ -316,6 +316,20 @@ pub struct WebhookDelivery {
     pub delivered_at: Option<i64>,
 }
 
+/// How a webhook claim shares the free slots between tenants (SPEC §11,
+/// ADR 0025): round robin, each tenant's rows in due order, no tenant past
+/// `per_tenant` deliveries in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimShare {
+    /// `Webhooks.MaxInFlightPerTenant` as in force (≥ 1).
+    pub per_tenant: u32,
+    /// Deliveries of each tenant this dispatcher has in flight.
+    pub busy: Vec<(String, u32)>,
+    /// The tenant served last: the round continues with the next tenant id
+    /// after it (wrapping).
+    pub after: Option<String>,
+}
+
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookOutcome {

@@ -402,7 +402,12 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
-            async fn claim_deliveries(&mut self, now: i64, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
+            async fn claim_deliveries(
+                &mut self,
+                now: i64,
+                limit: u32,
+                share: &ClaimShare,
+            ) -> StoreResult<Vec<WebhookDelivery>> {
                 self.writes += 1;
                 // A 410 from a job's receiver ends every later delivery of that job.
                 sqlx::query(
@@ -411,20 +416,48 @@ macro_rules! sql_backend {
                 )
                 .execute(&mut *self.tx)
                 .await?;
-                let due: Vec<WebhookDelivery> = sqlx::query_as(concat!(
-                    "SELECT d.* FROM webhook_deliveries d
-                      WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-                        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                                         WHERE e.job_id = d.job_id AND e.id < d.id AND e.status IN ('pending', 'sending'))
-                        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries g
-                                         WHERE g.job_id = d.job_id AND g.status = 'gone')
-                      ORDER BY d.next_attempt_at, d.id LIMIT $2",
-                    $skip
-                ))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *self.tx)
-                .await?;
+                // Round robin (ADR 0025): `rn` numbers each tenant's claimable
+                // rows in due order; a row's slot is `rn` plus the tenant's
+                // deliveries in flight. Lower slots go first, and within a
+                // slot the tenants after `after` (then from the first id).
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT d.* FROM webhook_deliveries d JOIN (
+                       SELECT x.id, ROW_NUMBER() OVER (PARTITION BY x.tenant_id ORDER BY x.next_attempt_at, x.id) AS rn
+                         FROM webhook_deliveries x
+                        WHERE x.status = 'pending' AND x.next_attempt_at <= ",
+                );
+                q.push_bind(now).push(
+                    " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                                       WHERE e.job_id = x.job_id AND e.id < x.id AND e.status IN ('pending', 'sending'))
+                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries g
+                                       WHERE g.job_id = x.job_id AND g.status = 'gone')
+                     ) r ON r.id = d.id WHERE ",
+                );
+                let slot = |q: &mut sqlx::QueryBuilder<$db>| {
+                    q.push("(r.rn");
+                    if !share.busy.is_empty() {
+                        q.push(" + CASE d.tenant_id");
+                        for (tenant, n) in &share.busy {
+                            q.push(" WHEN ").push_bind(tenant.clone());
+                            q.push(" THEN ").push_bind(i64::from(*n));
+                        }
+                        q.push(" ELSE 0 END");
+                    }
+                    q.push(")");
+                };
+                slot(&mut q);
+                q.push(" <= ").push_bind(i64::from(share.per_tenant.max(1)));
+                q.push(" ORDER BY ");
+                slot(&mut q);
+                q.push(", CASE WHEN d.tenant_id > ")
+                    .push_bind(share.after.clone().unwrap_or_default())
+                    .push(" THEN 0 ELSE 1 END, d.tenant_id, r.rn LIMIT ")
+                    .push_bind(i64::from(limit));
+                // The window function is in the subquery: lock only `d`.
+                if !$skip.is_empty() {
+                    q.push(" FOR UPDATE OF d SKIP LOCKED");
+                }
+                let due: Vec<WebhookDelivery> = q.build_query_as().fetch_all(&mut *self.tx).await?;
                 for d in &due {
                     sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = $1")
                         .bind(d.id)
@@ -657,6 +690,18 @@ macro_rules! sql_backend {
                 .fetch_one(&self.reader)
                 .await?;
                 Ok(seq.map(|s| s as u64))
+            }
+
+            async fn queued_tenants(&self, packs: &[String]) -> StoreResult<Vec<(String, String)>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT tenant_id, MIN(job_id) FROM jobs WHERE state = 'queued' AND pack IN (",
+                );
+                let mut list = q.separated(", ");
+                for pack in packs {
+                    list.push_bind(pack.clone());
+                }
+                q.push(") GROUP BY tenant_id");
+                Ok(q.build_query_as().fetch_all(&self.reader).await?)
             }
 
             async fn any_queued(&self, packs: &[String]) -> StoreResult<bool> {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use runsignal_actors::{Published, RunKey};
 
-use super::{ArtifactRecord, JobRecord, RunRecord, StoreResult, WebhookDelivery, WebhookOutcome};
+use super::{
+    ArtifactRecord, ClaimShare, JobRecord, RunRecord, StoreResult, WebhookDelivery, WebhookOutcome,
+};
 
 /// The run columns a write may change (read locked, written back once).
 #[derive(Debug, Clone, PartialEq)]
@@ -105,9 +107,13 @@ pub trait WriteTx: Send {
     async fn insert_delivery(&mut self, delivery: &NewDelivery) -> StoreResult<()>;
     /// Claim up to `limit` due deliveries (`pending`, due by `now`, and the
     /// oldest open one of their job, so each job's arrive in state order),
-    /// marking them `sending`.
-    async fn claim_deliveries(&mut self, now: i64, limit: u32)
-        -> StoreResult<Vec<WebhookDelivery>>;
+    /// shared between tenants as `share` says, marking them `sending`.
+    async fn claim_deliveries(
+        &mut self,
+        now: i64,
+        limit: u32,
+        share: &ClaimShare,
+    ) -> StoreResult<Vec<WebhookDelivery>>;
     async fn finish_delivery(
         &mut self,
         id: i64,

@@ -80,6 +80,7 @@ pub enum Cmd {
     ClaimWebhooks {
         now_ms: i64,
         limit: u32,
+        share: ClaimShare,
     },
     FinishWebhook {
         id: i64,

@@ -89,6 +89,13 @@ impl Store {
         expect_done!(self.call(cmd), Done::Leased(jobs) => jobs)
     }
 
+    /// The built-in executor's look before a lease: each tenant with queued
+    /// jobs of `packs` and its oldest one. Like [`Store::lease_any_tenant`]'s
+    /// look, not counted as a store call.
+    pub async fn queued_tenants(&self, packs: &[String]) -> StoreResult<Vec<(String, String)>> {
+        self.backend.queued_tenants(packs).await
+    }
+
     /// Restart recovery: end now the leases `worker_id` holds so the sweeper
     /// requeues or fails them. Returns how many.
     pub async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<u64> {
@@ -148,12 +155,20 @@ impl Store {
 
 /// The webhook outbox.
 impl Store {
+    /// Claim up to `limit` due deliveries, shared between tenants as
+    /// `share` says.
     pub async fn claim_webhooks(
         &self,
         now_ms: i64,
         limit: u32,
+        share: &ClaimShare,
     ) -> StoreResult<Vec<WebhookDelivery>> {
-        expect_done!(self.call(Cmd::ClaimWebhooks { now_ms, limit }), Done::Claimed(d) => d)
+        let cmd = Cmd::ClaimWebhooks {
+            now_ms,
+            limit,
+            share: share.clone(),
+        };
+        expect_done!(self.call(cmd), Done::Claimed(d) => d)
     }
 
     /// Record how an attempt ended.

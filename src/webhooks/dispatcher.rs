@@ -6,10 +6,12 @@
 //! `sending` back to `pending`: at-least-once, never at-most-once. The store
 //! hands out only the oldest open row of a job, so a job's webhooks arrive in
 //! state order. The dispatcher never touches jobs: a failing receiver cannot
-//! block or change one.
+//! block or change one. Free slots go round robin across tenants, and no
+//! tenant has more than `Webhooks.MaxInFlightPerTenant` in flight (ADR 0025):
+//! one tenant's hanging receivers delay only that tenant.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use super::send::Sender;
 use super::signing::Signer;
 use super::ssrf::Guard;
 use crate::config::WebhooksConfig;
-use crate::store::{now_ms, Store, WebhookDelivery, WebhookOutcome};
+use crate::store::{now_ms, ClaimShare, Store, WebhookDelivery, WebhookOutcome};
 
 /// Pause after a failed store call before trying again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -49,6 +51,8 @@ pub struct Dispatcher {
     sender: Arc<Sender>,
     schedule: Arc<[u64]>,
     max_in_flight: usize,
+    /// `Webhooks.MaxInFlightPerTenant` as in force.
+    per_tenant: usize,
     /// Whether rows were pending at start-up (see [`Dispatcher::recover`]).
     pending_at_start: bool,
 }
@@ -72,6 +76,7 @@ impl Dispatcher {
             sender: Arc::new(sender),
             schedule: config.retry_schedule_seconds.clone().into(),
             max_in_flight: config.max_concurrency.max(1),
+            per_tenant: config.per_tenant_slots(),
             pending_at_start: true,
         })
     }
@@ -110,7 +115,12 @@ impl Dispatcher {
         // until its outcome is recorded, and the loop claims no more rows
         // than there are free permits, so a claimed row never waits.
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let mut in_flight: JoinSet<Option<i64>> = JoinSet::new();
+        let mut in_flight: JoinSet<Sent> = JoinSet::new();
+        // Who is sending: each tenant's sends in flight (entries removed at
+        // zero, so the map is at most `max_in_flight` long) and the tenant
+        // served last, where the next claim's round robin continues.
+        let mut busy: HashMap<String, u32> = HashMap::new();
+        let mut after: Option<String> = None;
         // Retry times this process scheduled: the wake-up for rows blocked
         // behind them.
         let mut retries: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
@@ -124,13 +134,18 @@ impl Dispatcher {
                 return;
             }
             while let Some(done) = in_flight.try_join_next() {
-                note(done, &mut retries);
+                note(done, &mut retries, &mut busy);
             }
             let free = permits.available_permits();
             let mut wake_at = None;
             if look && free > 0 {
                 let now = now_ms();
-                let batch = match self.store.claim_webhooks(now, free as u32).await {
+                let share = ClaimShare {
+                    per_tenant: self.per_tenant as u32,
+                    busy: busy.iter().map(|(t, n)| (t.clone(), *n)).collect(),
+                    after: after.clone(),
+                };
+                let batch = match self.store.claim_webhooks(now, free as u32, &share).await {
                     Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "webhook claim failed");
@@ -139,8 +154,9 @@ impl Dispatcher {
                     }
                 };
                 let full = batch.len() >= free;
-                if !batch.is_empty() {
+                if let Some(last) = batch.last() {
                     blocked_poll = BLOCKED_POLL_MIN;
+                    after = Some(last.tenant_id.clone());
                 }
                 for d in batch {
                     // At most `free` rows were claimed, one permit each.
@@ -148,6 +164,7 @@ impl Dispatcher {
                         .clone()
                         .try_acquire_owned()
                         .expect("claimed no more rows than free permits");
+                    *busy.entry(d.tenant_id.clone()).or_default() += 1;
                     in_flight.spawn(deliver(
                         self.sender.clone(),
                         self.store.clone(),
@@ -179,7 +196,7 @@ impl Dispatcher {
                 _ = self.wake.notified() => blocked_poll = BLOCKED_POLL_MIN,
                 changed = shutdown.changed(), if watching => watching = changed.is_ok(),
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    note(done, &mut retries);
+                    note(done, &mut retries, &mut busy);
                 }
                 _ = timer => {
                     if matches!(wake_at, Some((_, true))) {
@@ -223,10 +240,28 @@ fn next_wake(
     }
 }
 
-fn note(done: Result<Option<i64>, tokio::task::JoinError>, retries: &mut BinaryHeap<Reverse<i64>>) {
+/// A send that ended: its tenant, and its retry time if any.
+type Sent = (String, Option<i64>);
+
+fn note(
+    done: Result<Sent, tokio::task::JoinError>,
+    retries: &mut BinaryHeap<Reverse<i64>>,
+    busy: &mut HashMap<String, u32>,
+) {
     match done {
-        Ok(Some(at)) => retries.push(Reverse(at)),
-        Ok(None) => {}
+        Ok((tenant, retry)) => {
+            if let Some(n) = busy.get_mut(&tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(&tenant);
+                }
+            }
+            if let Some(at) = retry {
+                retries.push(Reverse(at));
+            }
+        }
+        // `deliver` does not panic; if it did, its tenant's count stays
+        // one too high until the restart (a slot of that tenant is lost).
         Err(e) => tracing::error!(error = %e, "webhook send task ended abnormally"),
     }
 }
@@ -236,16 +271,28 @@ fn instant_of(at_ms: i64) -> Instant {
     Instant::now() + Duration::from_millis(wait)
 }
 
-/// Send one claimed row and record the outcome; returns the retry time.
+/// Send one claimed row and record the outcome; returns its tenant and the
+/// retry time.
 async fn deliver(
     sender: Arc<Sender>,
     store: Arc<Store>,
     schedule: Arc<[u64]>,
     d: WebhookDelivery,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+) -> Sent {
+    let retry = deliver_one(&sender, &store, &schedule, &d).await;
+    drop(permit);
+    (d.tenant_id, retry)
+}
+
+async fn deliver_one(
+    sender: &Sender,
+    store: &Store,
+    schedule: &[u64],
+    d: &WebhookDelivery,
 ) -> Option<i64> {
-    let attempt = sender.attempt(&d).await;
-    let outcome = policy::outcome(&attempt, d.attempts, &schedule, now_ms(), fastrand::f64());
+    let attempt = sender.attempt(d).await;
+    let outcome = policy::outcome(&attempt, d.attempts, schedule, now_ms(), fastrand::f64());
     let key = d.idempotency_key.as_str();
     match &outcome {
         WebhookOutcome::Delivered { status } => {

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod dispatcher;
 pub mod policy;
+pub mod ranges;
 pub mod send;
 pub mod signing;
 pub mod ssrf;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use runsignal::store::{
-    BlockedChange, Completion, Failure, LeaseRequest, NewJob, NewRun, ProgressReport,
+    BlockedChange, ClaimShare, Completion, Failure, LeaseRequest, NewJob, NewRun, ProgressReport,
     Store, StoreError, TimelineQuery,
 };
 use serde_json::{json, Value};
@@ -226,10 +226,57 @@ async fn outbox_rows_come_in_state_order_per_job() {
     assert_eq!(states, ["queued", "loading", "working", "done"]);
     // Claims hand out the oldest open delivery of a job, one at a time.
     let far = runsignal::store::now_ms() + 3_600_000;
-    let first = f.store.claim_webhooks(far, 10).await.unwrap();
+    let share = ClaimShare {
+        per_tenant: 10,
+        ..ClaimShare::default()
+    };
+    let first = f.store.claim_webhooks(far, 10, &share).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].state, "queued");
-    assert!(f.store.claim_webhooks(far, 10).await.unwrap().is_empty());
+    assert!(f
+        .store
+        .claim_webhooks(far, 10, &share)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// SPEC §11: claims go round robin across tenants (not oldest first) and
+/// never past `per_tenant` in flight, counting what is already sending.
+#[actix_web::test]
+async fn webhook_claims_go_round_robin_across_tenants_within_a_per_tenant_cap() {
+    let f = fixture().await;
+    let hooked = || {
+        let mut new = new_job(None);
+        new.webhook_url = Some("http://127.0.0.1:9/hook".into());
+        new
+    };
+    for _ in 0..4 {
+        f.store.submit_job("noisy", hooked()).await.unwrap();
+    }
+    f.store.submit_job("victim", hooked()).await.unwrap();
+    let far = runsignal::store::now_ms() + 3_600_000;
+    let claim = |limit: u32, busy: &[(&str, u32)], after: Option<&str>| {
+        let share = ClaimShare {
+            per_tenant: 2,
+            busy: busy.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+            after: after.map(str::to_owned),
+        };
+        let store = f.store.clone();
+        async move {
+            let got = store.claim_webhooks(far, limit, &share).await.unwrap();
+            got.into_iter().map(|d| d.tenant_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(1, &[], None).await, ["noisy"]);
+    // noisy's three older rows wait: the next slot is the victim's.
+    assert_eq!(claim(1, &[("noisy", 1)], Some("noisy")).await, ["victim"]);
+    // With five slots free, noisy gets one more (2 in flight), no more.
+    let busy = [("noisy", 1), ("victim", 1)];
+    assert_eq!(claim(5, &busy, Some("victim")).await, ["noisy"]);
+    assert_eq!(claim(5, &[("noisy", 2)], Some("noisy")).await, Vec::<String>::new());
+    // A slot back: one more, the round wraps past the end of the ids.
+    assert_eq!(claim(5, &[("noisy", 1)], Some("victim")).await, ["noisy"]);
 }
 
 #[actix_web::test]

@@ -420,3 +420,67 @@ fn executor_settings_are_validated_naming_the_key() {
     let ok = Config::load_from(None, Vec::new()).unwrap();
     assert_eq!(ok.executor.workspace_dir, "data/workspaces");
 }
+
+/// SPEC §11: built-in executor slots go round robin across tenants. With one
+/// slot and tenant `noisy`'s first job running, `victim` submits one job;
+/// when the slot frees, the victim's job runs next although `noisy` still
+/// has 7 older jobs queued. Each noisy job holds the slot until the test
+/// opens its gate, so the victim's job can only finish if it came first.
+#[actix_web::test]
+async fn a_victims_builtin_job_runs_before_another_tenants_queued_backlog() {
+    let gated = json!({"name": "gated", "executor": "builtin",
+        "inputs": [{"name": "gate", "required": true}],
+        "steps": [sh("wait", "build",
+            "i=0; while [ ! -e \"$INPUT_GATE\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done")]});
+    let quick = pack("quick", vec![sh("run", "build", "echo quick")]);
+    let x = exec_app(&[gated, quick], &[("Executor__MaxConcurrentJobs", "1")]).await;
+    let gate = |i: usize| x.path(&format!("gate-{i}")).display().to_string();
+    let submit_as = |tenant: &'static str, body: Value| {
+        let req = x.app.req_as(tenant, reqwest::Method::POST, "/jobs").json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 202);
+            let v: Value = res.json().await.unwrap();
+            v["job_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let job_of = |tenant: &'static str, id: String| {
+        let req = x.app.req_as(tenant, reqwest::Method::GET, &format!("/jobs/{id}"));
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let mut noisy = Vec::new();
+    for i in 0..8 {
+        noisy.push(submit_as("noisy", json!({"pack": "gated", "inputs": {"gate": gate(i)}})).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_of("noisy", noisy[0].clone()).await["state"] != "working" {
+        assert!(Instant::now() < deadline, "the first noisy job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = submit_as("victim", json!({"pack": "quick"})).await;
+    std::fs::write(gate(0), "").unwrap();
+    // The next noisy job would hold the only slot until its gate opens, so
+    // the victim's job reaching `done` means it got the slot first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = job_of("victim", victim.clone()).await;
+        if got["state"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the victim's job waited behind the noisy backlog: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut still_queued = 0;
+    for id in &noisy[1..] {
+        if job_of("noisy", id.clone()).await["state"] == "queued" {
+            still_queued += 1;
+        }
+    }
+    assert!(still_queued >= 6, "noisy still had its backlog: {still_queued}");
+    for i in 0..8 {
+        std::fs::write(gate(i), "").unwrap();
+    }
+}

@@ -410,3 +410,94 @@ async fn bad_webhook_settings_stop_start_up_naming_the_key() {
     .unwrap();
     assert_eq!(ok.webhooks.max_concurrency, 8, "default");
 }
+
+/// Submit an `external` job with a webhook for `tenant`.
+async fn submit_hooked_as(app: &TestApp, tenant: &str, url: &str) -> String {
+    let body = json!({"pack": "external", "state_webhook_url": url});
+    let res = app
+        .req_as(tenant, reqwest::Method::POST, "/jobs")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let v: Value = res.json().await.unwrap();
+    v["job_id"].as_str().unwrap().to_owned()
+}
+
+/// SPEC §11: a tenant whose receiver hangs holds at most
+/// `Webhooks.MaxInFlightPerTenant` delivery slots, so another tenant's
+/// webhook goes out while all of them still hang.
+#[actix_web::test]
+async fn a_hanging_receiver_of_one_tenant_does_not_hold_up_another_tenants_webhook() {
+    // Timeouts far beyond the test: a held request frees no slot.
+    let app = app_with(&[
+        ("Webhooks__TimeoutSeconds", "120"),
+        ("Webhooks__MaxConcurrency", "8"),
+        ("Webhooks__MaxInFlightPerTenant", "2"),
+    ])
+    .await;
+    let noisy = Receiver::start(vec![Answer::Hold; 40]).await;
+    let victim = Receiver::start(vec![]).await;
+    for _ in 0..40 {
+        submit_hooked_as(&app, "noisy", &noisy.url()).await;
+    }
+    noisy.wait_count(2).await;
+    let job = submit_hooked_as(&app, "victim", &victim.url()).await;
+    let hits = victim.wait_count(1).await;
+    assert_eq!(hits[0].id(), format!("{job}:queued"));
+    // Every noisy request is still held (none was released): the victim's
+    // slot was never one of theirs, and they never had more than their share.
+    assert_eq!(noisy.hits().len(), 2, "noisy holds MaxInFlightPerTenant slots");
+    noisy.release(40);
+}
+
+/// SPEC §11: a freed slot goes round robin across tenants, not to the
+/// oldest due delivery: with one slot, the victim's webhook is the next one
+/// sent after the first of the noisy tenant's 5.
+#[actix_web::test]
+async fn a_freed_delivery_slot_goes_round_robin_across_tenants() {
+    let app = app_with(&[
+        ("Webhooks__TimeoutSeconds", "120"),
+        ("Webhooks__MaxConcurrency", "1"),
+        ("Webhooks__MaxInFlightPerTenant", "1"),
+    ])
+    .await;
+    let noisy = Receiver::start(vec![Answer::Hold; 5]).await;
+    let victim = Receiver::start(vec![]).await;
+    for _ in 0..5 {
+        submit_hooked_as(&app, "noisy", &noisy.url()).await;
+    }
+    noisy.wait_count(1).await;
+    submit_hooked_as(&app, "victim", &victim.url()).await;
+    noisy.release(1);
+    let got = victim.wait_count(1).await;
+    // The one slot served the victim before the noisy tenant's second
+    // delivery (which is held until released, so it could not have ended).
+    let second = noisy.wait_count(2).await;
+    assert!(got[0].at < second[1].at, "victim before noisy's second");
+    noisy.release(5);
+}
+
+#[actix_web::test]
+async fn max_in_flight_per_tenant_defaults_to_a_quarter_of_the_slots_and_is_checked() {
+    use runsignal::config::Config;
+    let with = |vars: &[(&str, &str)]| {
+        Config::load_from(
+            None,
+            vars.iter()
+                .map(|(k, v)| (format!("RUNSIGNAL__{k}"), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let c = with(&[]).unwrap();
+    assert_eq!(c.webhooks.per_tenant_slots(), 2, "8 slots: 2 per tenant");
+    let c = with(&[("Webhooks__MaxConcurrency", "3")]).unwrap();
+    assert_eq!(c.webhooks.per_tenant_slots(), 1, "at least 1");
+    let c = with(&[("Webhooks__MaxInFlightPerTenant", "5")]).unwrap();
+    assert_eq!(c.webhooks.per_tenant_slots(), 5);
+    let err = with(&[("Webhooks__MaxInFlightPerTenant", "5000")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Webhooks.MaxInFlightPerTenant"), "{err}");
+}

@@ -21,6 +21,8 @@ pub enum Answer {
     Redirect(u16, &'static str),
     /// Answer 200, but only after this long.
     Hang(Duration),
+    /// Answer 200 once the test lets it go ([`Receiver::release`]).
+    Hold,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ impl Hit {
 struct Shared {
     hits: Mutex<Vec<Hit>>,
     script: Mutex<VecDeque<Answer>>,
+    /// One permit per held request the test has let go.
+    gate: tokio::sync::Semaphore,
 }
 
 /// An HTTP server on 127.0.0.1:0 that records every request and answers
@@ -97,6 +101,10 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             tokio::time::sleep(d).await;
             HttpResponse::Ok().finish()
         }
+        Answer::Hold => {
+            shared.gate.acquire().await.unwrap().forget();
+            HttpResponse::Ok().finish()
+        }
     }
 }
 
@@ -110,6 +118,7 @@ impl Receiver {
         let shared = Arc::new(Shared {
             hits: Mutex::new(Vec::new()),
             script: Mutex::new(script.into()),
+            gate: tokio::sync::Semaphore::new(0),
         });
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
@@ -131,6 +140,11 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("{}/hook", self.base)
+    }
+
+    /// Let `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.shared.gate.add_permits(n);
     }
 
     pub fn hits(&self) -> Vec<Hit> {
