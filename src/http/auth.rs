@@ -278,10 +278,13 @@ pub fn check_origin(req: &HttpRequest, config: &CorsConfig) -> Result<(), ApiErr
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-    let allowed = origin.to_str().is_ok_and(|o| {
-        same_origin(o, host) || config.allowed_origins.iter().any(|a| a == o)
-    });
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| same_origin(o, host) || config.allowed_origins.iter().any(|a| a == o));
     if allowed {
         return Ok(());
     }

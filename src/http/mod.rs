@@ -86,10 +86,48 @@ pub fn method_not_allowed<B>(
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let (req, _) = res.into_parts();
     let detail = format!("{} is not allowed on {}", req.method(), req.path());
-    let res = ApiError::new(ErrorCode::MethodNotAllowed, detail).error_response();
+    let mut res = ApiError::new(ErrorCode::MethodNotAllowed, detail).error_response();
+    // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+    if let Some(allow) = req.match_pattern().as_deref().and_then(allowed_methods) {
+        res.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            HeaderValue::from_static(allow),
+        );
+    }
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, res).map_into_right_body(),
     ))
+}
+
+/// The methods `routes` registers on a route pattern, for `Allow`.
+fn allowed_methods(pattern: &str) -> Option<&'static str> {
+    let route = PREFIXES
+        .iter()
+        .find_map(|p| pattern.strip_prefix(p))
+        .unwrap_or(pattern);
+    Some(match route {
+        "/runs" | "/jobs" => "GET, POST",
+        "/runs/{runId}/first-signal" => "GET, HEAD",
+        "/workers/lease"
+        | "/jobs/{jobId}/progress"
+        | "/jobs/{jobId}/complete"
+        | "/jobs/{jobId}/fail"
+        | "/jobs/{jobId}/cancel" => "POST",
+        "/runs/{runId}"
+        | "/runs/{runId}/timeline"
+        | "/packs"
+        | "/stream/runs/{runId}"
+        | "/stream/jobs/{jobId}"
+        | "/stream/pack-runs/{jobId}"
+        | "/ws"
+        | "/jobs/{jobId}"
+        | "/jobs/{jobId}/artifacts/{name}"
+        | "/healthz"
+        | "/readyz"
+        | "/metrics"
+        | "/openapi.json" => "GET",
+        _ => return None,
+    })
 }
 
 static CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");

@@ -381,3 +381,47 @@ async fn every_documented_operation_is_routed() {
         }
     }
 }
+
+/// RFC 9110 §15.5.6: every 405 lists the route's methods in `Allow`, and the
+/// list is the one `/openapi.json` documents for that path.
+#[actix_web::test]
+async fn a_405_lists_the_methods_the_document_gives_the_path() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 30, "every route is documented");
+    for (path, item) in paths {
+        let mut documented: Vec<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| ["get", "head", "post", "put", "patch", "delete"].contains(&k.as_str()))
+            .map(|k| k.to_uppercase())
+            .collect();
+        documented.sort();
+        let concrete = path
+            .replace("{runId}", "00000000-0000-4000-8000-000000000000")
+            .replace("{jobId}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .replace("{name}", "x");
+        let res = app
+            .req(reqwest::Method::from_bytes(b"TRACE").unwrap(), &concrete)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{path}");
+        let mut allow: Vec<String> = header(&res, "allow")
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        allow.sort();
+        assert_eq!(allow, documented, "Allow of {path}");
+    }
+}
