@@ -12,6 +12,7 @@ mod bad_input;
 mod executor;
 mod first_signal;
 mod jobs;
+mod limits;
 mod ops;
 mod prune;
 mod runs;

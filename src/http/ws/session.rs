@@ -16,6 +16,7 @@ use runsignal_actors::{RunActor, StreamKind, Unsubscribe};
 use super::protocol::{ClientFrame, ServerFrame};
 use super::MAX_FRAME_BYTES;
 use crate::http::errors::{ApiError, ErrorCode};
+use crate::http::limits::{HeldConnection, StreamPermit};
 use crate::AppState;
 
 /// Pings in a row without a pong before the socket is closed.
@@ -30,6 +31,8 @@ pub(super) type Ctx = ws::WebsocketContext<WsSession>;
 pub struct WsSession {
     pub(super) state: Arc<AppState>,
     pub(super) tenant: String,
+    /// The credential the socket authenticated with (stream limits).
+    pub(super) credential: Option<String>,
     /// Of the upgrade request: named in the first `first_signal` frames.
     pub(super) correlation_id: String,
     /// Subscriptions by token (a token is never reused within a socket).
@@ -40,6 +43,8 @@ pub struct WsSession {
     oversize: Rc<Cell<bool>>,
     /// We sent a close frame: nothing else goes out, nothing else is served.
     pub(super) closing: bool,
+    /// The socket's place among the server's streaming connections.
+    _held: HeldConnection,
 }
 
 pub(super) struct Sub {
@@ -48,6 +53,8 @@ pub(super) struct Sub {
     pub id: String,
     /// `None` while the subscription is being opened.
     pub live: Option<Live>,
+    /// Its place under the stream limits, freed when the `Sub` is dropped.
+    pub _permit: StreamPermit,
 }
 
 pub(super) struct Live {
@@ -61,18 +68,22 @@ impl WsSession {
     pub fn new(
         state: Arc<AppState>,
         tenant: String,
+        credential: Option<String>,
         correlation_id: String,
         oversize: Rc<Cell<bool>>,
+        held: HeldConnection,
     ) -> WsSession {
         WsSession {
             state,
             tenant,
+            credential,
             correlation_id,
             subs: HashMap::new(),
             next_token: 1,
             missed_pongs: 0,
             oversize,
             closing: false,
+            _held: held,
         }
     }
 }
