@@ -317,7 +317,7 @@ async fn a_websocket_whose_client_stops_reading_is_closed_and_frees_its_place() 
     // One stream for the tenant: while the silent socket holds its
     // subscription, nobody else of the tenant can subscribe.
     let app = spawn_with(&[
-        ("Streams__HeartbeatIntervalSeconds", "1"),
+        ("Streams__HeartbeatIntervalSeconds", "3"),
         ("Streams__BufferSize", "64"),
         ("Limits__MaxStreamsPerTenant", "1"),
     ])
@@ -331,21 +331,23 @@ async fn a_websocket_whose_client_stops_reading_is_closed_and_frees_its_place() 
         .await
         .unwrap();
     assert_eq!(ws_recv(&mut silent).await["op"], "subscribed");
-    // From here the silent client reads nothing: its queue fills.
-    let mut freed = false;
-    for _ in 0..60 {
-        // ~400 KB of log lines per batch.
-        progress_direct(&app, &job, &lease, 100, 0, 5, 800).await;
-        // A fresh socket each time: one left unread between batches would
-        // miss its pongs.
+    // From here the silent client reads nothing. ~16 MB of log lines fill
+    // its socket buffers sooner than two heartbeats (the missed-pong rule):
+    // the socket's send queue stays full, which alone must close it.
+    for _ in 0..2 {
+        progress_direct(&app, &job, &lease, 40, 0, 50, 4000).await;
+    }
+    let freed = eventually(|| async {
+        // A fresh socket each time: one left unread would miss its pongs.
         let mut other = ws_connect(&app).await;
         let reply = ws_subscribe(&mut other, &other_run).await;
-        if reply["op"] == "subscribed" {
-            freed = true;
-            break;
+        if reply["op"] != "subscribed" {
+            assert_eq!(reply["code"], "too_many_streams", "{reply}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert_eq!(reply["code"], "too_many_streams", "{reply}");
-    }
+        reply["op"] == "subscribed"
+    })
+    .await;
     assert!(freed, "the silent socket was closed and its place freed");
     // The silent socket was cut before the job's end: reading it now ends
     // in an error or a close, never in `completed`.
