@@ -48,6 +48,7 @@ pub struct Config {
     pub messaging: MessagingConfig,
     pub redis: RedisConfig,
     pub streams: StreamsConfig,
+    pub limits: LimitsConfig,
     pub actors: ActorsConfig,
     pub jobs: JobsConfig,
     pub executor: ExecutorConfig,
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
     pub cors: CorsConfig,
+    /// A request body must arrive whole within this (408 otherwise).
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +110,8 @@ pub struct CacheConfig {
     pub ttl_seconds: u64,
     pub sliding_expiration: bool,
     pub key_prefix: String,
+    /// In-memory backend: entries kept; the least recently used go first.
+    pub max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +149,33 @@ pub struct StreamsConfig {
     pub buffer_size: usize,
     pub max_duration_seconds: u64,
     pub max_subscriptions_per_socket: usize,
+}
+
+/// SPEC §11 (see ADR 0026).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LimitsConfig {
+    /// Open connections; past it new ones are refused at once. `0`: 90% of
+    /// the process's soft open-file limit, read at start-up
+    /// ([`LimitsConfig::max_connections`]).
+    pub max_connections: usize,
+    /// Open SSE streams plus WebSocket subscriptions of one tenant.
+    pub max_streams_per_tenant: usize,
+    /// Open SSE streams plus WebSocket subscriptions of one credential.
+    pub max_streams_per_credential: usize,
+}
+
+impl LimitsConfig {
+    /// `MaxConnections`, resolved: the configured value, or 90% of the soft
+    /// `RLIMIT_NOFILE` (the rest is headroom for the store, files, sockets
+    /// of webhooks and the connections being refused).
+    pub fn max_connections(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let soft = crate::http::limits::open_file_limit();
+        (soft / 10 * 9).max(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +312,18 @@ impl Config {
             }
         }
         positive("Server.MaxBodyBytes", self.server.max_body_bytes as u64)?;
+        positive(
+            "Server.BodyTimeoutSeconds",
+            self.server.body_timeout_seconds,
+        )?;
+        positive(
+            "Limits.MaxStreamsPerTenant",
+            self.limits.max_streams_per_tenant as u64,
+        )?;
+        positive(
+            "Limits.MaxStreamsPerCredential",
+            self.limits.max_streams_per_credential as u64,
+        )?;
         let url = &self.database.url;
         if !url.starts_with("sqlite:") && !crate::store::postgres::is_postgres_url(url) {
             return Err(invalid(
@@ -308,6 +352,10 @@ impl Config {
         positive(
             "FirstSignal.Cache.TtlSeconds",
             self.first_signal.cache.ttl_seconds,
+        )?;
+        positive(
+            "FirstSignal.Cache.MaxEntries",
+            self.first_signal.cache.max_entries as u64,
         )?;
         let sw = &self.first_signal.snapshot_writer;
         positive(

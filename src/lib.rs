@@ -54,6 +54,10 @@ pub struct AppState {
     pub auth: auth::Authenticator,
     /// Turns true when the process is stopping: open streams end cleanly.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Admission of SSE streams, WebSocket sockets and subscriptions.
+    pub stream_limits: Arc<http::limits::StreamLimits>,
+    /// Open connections against `Limits.MaxConnections`.
+    pub connections: Arc<http::limits::ConnectionLimit>,
 }
 
 pub struct Application {
@@ -169,6 +173,9 @@ impl Application {
         let workers = config.server.workers;
         let shutdown_timeout = config.server.shutdown_timeout_seconds;
         let (stopping, shutdown) = tokio::sync::watch::channel(false);
+        let max_connections = config.limits.max_connections();
+        let connections = http::limits::ConnectionLimit::new(max_connections);
+        let stream_limits = http::limits::StreamLimits::new(&config.limits, max_connections);
         let state = web::Data::new(AppState {
             config,
             store,
@@ -178,6 +185,8 @@ impl Application {
             queries,
             auth,
             shutdown,
+            stream_limits,
+            connections: connections.clone(),
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
@@ -196,6 +205,7 @@ impl Application {
                 .service(web::resource("/openapi.json").get(openapi::serve))
                 .default_service(web::to(http::not_found))
         })
+        .on_connect(move |io, ext| connections.on_connect(io, ext))
         .listen(listener)?
         // Signals are ours (see `run_until_stopped`): streams must end first.
         .disable_signals()
@@ -206,7 +216,7 @@ impl Application {
         tasks::spawn_all(state.clone().into_inner());
         actix_rt::spawn(executor::run(state.clone().into_inner()));
         actix_rt::spawn(dispatcher.run(state.shutdown.clone()));
-        tracing::info!(port, "runsignal listening");
+        tracing::info!(port, max_connections, "runsignal listening");
         let server = server.run();
         let stopper = Stopper {
             server: server.handle(),

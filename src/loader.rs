@@ -32,18 +32,24 @@ impl RunLoader for StoreLoader {
                 .map(|(signal, seq)| Arc::new(SignalView::new(signal, seq))),
         };
         if let Some(view) = cached {
-            // The signal is ready; where the timeline stands is one indexed
-            // row (a stream positions its subscribers by it).
+            // Where the timeline stands is one indexed row (a stream
+            // positions its subscribers by it); it also tells whether the
+            // signal is current. A stale one (its run changed while it was
+            // evicted, or a cold load put an older signal back meanwhile)
+            // is recomputed, never served (SPEC §4.4).
             let Some(head) = self.store.run_head(tenant, run_id).await.map_err(err)? else {
                 return Ok(None);
             };
-            self.cache.put(tenant, run_id, view.clone());
-            return Ok(Some(LoadedRun {
-                last_seq: head.last_seq,
-                completed_seq: head.completed_seq,
-                signal: Some(view),
-                source: Source::Snapshot,
-            }));
+            if view.seq == head.signal_seq {
+                self.cache.put(tenant, run_id, view.clone());
+                return Ok(Some(LoadedRun {
+                    last_seq: head.last_seq,
+                    completed_seq: head.completed_seq,
+                    signal: Some(view),
+                    source: Source::Snapshot,
+                }));
+            }
+            self.cache.remove(tenant, run_id);
         }
         let started = Instant::now();
         let cold = self.store.cold_run(tenant, run_id).await.map_err(err)?;

@@ -48,6 +48,9 @@ pub enum ErrorCode {
     TenantForbidden,
     InsufficientScope,
     OriginForbidden,
+    TooManyStreams,
+    TooManyConnections,
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -185,6 +188,31 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN,
                 "Origin not allowed",
             ),
+            TooManyStreams => (
+                "too_many_streams",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many streams",
+            ),
+            TooManyConnections => (
+                "too_many_connections",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many connections",
+            ),
+            RequestTimeout => (
+                "request_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body too slow",
+            ),
+        }
+    }
+
+    /// `Retry-After` seconds for refusals that pass with time.
+    fn retry_after(self) -> Option<u32> {
+        match self {
+            ErrorCode::TooManyStreams | ErrorCode::TooManyConnections => {
+                Some(super::limits::RETRY_AFTER_SECONDS)
+            }
+            _ => None,
         }
     }
 }
@@ -243,6 +271,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem+json body.
+    pub fn problem(&self) -> Problem {
+        let (code, status, title) = self.code.row();
+        Problem {
+            problem_type: format!("https://runsignal.dev/problems/{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: code.to_owned(),
+        }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.detail)
@@ -255,8 +297,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let (code, status, title) = self.code.row();
-        let mut res = HttpResponse::build(status);
+        let mut res = HttpResponse::build(self.status_code());
+        res.content_type("application/problem+json");
         // RFC 6750 §3: how to authenticate, and what was wrong.
         let challenge = match self.code {
             ErrorCode::Unauthenticated => Some(r#"Bearer realm="runsignal""#),
@@ -269,13 +311,14 @@ impl ResponseError for ApiError {
         if let Some(challenge) = challenge {
             res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
         }
-        res.content_type("application/problem+json").json(Problem {
-            problem_type: format!("https://runsignal.dev/problems/{code}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: self.detail.clone(),
-            code: code.to_owned(),
-        })
+        if let Some(secs) = self.code.retry_after() {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.code == ErrorCode::RequestTimeout {
+            // The rest of the body is unread: the connection cannot be reused.
+            res.force_close();
+        }
+        res.json(self.problem())
     }
 }
 

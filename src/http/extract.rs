@@ -174,8 +174,44 @@ pub fn job_id(raw: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidJobId, format!("`{raw}` is not a ULID")))
 }
 
-/// A JSON body limited to `Server.MaxBodyBytes`; errors name the field.
+/// A JSON body limited to `Server.MaxBodyBytes` and to
+/// `Server.BodyTimeoutSeconds` (see [`body_deadline`]); errors name the field.
 pub struct JsonBody<T>(pub T);
+
+/// When a request's body must have arrived whole: `Server.BodyTimeoutSeconds`
+/// after the handler starts reading it (actix's own `client_request_timeout`
+/// covers only the head). Every extractor that reads a body reads it within
+/// [`BodyDeadline::read`]; a body still trickling then is a 408.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    seconds: u64,
+}
+
+impl BodyDeadline {
+    pub fn of(req: &HttpRequest) -> BodyDeadline {
+        let seconds = req
+            .app_data::<web::Data<AppState>>()
+            .map_or(30, |s| s.config.server.body_timeout_seconds);
+        BodyDeadline { seconds }
+    }
+
+    /// Run `read` (the body's reading) within the deadline.
+    pub async fn read<T>(
+        self,
+        read: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let limit = std::time::Duration::from_secs(self.seconds);
+        tokio::time::timeout(limit, read).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s (Server.BodyTimeoutSeconds)",
+                    self.seconds
+                ),
+            )
+        })?
+    }
+}
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
@@ -185,6 +221,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let limit = req
             .app_data::<web::Data<AppState>>()
             .map_or(1 << 20, |s| s.config.server.max_body_bytes);
+        let deadline = BodyDeadline::of(req);
         let declared = req
             .headers()
             .get(actix_web::http::header::CONTENT_LENGTH)
@@ -202,15 +239,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if declared.is_some_and(|n| n > limit) {
                 return Err(too_large());
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large());
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = deadline.read(read).await?;
             // No body at all is `invalid_body` below, whatever the type.
             if !json && !body.is_empty() {
                 return Err(ApiError::new(

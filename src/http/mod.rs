@@ -7,6 +7,7 @@ pub mod extract;
 pub mod feed;
 pub mod first_signal;
 pub mod jobs;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod prefer;

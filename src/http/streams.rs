@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::errors::{ApiError, Problem};
 use super::extract::{job_id, parse_query, run_id, seq, CorrelationId, Tenant};
 use super::feed::{stream_filter, Replay, Subscription};
+use super::limits::{self, HeldConnection, StreamPermit};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -88,6 +89,8 @@ struct Plan {
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
         (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`run_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn run_stream(
@@ -116,6 +119,8 @@ pub async fn run_stream(
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
         (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn job_stream(
@@ -144,6 +149,8 @@ pub async fn job_stream(
         (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
         (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn pack_run_stream(
@@ -173,6 +180,12 @@ async fn sse_stream(
         filter.job_id = Some(id.as_str().into());
     }
     let last = last_event_id(&req, &q)?;
+    // Admitted before subscribing; held by the response body, so released
+    // however the stream ends.
+    let permit = state
+        .stream_limits
+        .acquire(&tenant.0, limits::credential(&req).as_deref())?;
+    let held = state.stream_limits.hold_connection()?;
     let sub = Subscription::open(&state, &tenant.0, kind, &id, filter.clone(), Wire::Sse).await?;
     let Some(replay) = sub.start(last) else {
         return Ok(HttpResponse::NoContent().finish());
@@ -195,14 +208,26 @@ async fn sse_stream(
         first,
         replay: replay.map(|range| Replay::new(sub.key.clone(), kind, filter, Wire::Sse, range)),
     };
-    Ok(open(&state, sub, plan))
+    let slot = Slot {
+        _permit: permit,
+        _held: held,
+    };
+    Ok(open(&state, sub, plan, slot))
+}
+
+/// An open stream's places under the limits, held by its response body:
+/// released when the body is dropped, however the stream ends.
+struct Slot {
+    _permit: StreamPermit,
+    _held: HeldConnection,
 }
 
 /// Start the pump task and answer with its frames as the SSE body.
-fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan) -> HttpResponse {
+fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan, slot: Slot) -> HttpResponse {
     // Small: the pump waits on a slow client here, while the subscriber's
     // own queue (`Streams.BufferSize`) absorbs the run's bursts.
     let (out, body) = mpsc::channel::<Bytes>(16);
+    let out = Out { tx: out };
     actix_rt::spawn(pump(
         state.clone().into_inner(),
         sub.addr,
@@ -211,10 +236,10 @@ fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan) -> HttpRespo
         sub.live,
         out,
     ));
-    let stream = futures_util::stream::unfold(body, |mut rx| async move {
+    let stream = futures_util::stream::unfold((body, slot), |(mut rx, slot)| async move {
         rx.recv()
             .await
-            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+            .map(|bytes| (Ok::<_, Infallible>(bytes), (rx, slot)))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -231,26 +256,43 @@ enum End {
     Timeout,
 }
 
+/// The pump's side of the response body.
+struct Out {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Out {
+    /// Queue `bytes` for the client; `None`: the client left. A client that
+    /// stops reading blocks this; the run actor drops its subscriber when
+    /// its queue overflows, and the stream limits bound how many such
+    /// streams a tenant (and the server) can hold (ADR 0026).
+    async fn send(&self, bytes: Bytes) -> Option<()> {
+        self.tx.send(bytes).await.ok()
+    }
+}
+
 async fn pump(
     state: Arc<AppState>,
     addr: Addr<RunActor>,
     id: u64,
     plan: Plan,
     mut live: mpsc::Receiver<Delivery>,
-    out: mpsc::Sender<Bytes>,
+    out: Out,
 ) {
     let streams = &state.config.streams;
     let end = async {
-        out.send(Bytes::from(format!("retry: {}\n\n", streams.retry_ms))).await.ok()?;
+        out.send(Bytes::from(format!("retry: {}\n\n", streams.retry_ms)))
+            .await?;
         if let Some(first) = plan.first {
-            out.send(first).await.ok()?;
+            out.send(first).await?;
         }
         if let Some(mut stored) = plan.replay {
             if replay(&state, &mut stored, &out).await? {
                 return Some(End::Done);
             }
         }
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(streams.heartbeat_interval_seconds));
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_secs(streams.heartbeat_interval_seconds));
         heartbeat.tick().await;
         let deadline = tokio::time::sleep(Duration::from_secs(streams.max_duration_seconds));
         tokio::pin!(deadline);
@@ -260,13 +302,13 @@ async fn pump(
                 delivery = live.recv() => {
                     let Some(d) = delivery else { return Some(End::Done) };
                     for frame in d.frames.iter() {
-                        out.send(frame.clone()).await.ok()?;
+                        out.send(frame.clone()).await?;
                     }
                     if d.closes {
                         return Some(End::Done);
                     }
                 }
-                _ = heartbeat.tick() => out.send(Bytes::from_static(b": heartbeat\n\n")).await.ok()?,
+                _ = heartbeat.tick() => out.send(Bytes::from_static(b": heartbeat\n\n")).await?,
                 _ = &mut deadline => return Some(End::Timeout),
                 _ = shutdown.wait_for(|stop| *stop) => return Some(End::Timeout),
             }
@@ -284,11 +326,11 @@ async fn pump(
 /// Send the stored events in `(after, upto]` that the stream carries.
 /// `Some(true)`: one of them ended the stream; `None`: the client left (or
 /// the store failed).
-async fn replay(state: &AppState, replay: &mut Replay, out: &mpsc::Sender<Bytes>) -> Option<bool> {
+async fn replay(state: &AppState, replay: &mut Replay, out: &Out) -> Option<bool> {
     while !replay.done() {
         for delivery in replay.next_page(state).await.ok()? {
             for frame in delivery.frames.iter() {
-                out.send(frame.clone()).await.ok()?;
+                out.send(frame.clone()).await?;
             }
             if delivery.closes {
                 return Some(true);

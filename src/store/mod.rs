@@ -111,6 +111,9 @@ pub struct RunHead {
     pub last_seq: u64,
     /// Seq of `run.completed` while the run is complete.
     pub completed_seq: Option<u64>,
+    /// Seq of the run's latest signal change: a cached or snapshot signal
+    /// with another seq is stale (SPEC §4.4).
+    pub signal_seq: u64,
 }
 
 /// Reads of runs.

@@ -633,16 +633,18 @@ macro_rules! sql_backend {
             }
 
             async fn run_head(&self, tenant: &str, run_id: &str) -> StoreResult<Option<RunHead>> {
-                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT last_seq, completed_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
+                let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+                    "SELECT last_seq, completed_seq, signal_seq FROM runs WHERE tenant_id = $1 AND run_id = $2",
                 )
                 .bind(tenant)
                 .bind(run_id)
                 .fetch_optional(&self.reader)
                 .await?;
-                Ok(row.map(|(last, completed)| RunHead {
+                Ok(row.map(|(last, completed, signal)| RunHead {
                     last_seq: last as u64,
                     completed_seq: completed.map(|s| s as u64),
+                    // As `cold_run` dates the signal it derives.
+                    signal_seq: signal.unwrap_or(last) as u64,
                 }))
             }
         }

@@ -13,6 +13,7 @@ mod bad_input;
 mod executor;
 mod first_signal;
 mod jobs;
+mod limits;
 mod ops;
 mod prune;
 mod runs;

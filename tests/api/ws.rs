@@ -753,8 +753,14 @@ async fn a_graceful_stop_closes_sockets_with_1001() {
 #[actix_web::test]
 async fn a_socket_that_stops_reading_loses_the_subscription_and_resumes_with_after() {
     // 64 events of queue: room for the reading socket's client on a busy
-    // machine, far less than the ~12 MB the silent socket is sent.
-    let app = spawn_with(&[("Streams__BufferSize", "64")]).await;
+    // machine, far less than the ~12 MB the silent socket is sent. A long
+    // heartbeat: this socket stalls for the whole run, and a send queue full
+    // for a heartbeat interval would close it (see `limits::a_websocket…`).
+    let app = spawn_with(&[
+        ("Streams__BufferSize", "64"),
+        ("Streams__HeartbeatIntervalSeconds", "600"),
+    ])
+    .await;
     let (job, _, lease) = started_job(&app).await;
     let mut slow = connect(&app).await;
     subscribe(&mut slow, "job", &job).await;

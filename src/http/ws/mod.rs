@@ -14,6 +14,7 @@
 //! | `feed.rs` | one subscription's frames: replay, live queue, resume point |
 //! | `protocol.rs` | the client and server JSON frames |
 //! | `guard.rs` | the RFC 6455 frame-size guard in front of the codec |
+//! | `writer.rs` | the session's output queue; closes a socket whose client stops reading |
 //!
 //! Client text frames:
 //! `{"op":"subscribe","stream":"run|job|pack-run","id":"…","after":N?,"events":[…]?,"correlationId":"…"?}`,
@@ -52,13 +53,18 @@
 //! closed with 1001 when two pings in a row get no pong; frames are limited
 //! to 64 KiB (a larger one closes with 1009, as soon as its header arrives);
 //! fragmented messages close with 1003; a graceful server stop closes with
-//! 1001.
+//! 1001. A socket whose client stops reading is aborted once its send queue
+//! stays full for a heartbeat interval (`writer.rs`). Each subscription
+//! counts toward `Limits.MaxStreamsPerTenant` / `MaxStreamsPerCredential`
+//! (an error frame `too_many_streams` past them), and each socket holds one
+//! of the server's streaming connections (a 429 at the handshake past it).
 
 mod feed;
 mod guard;
 mod protocol;
 mod session;
 mod subscriptions;
+mod writer;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -72,6 +78,7 @@ use actix_web_actors::ws;
 use super::auth::check_origin;
 use super::errors::{ApiError, ErrorCode, Problem};
 use super::extract::{named_tenant, CorrelationId, Tenant};
+use super::limits::{self, Connection};
 use crate::auth::Principal;
 use crate::AppState;
 use guard::FrameGuard;
@@ -97,6 +104,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
         (status = 401, description = "`unauthenticated`: a wrong credential (none at all: authenticate with the first frame)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`insufficient_scope`, `tenant_forbidden`, `origin_forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "`websocket_handshake`: not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_streams`: the server's streaming connections (90% of `Limits.MaxConnections`) are taken; see `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn socket(
@@ -117,13 +126,24 @@ pub async fn socket(
     if let Err(e) = ws::handshake(&req) {
         return Ok(handshake_problem(&e));
     }
+    let held = state.stream_limits.hold_connection()?;
+    let stall = std::time::Duration::from_secs(state.config.streams.heartbeat_interval_seconds);
     let oversize = Rc::new(Cell::new(false));
-    let session = WsSession::new(state.into_inner(), tenant, correlation.0, oversize.clone());
+    let session = WsSession::new(
+        state.into_inner(),
+        tenant,
+        limits::credential(&req),
+        correlation.0,
+        oversize.clone(),
+        held,
+    );
     let guarded = FrameGuard::new(payload, MAX_FRAME_BYTES as u64, oversize);
-    ws::WsResponseBuilder::new(session, &req, guarded)
+    let res = ws::WsResponseBuilder::new(session, &req, guarded)
         .frame_size(MAX_FRAME_BYTES)
         .start()
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let connection = Connection::of(&req);
+    Ok(res.map_body(|_, session| writer::spawn(session, connection, stall)))
 }
 
 /// A plain GET (or a broken handshake) on the WebSocket route: problem+json.

@@ -19,6 +19,7 @@ use crate::auth::Scope;
 use crate::http::auth::insufficient;
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::extract::{tenant_for, valid_tenant};
+use crate::http::limits::{HeldConnection, StreamPermit};
 use crate::AppState;
 
 /// Pings in a row without a pong before the socket is closed.
@@ -41,6 +42,8 @@ pub struct WsSession {
     /// `Some` until the first frame authenticates the socket: the tenant the
     /// handshake named, if any. No other op is served meanwhile.
     awaiting_auth: Option<Option<String>>,
+    /// The credential the socket authenticated with (stream limits).
+    pub(super) credential: Option<String>,
     /// Of the upgrade request: named in the first `first_signal` frames.
     pub(super) correlation_id: String,
     /// Subscriptions by token (a token is never reused within a socket).
@@ -51,6 +54,8 @@ pub struct WsSession {
     oversize: Rc<Cell<bool>>,
     /// We sent a close frame: nothing else goes out, nothing else is served.
     pub(super) closing: bool,
+    /// The socket's place among the server's streaming connections.
+    _held: HeldConnection,
 }
 
 pub(super) struct Sub {
@@ -59,6 +64,8 @@ pub(super) struct Sub {
     pub id: String,
     /// `None` while the subscription is being opened.
     pub live: Option<Live>,
+    /// Its place under the stream limits, freed when the `Sub` is dropped.
+    pub _permit: StreamPermit,
 }
 
 pub(super) struct Live {
@@ -75,8 +82,10 @@ impl WsSession {
     pub fn new(
         state: Arc<AppState>,
         tenant: Result<String, Option<String>>,
+        credential: Option<String>,
         correlation_id: String,
         oversize: Rc<Cell<bool>>,
+        held: HeldConnection,
     ) -> WsSession {
         let (tenant, awaiting_auth) = match tenant {
             Ok(t) => (t, None),
@@ -86,12 +95,14 @@ impl WsSession {
             state,
             tenant,
             awaiting_auth,
+            credential,
             correlation_id,
             subs: HashMap::new(),
             next_token: 1,
             missed_pongs: 0,
             oversize,
             closing: false,
+            _held: held,
         }
     }
 }
@@ -250,11 +261,13 @@ impl WsSession {
                     Some(t) => Some(t),
                     None => named,
                 };
-                tenant_for(true, Some(&principal), named)
+                let tenant = tenant_for(true, Some(&principal), named)?;
+                Ok((tenant, principal.credential))
             });
         match result {
-            Ok(tenant) => {
+            Ok((tenant, credential)) => {
                 self.tenant = tenant.0;
+                self.credential = Some(credential);
                 let frame = ServerFrame::Authenticated {
                     tenant: &self.tenant,
                 };

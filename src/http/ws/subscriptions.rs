@@ -47,6 +47,14 @@ impl WsSession {
             let e = ApiError::new(ErrorCode::SubscriptionLimit, detail);
             return self.send_error(ctx, &e, Some((kind, &id)));
         }
+        let permit = match self
+            .state
+            .stream_limits
+            .acquire(&self.tenant, self.credential.as_deref())
+        {
+            Ok(p) => p,
+            Err(e) => return self.send_error(ctx, &e, Some((kind, &id))),
+        };
         let token = self.next_token;
         self.next_token += 1;
         self.subs.insert(
@@ -55,6 +63,7 @@ impl WsSession {
                 kind,
                 id: id.clone(),
                 live: None,
+                _permit: permit,
             },
         );
         let open = feed::open(
