@@ -4,7 +4,9 @@
 # no 5xx, every response matches the schema (issue 8 point 10).
 # Usage: scripts/schemathesis.sh [SECONDS]   (default 120)
 # Needs `schemathesis` on PATH (.ci/run installs it) and a built binary
-# (target/debug/runsignal, or $RUNSIGNAL_BIN).
+# (target/debug/runsignal, or $RUNSIGNAL_BIN). The `coverage` phase is left
+# out: on CPython 3.11 it crashes inside Hypothesis (SystemError "AST
+# constructor recursion depth mismatch"), a tool bug, not a finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-120}"
@@ -29,6 +31,7 @@ schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --exclude-checks ignored_auth,positive_data_acceptance \
   --max-time "$seconds" \
   --workers 2 \
+  --phases examples,fuzzing,stateful \
   --header 'X-Tenant-Id: fuzz' \
   --generation-deterministic \
   --suppress-health-check all \
