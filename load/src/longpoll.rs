@@ -60,12 +60,13 @@ pub async fn run(args: LongpollArgs) -> anyhow::Result<()> {
                 errors
             }));
         }
-        // Parked once the store calls stop moving (each lease looks once).
-        let mut last = server.store_calls();
+        // Parked once each lease has looked once and the calls stop moving.
+        let start = server.store_calls();
+        let mut last = start;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let now = server.store_calls();
-            if now == last {
+            if now >= start + args.waiters as u64 && now == last {
                 break;
             }
             last = now;

@@ -261,6 +261,73 @@ async fn long_poll_lease_wakes_when_a_job_is_queued() {
     assert!(empty.is_empty());
 }
 
+/// SPEC §11: parked long-polls cost no store work, a submit of another
+/// tenant wakes none of them, and a submit of theirs wakes one lessee, not
+/// all of them (each woken lessee runs a lease write).
+#[actix_web::test]
+async fn a_queued_job_wakes_one_parked_lease_not_all_of_them() {
+    // Background store work (sweeps, prune) would blur the counts; what
+    // little is left is the slack below (waking all would add 40).
+    let app = spawn_with(&[
+        ("Jobs__LeaseSweepIntervalSeconds", "3600"),
+        ("Jobs__PruneIntervalSeconds", "3600"),
+    ])
+    .await;
+    const SLACK: u64 = 5;
+    const WAITERS: usize = 40;
+    let base = app.store_calls();
+    let parked: Vec<_> = (0..WAITERS)
+        .map(|i| {
+            let body = json!({"workerId": format!("w{i}"), "packs": ["external"], "waitSeconds": 20});
+            let req = app.post(&format!("{ORCH}/workers/lease"), &body).send();
+            tokio::spawn(async move {
+                let v: Value = req.await.unwrap().json().await.unwrap();
+                v["jobs"].as_array().unwrap().len()
+            })
+        })
+        .collect();
+    // Each parked lease looks once, then waits without touching the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.store_calls() < base + WAITERS as u64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parked_at = app.store_calls();
+    assert!(
+        parked_at <= base + WAITERS as u64 + SLACK,
+        "one look per lease, then none: {} calls",
+        parked_at - base
+    );
+    let res = app
+        .req_as("other", reqwest::Method::POST, "/jobs")
+        .json(&json!({"pack": "external"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = app.store_calls() - parked_at;
+    assert!(calls <= 1 + SLACK, "another tenant's job woke leases: {calls} calls");
+    app.submit_job(None).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !parked.iter().any(|p| p.is_finished()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = app.store_calls() - parked_at;
+    // Two submits and the one woken lease; waking all would be 2 + WAITERS.
+    assert!(
+        calls <= 3 + SLACK,
+        "{calls} store calls for one queued job with {WAITERS} parked leases"
+    );
+    let mut leased = 0;
+    for p in parked {
+        p.abort();
+        leased += p.await.unwrap_or(0);
+    }
+    assert_eq!(leased, 1, "one parked lease got the job");
+}
+
 #[actix_web::test]
 async fn blocked_flag_sets_and_clears_the_signal() {
     let app = spawn_app().await;
