@@ -475,7 +475,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_others_keep_up() {
     );
     slow.write_all(request.as_bytes()).await.unwrap();
     let mut fast = events(open(&app, &run_path(&run), None).await);
-    // The publisher keeps pace with the reading subscriber (batches of 100,
+    // The publisher keeps pace with the reading subscriber (batches of 8,
     // then it waits for them), so only the silent one falls behind.
     let received = std::cell::Cell::new(0usize);
     let fast_reader = async {
@@ -490,10 +490,12 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_others_keep_up() {
     };
     let publisher = async {
         // ~12 MB of progress messages: more than the socket buffers can hide.
-        for batch in 1..=30 {
-            progress_direct(&app, &job, &lease, 100, 4000, 0, 0).await;
+        // Batches of 8, half the buffer, so that the reading subscriber never
+        // falls 16 behind however slowly a loaded machine runs it.
+        for batch in 1..=375 {
+            progress_direct(&app, &job, &lease, 8, 4000, 0, 0).await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while received.get() < batch * 100 && tokio::time::Instant::now() < deadline {
+            while received.get() < batch * 8 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
