@@ -9,6 +9,7 @@ use runsignal_actors::Supervisor;
 use tokio::sync::Notify;
 
 use crate::cache::FirstSignalCache;
+use crate::metrics::Metrics;
 use crate::store::{CommitSink, Committed};
 use crate::wakeups::QueuedWakeups;
 
@@ -22,6 +23,7 @@ pub struct Engine {
     pub queued: Arc<QueuedWakeups>,
     /// Wakes the webhook dispatcher when deliveries were queued.
     pub webhooks: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -38,8 +40,20 @@ impl CommitSink for Engine {
         if committed.webhooks {
             self.webhooks.notify_one();
         }
+        let now = std::time::Instant::now();
         for (key, events) in committed.runs {
-            if let Some(view) = events.iter().rev().find_map(|e| e.signal.clone()) {
+            for e in &events {
+                let _ = e.committed_at.set(now);
+            }
+            let changed = events.iter().rev().find_map(|e| e.signal.clone());
+            let kind = changed.as_ref().map(|v| v.signal.kind.as_str());
+            if let Some(kind) = kind {
+                self.metrics.signal_changed(&key, kind);
+            }
+            if let Some(at) = committed.accepted {
+                self.metrics.job_accepted(&key, at, kind);
+            }
+            if let Some(view) = changed {
                 self.cache.put(&key.tenant, &key.run_id, view);
             }
             self.supervisor.publish(&key, events.into());

@@ -161,12 +161,17 @@ impl Application {
             cache,
             queued: Arc::new(wakeups::QueuedWakeups::default()),
             webhooks: Arc::new(Notify::new()),
+            metrics: metrics.clone(),
         };
         store.attach(Arc::new(engine.clone()));
-        let dispatcher =
-            webhooks::Dispatcher::new(&config.webhooks, store.clone(), engine.webhooks.clone())?
-                .recover()
-                .await?;
+        let dispatcher = webhooks::Dispatcher::new(
+            &config.webhooks,
+            store.clone(),
+            engine.webhooks.clone(),
+            metrics.clone(),
+        )?
+        .recover()
+        .await?;
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("binding Server.Bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();

@@ -87,6 +87,9 @@ pub struct Published {
     pub(crate) sse: [OnceLock<Arc<[Bytes]>>; 3],
     /// WebSocket frames per stream kind, encoded on first use.
     pub(crate) ws: [OnceLock<Arc<[Bytes]>>; 3],
+    /// When the event was committed and published (live events only: one
+    /// replayed from the timeline has none). Stream delivery lag starts here.
+    pub committed_at: OnceLock<std::time::Instant>,
 }
 
 impl Published {
@@ -98,6 +101,7 @@ impl Published {
             signal,
             sse: Default::default(),
             ws: Default::default(),
+            committed_at: OnceLock::new(),
         })
     }
 

@@ -267,6 +267,7 @@ fn deliver(sub: &Subscriber, event: &Published) -> bool {
         frames,
         seq: event.envelope.seq,
         closes,
+        committed_at: event.committed_at.get().copied(),
     };
     match sub.tx.try_send(delivery) {
         Ok(()) => true,

@@ -166,6 +166,8 @@ pub struct Delivery {
     pub seq: u64,
     /// The stream ends after this event.
     pub closes: bool,
+    /// When a live event was committed (`None` when replayed from the store).
+    pub committed_at: Option<std::time::Instant>,
 }
 
 /// A registered subscriber: its filter and the sending half of its queue.

@@ -106,6 +106,7 @@ impl Replay {
                 frames,
                 seq,
                 closes,
+                committed_at: None,
             });
             if closes {
                 self.after = self.upto;

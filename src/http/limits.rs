@@ -242,6 +242,17 @@ impl StreamLimits {
         Ok(HeldConnection(self.clone()))
     }
 
+    /// Streams open now, every tenant's (SSE streams and WebSocket
+    /// subscriptions).
+    pub fn open_total(&self) -> usize {
+        self.tenants.iter().map(|e| *e.value()).sum()
+    }
+
+    /// Connections held by streams and sockets now.
+    pub fn held_connections(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
     /// Streams of `tenant` open now.
     pub fn open_streams(&self, tenant: &str) -> usize {
         self.tenants.get(tenant).map_or(0, |n| *n)

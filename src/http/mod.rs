@@ -149,6 +149,7 @@ pub async fn observe(
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let method = req.method().to_string();
+    let started = std::time::Instant::now();
     let mut res = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(CORRELATION.clone(), value);
@@ -164,6 +165,18 @@ pub async fn observe(
             .http_requests
             .with_label_values(&[&route, &method, &status])
             .inc();
+        if route.ends_with("/first-signal") {
+            let cache_status = match res.headers().get("cache-status").map(|v| v.as_bytes()) {
+                Some(b"hit") => "hit",
+                Some(b"miss") => "miss",
+                _ => "none",
+            };
+            state
+                .metrics
+                .first_signal_request
+                .with_label_values(&[cache_status])
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
     Ok(res)
 }

@@ -105,7 +105,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     path = "/metrics",
     tag = "ops",
     summary = "Prometheus metrics",
-    description = "`runsignal_http_requests_total{route,method,status}` (route pattern, never the \
+    description = "`runsignal_time_to_first_signal_seconds{kind}`, \
+        `runsignal_first_signal_request_seconds{cache_status}`, \
+        `runsignal_stream_delivery_lag_seconds{transport}`, \
+        `runsignal_webhook_attempt_seconds{outcome}`, `runsignal_webhook_delivery_attempts`, \
+        `runsignal_open_streams`, `runsignal_streaming_connections`, `runsignal_open_connections`, \
+        `runsignal_http_requests_total{route,method,status}` (route pattern, never the \
         raw path), `runsignal_resident_run_actors`, `runsignal_first_signal_cache_total{result}`, \
         `runsignal_first_signal_cold_path_seconds`, `runsignal_store_calls_total`.",
     responses(
@@ -126,6 +131,16 @@ pub async fn metrics(
         .resident_actors
         .set(state.engine.supervisor.len() as i64);
     state.metrics.store_queries.set(state.queries.get() as i64);
+    let limits = &state.stream_limits;
+    state.metrics.open_streams.set(limits.open_total() as i64);
+    state
+        .metrics
+        .streaming_connections
+        .set(limits.held_connections() as i64);
+    state
+        .metrics
+        .open_connections
+        .set(state.connections.open() as i64);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))

@@ -280,6 +280,10 @@ async fn pump(
     out: Out,
 ) {
     let streams = &state.config.streams;
+    let lag = state
+        .metrics
+        .stream_delivery_lag
+        .with_label_values(&["sse"]);
     let end = async {
         out.send(Bytes::from(format!("retry: {}\n\n", streams.retry_ms)))
             .await?;
@@ -303,6 +307,9 @@ async fn pump(
                     let Some(d) = delivery else { return Some(End::Done) };
                     for frame in d.frames.iter() {
                         out.send(frame.clone()).await?;
+                    }
+                    if let Some(at) = d.committed_at {
+                        lag.observe(at.elapsed().as_secs_f64());
                     }
                     if d.closes {
                         return Some(End::Done);

@@ -93,6 +93,9 @@ pub struct Committed {
     pub webhooks: bool,
     /// Jobs that became `queued`, as (tenant, pack): wake their lessees.
     pub queued: Vec<(String, String)>,
+    /// For a submitted job: when its write reached the store (the start of
+    /// its time to first signal, `runsignal_time_to_first_signal_seconds`).
+    pub accepted: Option<std::time::Instant>,
 }
 
 /// A run's state computed from its jobs (the cold path).

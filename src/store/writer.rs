@@ -167,6 +167,8 @@ struct Request {
     cmd: Cmd,
     reply: oneshot::Sender<StoreResult<Done>>,
     tries: u8,
+    /// A job submission: when it reached the writer.
+    accepted: Option<std::time::Instant>,
 }
 
 type Sink = Arc<OnceLock<Arc<dyn CommitSink>>>;
@@ -243,10 +245,12 @@ impl Writer {
             _ => self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len(),
         };
         let (reply, answer) = oneshot::channel();
+        let accepted = matches!(cmd, Cmd::Submit { .. }).then(std::time::Instant::now);
         let request = Request {
             cmd,
             reply,
             tries: 0,
+            accepted,
         };
         self.lanes[lane]
             .send(request)
@@ -470,8 +474,9 @@ async fn apply_batch(
         return;
     }
     let sink = sink.get();
-    for (r, done, committed) in applied {
+    for (r, done, mut committed) in applied {
         if let Some(sink) = sink {
+            committed.accepted = r.accepted;
             sink.publish(committed);
         }
         let _ = r.reply.send(Ok(done));

@@ -25,6 +25,7 @@ use super::send::Sender;
 use super::signing::Signer;
 use super::ssrf::Guard;
 use crate::config::WebhooksConfig;
+use crate::metrics::Metrics;
 use crate::store::{now_ms, ClaimShare, Store, WebhookDelivery, WebhookOutcome};
 
 /// Pause after a failed store call before trying again.
@@ -55,6 +56,7 @@ pub struct Dispatcher {
     per_tenant: usize,
     /// Whether rows were pending at start-up (see [`Dispatcher::recover`]).
     pending_at_start: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -63,6 +65,7 @@ impl Dispatcher {
         config: &WebhooksConfig,
         store: Arc<Store>,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Dispatcher> {
         let sender = Sender::new(
             Guard::new(&config.allowed_networks)
@@ -78,6 +81,7 @@ impl Dispatcher {
             max_in_flight: config.max_concurrency.max(1),
             per_tenant: config.per_tenant_slots(),
             pending_at_start: true,
+            metrics,
         })
     }
 
@@ -169,6 +173,7 @@ impl Dispatcher {
                         self.sender.clone(),
                         self.store.clone(),
                         self.schedule.clone(),
+                        self.metrics.clone(),
                         d,
                         permit,
                     ));
@@ -277,10 +282,11 @@ async fn deliver(
     sender: Arc<Sender>,
     store: Arc<Store>,
     schedule: Arc<[u64]>,
+    metrics: Arc<Metrics>,
     d: WebhookDelivery,
     permit: OwnedSemaphorePermit,
 ) -> Sent {
-    let retry = deliver_one(&sender, &store, &schedule, &d).await;
+    let retry = deliver_one(&sender, &store, &schedule, &metrics, &d).await;
     drop(permit);
     (d.tenant_id, retry)
 }
@@ -289,10 +295,26 @@ async fn deliver_one(
     sender: &Sender,
     store: &Store,
     schedule: &[u64],
+    metrics: &Metrics,
     d: &WebhookDelivery,
 ) -> Option<i64> {
+    let started = Instant::now();
     let attempt = sender.attempt(d).await;
     let outcome = policy::outcome(&attempt, d.attempts, schedule, now_ms(), fastrand::f64());
+    let label = match &outcome {
+        WebhookOutcome::Delivered { .. } => "delivered",
+        WebhookOutcome::Retry { .. } => "retry",
+        WebhookOutcome::Failed { .. } => "failed",
+        WebhookOutcome::Gone { .. } => "gone",
+    };
+    metrics
+        .webhook_attempt
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    if label != "retry" {
+        // `attempts` counts this one (it was claimed for it).
+        metrics.webhook_attempts.observe(d.attempts as f64);
+    }
     let key = d.idempotency_key.as_str();
     match &outcome {
         WebhookOutcome::Delivered { status } => {

@@ -425,3 +425,134 @@ async fn a_405_lists_the_methods_the_document_gives_the_path() {
         assert_eq!(allow, documented, "Allow of {path}");
     }
 }
+
+/// `count` sample of a histogram series (`name_count{labels}`), 0 if absent.
+fn histogram_count(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn metrics_time_first_signals_reads_stream_deliveries_and_webhooks() {
+    use crate::webhooks::receiver::Receiver;
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+
+    let app = spawn_with(&[
+        ("Webhooks__AllowedNetworks__0", "127.0.0.0/8"),
+        ("Webhooks__TimeoutSeconds", "5"),
+    ])
+    .await;
+    let rx = Receiver::start(vec![]).await;
+    let res = app
+        .submit(json!({"pack": "external", "state_webhook_url": rx.url()}))
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    let (job, run) = (
+        body["job_id"].as_str().unwrap().to_owned(),
+        body["run_id"].as_str().unwrap().to_owned(),
+    );
+    // A run stream, open while a worker moves the job along.
+    let stream = app
+        .get(&format!("{ORCH}/stream/runs/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut events = stream.bytes_stream().eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.event, "first_signal");
+    let lease = app.lease_one().await;
+    let p = json!({"leaseId": lease["leaseId"], "message": "half way", "percent": 50});
+    assert_eq!(app.worker(&job, "progress", p).await.status(), 200);
+    let progress = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(e)) = events.next().await {
+            if e.event == "progress" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(progress, Ok(true), "the live progress event arrived");
+    assert_eq!(app.first_signal(&run).await.status(), 200);
+    assert_eq!(
+        header(&app.first_signal(&run).await, "cache-status"),
+        "hit"
+    );
+    rx.wait_count(3).await; // queued, loading, working
+    // The receiver has answered; the dispatcher records right after.
+    let delivered = r#"runsignal_webhook_attempt_seconds_count{outcome="delivered"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = metrics_text(&app).await;
+    while histogram_count(&text, delivered) < 3.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = metrics_text(&app).await;
+    }
+    assert_eq!(
+        histogram_count(
+            &text,
+            r#"runsignal_time_to_first_signal_seconds_count{kind="queued"}"#
+        ),
+        1.0,
+        "the submitted job's first signal was timed once, as queued:\n{text}"
+    );
+    assert!(
+        histogram_count(
+            &text,
+            r#"runsignal_first_signal_request_seconds_count{cache_status="hit"}"#
+        ) >= 2.0,
+        "first-signal reads are timed by Cache-Status:\n{text}"
+    );
+    assert!(
+        histogram_count(
+            &text,
+            r#"runsignal_stream_delivery_lag_seconds_count{transport="sse"}"#
+        ) >= 2.0,
+        "live SSE deliveries (job states, progress, signals) are timed:\n{text}"
+    );
+    assert!(
+        histogram_count(&text, delivered) >= 3.0,
+        "webhook attempts are timed by outcome:\n{text}"
+    );
+    assert!(
+        histogram_count(&text, "runsignal_webhook_delivery_attempts_count") >= 3.0,
+        "settled deliveries record their attempts:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "runsignal_open_streams"),
+        Some(1.0),
+        "the one open SSE stream:\n{text}"
+    );
+    assert_eq!(sample(&text, "runsignal_streaming_connections"), Some(1.0));
+    assert!(sample(&text, "runsignal_open_connections").unwrap_or(0.0) >= 1.0);
+
+    // The shipped Grafana dashboard queries only metrics the server exposes.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/runsignal-dashboard.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("dashboard JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 10, "a panel per metric family");
+    for expr in exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("runsignal_"))
+        {
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries `{name}`, which /metrics does not expose"
+            );
+        }
+    }
+    drop(events);
+}

@@ -176,7 +176,16 @@ impl Feed {
             match live.recv().await {
                 // Already replayed (an `after` beyond `live_from`).
                 Some(d) if d.seq <= self.resume_after => continue,
-                Some(d) => self.push(d),
+                Some(d) => {
+                    if let Some(at) = d.committed_at {
+                        self.state
+                            .metrics
+                            .stream_delivery_lag
+                            .with_label_values(&["websocket"])
+                            .observe(at.elapsed().as_secs_f64());
+                    }
+                    self.push(d)
+                }
                 None => {
                     self.ended = true;
                     self.live = None;
