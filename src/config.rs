@@ -373,8 +373,23 @@ impl Config {
         one_of(
             "messaging.transport",
             &self.messaging.transport,
-            &["inmemory"],
+            &["inmemory", "redis"],
         )?;
+        if self.messaging.transport == "redis" {
+            if self.redis.url.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "Redis.Url",
+                    "is required with messaging.transport = redis",
+                ));
+            }
+            if !self.database.url.starts_with("postgres") {
+                return Err(invalid(
+                    "messaging.transport",
+                    "redis joins several nodes, which share one PostgreSQL database: \
+                     set Database.Url to a postgres:// URL",
+                ));
+            }
+        }
         positive(
             "Streams.HeartbeatIntervalSeconds",
             self.streams.heartbeat_interval_seconds,

@@ -3,7 +3,7 @@
 //! the newest signal), then the run's actor if it is resident, then the
 //! wake-ups (webhook dispatcher, lease long-polls, the built-in executor).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use runsignal_actors::Supervisor;
 use tokio::sync::Notify;
@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::cache::FirstSignalCache;
 use crate::metrics::Metrics;
 use crate::store::{CommitSink, Committed};
+use crate::transport::SharedTransport;
 use crate::wakeups::QueuedWakeups;
 
 /// The in-memory side of the runtime that commits feed.
@@ -24,9 +25,28 @@ pub struct Engine {
     /// Wakes the webhook dispatcher when deliveries were queued.
     pub webhooks: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Carries commits to the other nodes (set once at start-up).
+    pub transport: Arc<OnceLock<SharedTransport>>,
 }
 
 impl Engine {
+    /// Another node's commit (through the transport): applied like a local
+    /// one, and not forwarded again.
+    pub fn apply_remote(&self, committed: Committed) {
+        self.deliver(committed);
+    }
+
+    /// This node may have missed other nodes' events: every resident run
+    /// actor reads what it lacks from the store.
+    pub fn catch_up(&self) {
+        self.supervisor.catch_up_all();
+    }
+
+    /// `/readyz`: what is wrong with the transport, if anything.
+    pub fn transport_degraded(&self) -> Option<String> {
+        self.transport.get().and_then(|t| t.degraded())
+    }
+
     /// Drop a deleted run from memory: its actor and its cached signal.
     pub fn forget(&self, key: &runsignal_actors::RunKey) {
         self.supervisor.forget(key);
@@ -37,6 +57,16 @@ impl Engine {
 /// The store's writer publishes here, after each commit, in commit order.
 impl CommitSink for Engine {
     fn publish(&self, committed: Committed) {
+        if let Some(transport) = self.transport.get() {
+            transport.forward(&committed);
+        }
+        self.deliver(committed);
+    }
+}
+
+impl Engine {
+    /// Cache, run actors and wake-ups of this node.
+    fn deliver(&self, committed: Committed) {
         if committed.webhooks {
             self.webhooks.notify_one();
         }

@@ -19,6 +19,7 @@ pub mod paths;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod transport;
 pub mod wakeups;
 pub mod webhooks;
 
@@ -162,7 +163,17 @@ impl Application {
             queued: Arc::new(wakeups::QueuedWakeups::default()),
             webhooks: Arc::new(Notify::new()),
             metrics: metrics.clone(),
+            transport: Arc::new(std::sync::OnceLock::new()),
         };
+        let transport: transport::SharedTransport = match config.messaging.transport.as_str() {
+            "redis" => transport::redis::RedisTransport::start(
+                config.redis.url.as_deref().unwrap_or_default(),
+                &config.first_signal.cache.key_prefix,
+                engine.clone(),
+            )?,
+            _ => Arc::new(transport::InMemory),
+        };
+        let _ = engine.transport.set(transport);
         store.attach(Arc::new(engine.clone()));
         let dispatcher = webhooks::Dispatcher::new(
             &config.webhooks,

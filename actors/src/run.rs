@@ -54,6 +54,13 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct Unsubscribe(pub u64);
 
+/// Read every event after the actor's last seq from the store and apply it:
+/// events may have been lost on the way from another node (its transport
+/// was down or overflowed), and a lost tail leaves no gap to notice.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp;
+
 /// Stop now: the supervisor chose this actor for eviction.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -370,6 +377,41 @@ impl Handler<Apply> for RunActor {
     fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
         self.accept(&msg.0, ctx);
+    }
+}
+
+/// Events read per store call while catching up.
+const CATCH_UP_PAGE: u32 = 1_000;
+
+impl RunActor {
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::Ready) {
+            // A loading actor reads the store anyway.
+            return;
+        }
+        let (loader, key, after) = (self.loader.clone(), self.key.clone(), self.last_seq);
+        ctx.wait(
+            async move { loader.events_after(&key, after, CATCH_UP_PAGE).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(events) => {
+                        let full = events.len() as u32 >= CATCH_UP_PAGE;
+                        act.accept(&events, ctx);
+                        if full {
+                            act.catch_up(ctx);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "catching up from the store failed"),
+                }),
+        );
+    }
+}
+
+impl Handler<CatchUp> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CatchUp, ctx: &mut Context<Self>) {
+        self.catch_up(ctx);
     }
 }
 

@@ -220,6 +220,14 @@ impl Supervisor {
         }
     }
 
+    /// Every resident actor reads what it may have missed from the store
+    /// (after the transport between nodes lost messages).
+    pub fn catch_up_all(&self) {
+        for slot in self.inner.map.iter() {
+            slot.addr.do_send(crate::run::CatchUp);
+        }
+    }
+
     /// Stop the run's actor, if resident (the run was deleted).
     pub fn forget(&self, key: &RunKey) {
         if let Some((_, slot)) = self.inner.map.remove(key) {

@@ -215,3 +215,36 @@ fn auth_settings_are_validated_naming_the_key() {
         assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
     }
 }
+
+#[test]
+fn the_redis_transport_needs_a_redis_url_and_postgresql() {
+    let load = |pairs: &[(&str, &str)]| Config::load_from(None, env(pairs));
+    let e = load(&[("RUNSIGNAL__messaging__transport", "redis")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Redis.Url"), "{e}");
+    let e = load(&[
+        ("RUNSIGNAL__messaging__transport", "redis"),
+        ("RUNSIGNAL__Redis__Url", "redis://127.0.0.1:6379"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("messaging.transport") && e.contains("postgres"),
+        "{e}"
+    );
+    let c = load(&[
+        ("RUNSIGNAL__messaging__transport", "redis"),
+        ("RUNSIGNAL__Redis__Url", "redis://127.0.0.1:6379"),
+        (
+            "RUNSIGNAL__Database__Url",
+            "postgres://postgres@127.0.0.1/test",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(c.messaging.transport, "redis");
+    let e = load(&[("RUNSIGNAL__messaging__transport", "nats")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inmemory, redis"), "{e}");
+}

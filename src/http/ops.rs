@@ -23,9 +23,11 @@ pub struct Health {
 /// `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` or `unavailable`.
+    /// `ready`, `degraded` (serving, but the transport to the other nodes
+    /// is down: events from them arrive late, caught up from the store) or
+    /// `unavailable`.
     pub status: String,
-    /// Why the store is unreachable (only when `unavailable`).
+    /// What is wrong (only when `degraded` or `unavailable`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -82,17 +84,24 @@ pub async fn healthz() -> HttpResponse {
     tag = "ops",
     summary = "Readiness: the store is reachable",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\"}`", body = Readiness),
+        (status = 200, description = "`{\"status\": \"ready\"}`, or `degraded` with a `detail` \
+            while the transport to the other nodes (Redis) is down: the node keeps serving", body = Readiness),
         (status = 503, description = "`{\"status\": \"unavailable\", \"detail\": …}`",
             body = Readiness),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(Readiness {
-            status: "ready".into(),
-            detail: None,
-        }),
+        Ok(()) => match state.engine.transport_degraded() {
+            None => HttpResponse::Ok().json(Readiness {
+                status: "ready".into(),
+                detail: None,
+            }),
+            Some(why) => HttpResponse::Ok().json(Readiness {
+                status: "degraded".into(),
+                detail: Some(why),
+            }),
+        },
         Err(e) => HttpResponse::ServiceUnavailable().json(Readiness {
             status: "unavailable".into(),
             detail: Some(format!("store unreachable: {e}")),

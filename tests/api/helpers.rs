@@ -87,6 +87,13 @@ impl TestApp {
         start(self.dir.clone(), self.db.clone(), settings).await
     }
 
+    /// A second server on the same database, beside this one (a node of a
+    /// cluster; only meaningful on PostgreSQL).
+    #[allow(dead_code)]
+    pub async fn another_node(&self, settings: &[(&str, &str)]) -> TestApp {
+        start(self.dir.clone(), self.db.clone(), settings).await
+    }
+
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.req_as(TENANT, method, path)
     }

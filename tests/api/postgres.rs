@@ -7,3 +7,5 @@
 const BACKEND: testdb::Backend = testdb::Backend::Postgres;
 
 include!("suite.rs");
+
+mod cluster;
