@@ -90,7 +90,13 @@ mod tests {
         ];
         assert_eq!(
             first,
-            ["J:queued", "J:loading", "J:working", "J:canceled", "J:canceled"]
+            [
+                "J:queued",
+                "J:loading",
+                "J:working",
+                "J:canceled",
+                "J:canceled"
+            ]
         );
         let requeued = [
             key("queued", Some("working"), 1),
