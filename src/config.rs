@@ -194,6 +194,8 @@ pub struct JobsConfig {
     pub prune_interval_seconds: u64,
     pub lease_sweep_interval_seconds: u64,
     pub idempotency_window_hours: u64,
+    /// A queued job nobody can take is flagged blocked after this long.
+    pub blocked_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +425,15 @@ impl Config {
             "Jobs.IdempotencyWindowHours",
             self.jobs.idempotency_window_hours,
         )?;
+        if !(1..=86_400).contains(&self.jobs.blocked_after_seconds) {
+            return Err(invalid(
+                "Jobs.BlockedAfterSeconds",
+                format!(
+                    "{} is out of range; allowed: 1..=86400",
+                    self.jobs.blocked_after_seconds
+                ),
+            ));
+        }
         if self.executor.packs_dir.trim().is_empty() {
             return Err(invalid("Executor.PacksDir", "must be a directory path"));
         }

@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod blocked;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -59,6 +60,9 @@ pub struct AppState {
     pub stream_limits: Arc<http::limits::StreamLimits>,
     /// Open connections against `Limits.MaxConnections`.
     pub connections: Arc<http::limits::ConnectionLimit>,
+    /// What could take a queued job: workers asking, executor slots
+    /// (the blocked check, `src/blocked.rs`).
+    pub demand: Arc<blocked::Demand>,
 }
 
 pub struct Application {
@@ -191,6 +195,7 @@ impl Application {
         let (stopping, shutdown) = tokio::sync::watch::channel(false);
         let max_connections = config.limits.max_connections();
         let connections = http::limits::ConnectionLimit::new(max_connections);
+        let max_jobs = config.executor.max_concurrent_jobs;
         let stream_limits = http::limits::StreamLimits::new(&config.limits, max_connections);
         let state = web::Data::new(AppState {
             config,
@@ -203,6 +208,7 @@ impl Application {
             shutdown,
             stream_limits,
             connections: connections.clone(),
+            demand: Arc::new(blocked::Demand::new(max_jobs)),
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {

@@ -1,5 +1,5 @@
-//! Background tasks: the lease-expiry sweeper, the snapshot writer, the
-//! cache purge, pruning and the orphan artifact sweep. Each runs on its own interval and publishes what it commits
+//! Background tasks: the lease-expiry sweeper, the blocked check, the
+//! snapshot writer, the cache purge, pruning and the orphan artifact sweep. Each runs on its own interval and publishes what it commits
 //! through the store's writer, like any other write.
 
 use std::sync::Arc;
@@ -14,6 +14,10 @@ pub fn spawn_all(state: Arc<AppState>) {
     let prune = Duration::from_secs(state.config.jobs.prune_interval_seconds);
     actix_rt::spawn(every(prune, state.clone(), |s| Box::pin(prune_runs(s))));
     actix_rt::spawn(sweep_artifacts(state.clone(), prune));
+    let blocked = crate::blocked::check_interval(state.config.jobs.blocked_after_seconds);
+    actix_rt::spawn(every(blocked, state.clone(), |s| {
+        Box::pin(crate::blocked::check(s))
+    }));
     let sw = &state.config.first_signal.snapshot_writer;
     if sw.enabled {
         let period = Duration::from_secs(sw.poll_interval_seconds);

@@ -21,7 +21,24 @@ fn defaults_match_the_spec() {
     assert!(!c.first_signal.snapshot_writer.enabled);
     assert_eq!(c.streams.heartbeat_interval_seconds, 15);
     assert_eq!(c.jobs.max_attempts, 3);
+    assert_eq!(c.jobs.blocked_after_seconds, 30);
     assert_eq!(c.executor.packs_dir, "config/packs");
+}
+
+#[test]
+fn blocked_after_seconds_is_validated() {
+    let err = |v: &str| {
+        Config::load_from(None, env(&[("RUNSIGNAL__Jobs__BlockedAfterSeconds", v)]))
+            .unwrap_err()
+            .to_string()
+    };
+    for bad in ["0", "86401", "-1", "soon"] {
+        let e = err(bad);
+        assert!(e.contains("Jobs.BlockedAfterSeconds"), "{bad}: {e}");
+    }
+    assert!(err("0").contains("1..=86400"));
+    let ok = Config::load_from(None, env(&[("RUNSIGNAL__Jobs__BlockedAfterSeconds", "1")]));
+    assert_eq!(ok.unwrap().jobs.blocked_after_seconds, 1);
 }
 
 #[test]

@@ -38,7 +38,9 @@ pub async fn run(state: Arc<AppState>) {
         return;
     }
     let max = state.config.executor.max_concurrent_jobs;
-    let slots = Arc::new(Semaphore::new(max));
+    // Shared with the blocked check, which tells "waiting for an executor
+    // slot" by it (src/blocked.rs).
+    let slots = state.demand.slots();
     // Each running job sends its tenant back when it gives its slot up
     // (from `Drop`, so a panicking job does too). At most `max` slots are
     // out and the loop drains the channel before it leases, so `max`

@@ -111,6 +111,10 @@ pub async fn lease(
     };
     let wait = in_range("waitSeconds", body.wait_seconds, 0, 0..=30)?;
     let deadline = Instant::now() + Duration::from_secs(wait.into());
+    // A worker asks for these packs while this request is open (and stops
+    // asking when it ends, or its client goes away): the blocked check
+    // tells "waiting for a worker" by it.
+    let _asking = state.demand.asking(&tenant.0, &req.packs);
     loop {
         // Register interest before looking, so a job queued in between
         // wakes us; only jobs of this tenant and these packs do.

@@ -155,6 +155,11 @@ impl<'t> Op<'t> {
                 failure,
             } => Done::Job(op.fail(tenant, job_id, failure).await?),
             Cmd::SweepLeases { now_ms } => Done::Count(op.sweep(*now_ms).await? as u64),
+            Cmd::SetBlocked {
+                tenant,
+                job_id,
+                reason,
+            } => Done::Count(op.set_blocked(tenant, job_id, reason.as_deref()).await? as u64),
             Cmd::ExpireWorkerLeases { worker_id } => {
                 let now = op.now;
                 Done::Count(op.tx.expire_worker_leases(worker_id, now - 1).await?)
@@ -624,7 +629,7 @@ impl<'t> Op<'t> {
             job.state = JobState::Loading.as_str().into();
             job.updated_at = self.now;
             job.state_changed_at = self.now;
-            job.blocked_reason = None;
+            self.unblock(&mut job).await?;
             self.put_job(&job);
             let payload = json!({"state": "loading", "previousState": "queued", "attempt": job.attempt,
                                  "workerId": req.worker_id, "leaseUntil": rfc3339(until)});
@@ -828,8 +833,12 @@ impl<'t> Op<'t> {
         job.lease_until = None;
         job.updated_at = self.now;
         job.state_changed_at = self.now;
+        if to.is_terminal() || to == JobState::Queued {
+            // Whatever blocked the job (a worker's reason, a wait) is over:
+            // it ended, or waits afresh in the queue.
+            self.unblock(job).await?;
+        }
         if to.is_terminal() {
-            job.blocked_reason = None;
             job.finished_at = Some(self.now);
         }
         let mut payload =
@@ -854,6 +863,56 @@ impl<'t> Op<'t> {
         let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
         self.append(&tenant, &run, Some(&job.job_id), ty, payload)
             .await?;
+        Ok(())
+    }
+
+    /// Flag a queued job blocked with `reason`, or clear the flag (`None`):
+    /// event `job.blocked` (`{"blocked","reason"}`) and the run's signal
+    /// (SPEC §4.1 rule 3). Only queued jobs: one taken meanwhile is left
+    /// alone (its lease cleared the flag). Returns whether anything changed.
+    async fn set_blocked(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut job = self.job(tenant, job_id).await?;
+        if job.job_state() != JobState::Queued || job.blocked_reason.as_deref() == reason {
+            return Ok(false);
+        }
+        job.blocked_reason = reason.map(str::to_owned);
+        job.updated_at = self.now;
+        self.put_job(&job);
+        let payload = json!({"blocked": reason.is_some(), "reason": reason});
+        self.append(
+            tenant,
+            &job.run_id,
+            Some(job_id),
+            types::JOB_BLOCKED,
+            payload,
+        )
+        .await?;
+        self.refresh_run(tenant, &job.run_id).await?;
+        Ok(true)
+    }
+
+    /// Clear a job's blocked flag as part of a transition (taken, requeued,
+    /// ended), with its `job.blocked` `{"blocked": false}` event, so that
+    /// timeline readers see the flag go as they saw it come.
+    async fn unblock(&mut self, job: &mut JobRecord) -> StoreResult<()> {
+        if job.blocked_reason.take().is_none() {
+            return Ok(());
+        }
+        let payload = json!({"blocked": false, "reason": null});
+        let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+        self.append(
+            &tenant,
+            &run,
+            Some(&job.job_id),
+            types::JOB_BLOCKED,
+            payload,
+        )
+        .await?;
         Ok(())
     }
 

@@ -142,6 +142,10 @@ pub trait JobReads: Send + Sync {
     async fn any_queued(&self, packs: &[String]) -> StoreResult<bool>;
     /// Each tenant with queued jobs of `packs`, with its oldest such job id.
     async fn queued_tenants(&self, packs: &[String]) -> StoreResult<Vec<(String, String)>>;
+    /// Queued jobs, in any tenant, that have been queued since `cutoff_ms`
+    /// or longer, or are flagged blocked: what the blocked check looks at
+    /// (oldest first, at most `limit`).
+    async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
     /// A job's artifacts, by name.
     async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>>;
     /// One artifact of a job of the tenant (`None`: no such artifact).

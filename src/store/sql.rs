@@ -706,6 +706,17 @@ macro_rules! sql_backend {
                 Ok(q.build_query_as().fetch_all(&self.reader).await?)
             }
 
+            async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM jobs WHERE state = 'queued' AND (state_changed_at <= $1 OR blocked_reason IS NOT NULL)
+                     ORDER BY job_id LIMIT $2",
+                )
+                .bind(cutoff_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?)
+            }
+
             async fn any_queued(&self, packs: &[String]) -> StoreResult<bool> {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "SELECT job_id FROM jobs WHERE state = 'queued' AND pack IN (",

@@ -74,6 +74,12 @@ pub enum Cmd {
     SweepLeases {
         now_ms: i64,
     },
+    /// Flag a queued job blocked with a reason, or clear the flag (`None`).
+    SetBlocked {
+        tenant: String,
+        job_id: String,
+        reason: Option<String>,
+    },
     ExpireWorkerLeases {
         worker_id: String,
     },
@@ -110,6 +116,7 @@ impl Cmd {
             Cmd::Complete { done, .. } => &done.correlation_id,
             Cmd::Fail { failure, .. } => &failure.correlation_id,
             Cmd::SweepLeases { .. } | Cmd::ExpireWorkerLeases { .. } => "lease-sweeper",
+            Cmd::SetBlocked { .. } => "blocked-check",
             Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {
                 "webhooks"
             }
@@ -124,7 +131,8 @@ impl Cmd {
             Cmd::Cancel { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
-            | Cmd::Fail { job_id, .. } => Some(job_id.clone()),
+            | Cmd::Fail { job_id, .. }
+            | Cmd::SetBlocked { job_id, .. } => Some(job_id.clone()),
             _ => None,
         }
     }
@@ -138,7 +146,8 @@ impl Cmd {
             Cmd::Cancel { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
-            | Cmd::Fail { job_id, .. } => Some(job_id),
+            | Cmd::Fail { job_id, .. }
+            | Cmd::SetBlocked { job_id, .. } => Some(job_id),
             Cmd::PutSnapshot { run_id, .. } => Some(run_id),
             // The outbox's claims and outcomes in one lane, one at a time.
             Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {

@@ -147,6 +147,29 @@ impl Store {
         expect_done!(self.call(cmd), Done::Job(job) => job)
     }
 
+    /// Flag a queued job blocked with `reason`, or clear the flag (`None`);
+    /// a job no longer queued is left alone. Returns whether it changed.
+    pub async fn set_blocked(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let cmd = Cmd::SetBlocked {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        expect_done!(self.call(cmd), Done::Count(n) => n > 0)
+    }
+
+    /// The blocked check's look: queued jobs waiting since `cutoff_ms` or
+    /// flagged blocked. Like [`Store::queued_tenants`], a background look
+    /// that is not counted as a store call.
+    pub async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
+        self.backend.queued_since(cutoff_ms, limit).await
+    }
+
     /// Requeue or fail every job whose lease ended before `now_ms`.
     pub async fn sweep_expired_leases(&self, now_ms: i64) -> StoreResult<usize> {
         expect_done!(self.call(Cmd::SweepLeases { now_ms }), Done::Count(n) => n as usize)

@@ -72,6 +72,42 @@ async fn wait_state(app: &TestApp, job: &str, states: &[&str], secs: u64) -> Val
     }
 }
 
+#[actix_web::test]
+async fn a_job_waiting_for_a_full_executor_is_blocked_until_a_slot_frees() {
+    let gate = tempfile::tempdir().unwrap();
+    let open = gate.path().join("open");
+    let script = format!("while [ ! -f '{}' ]; do sleep 0.1; done", open.display());
+    let settings = [
+        ("Executor__MaxConcurrentJobs", "1"),
+        ("Jobs__BlockedAfterSeconds", "1"),
+    ];
+    let e = exec_app(&[pack("hold", vec![sh("wait", "fetch", &script)])], &settings).await;
+    let app = &e.app;
+    let (first, _) = submit(app, "hold", json!({})).await;
+    wait_state(app, &first, &["working"], 30).await;
+    let (second, run) = submit(app, "hold", json!({})).await;
+
+    let signal = crate::blocked::signal_until(app, &run, |s| s["type"] == "blocked").await;
+    assert_eq!(signal["message"], "waiting for an executor slot");
+    let polled = app.job(&second).await;
+    assert_eq!(polled["state"], "queued");
+    assert_eq!(polled["blocked"]["reason"], "waiting for an executor slot");
+
+    std::fs::write(&open, "").unwrap();
+    wait_state(app, &second, &["done"], 30).await;
+    let signal = crate::blocked::signal_until(app, &run, |s| s["type"] != "blocked").await;
+    assert_eq!(signal["type"], "succeeded");
+    assert_eq!(
+        crate::blocked::blocked_story(app, &run).await,
+        [
+            json!({"blocked": true, "reason": "waiting for an executor slot"}),
+            json!({"blocked": false, "reason": null}),
+            json!("loading"),
+        ],
+        "flagged while the slot was taken, cleared when the job was"
+    );
+}
+
 async fn wait_pid(path: &Path) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

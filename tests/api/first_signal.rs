@@ -251,6 +251,72 @@ async fn snapshot_writer_makes_reads_after_a_restart_snapshot_hits() {
     assert_eq!(header(&res, "etag"), etag);
 }
 
+/// The run's stored snapshot signal kind, if any.
+async fn snapshot_kind(app: &TestApp, run: &str) -> Option<Value> {
+    let (signal, _) = app.state.store.get_snapshot(TENANT, run).await.unwrap()?;
+    Some(json!(signal.kind))
+}
+
+#[actix_web::test]
+async fn a_snapshot_older_than_the_run_is_never_served_after_a_restart() {
+    use futures_util::StreamExt;
+    let writer = [
+        ("FirstSignal__SnapshotWriter__Enabled", "true"),
+        ("FirstSignal__SnapshotWriter__PollIntervalSeconds", "1"),
+        ("FirstSignal__SnapshotWriter__MaxRunsPerTick", "1"),
+    ];
+    let app = spawn_with(&writer).await;
+    let (_, run) = app.submit_job(None).await;
+    let queued_etag = header(&app.first_signal(&run).await, "etag");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while snapshot_kind(&app, &run).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(snapshot_kind(&app, &run).await, Some(json!("queued")));
+
+    // The job is taken while no snapshot is written; then another run is
+    // the newest, so a writer taking one run per tick never refreshes this
+    // one: its snapshot stays `queued`.
+    let app = app.restart(&[]).await;
+    app.lease_one().await;
+    let started = app.first_signal(&run).await;
+    let started_etag = header(&started, "etag");
+    assert_eq!(body(started).await["firstSignal"]["type"], "started");
+    assert_ne!(started_etag, queued_etag);
+    app.submit_job(None).await;
+
+    // The stream's first frame after a restart.
+    let app = app.restart(&writer).await;
+    assert_eq!(snapshot_kind(&app, &run).await, Some(json!("queued")), "stale snapshot");
+    let res = app
+        .get(&format!("{ORCH}/stream/runs/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut frames = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), frames.next())
+        .await
+        .expect("a first frame")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.event, "first_signal");
+    let data: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(data["signal"]["kind"], 1, "started, not the queued snapshot: {data}");
+    assert_eq!(data["etag"], started_etag);
+    drop(frames);
+
+    // The REST read after a restart.
+    let app = app.restart(&writer).await;
+    assert_eq!(snapshot_kind(&app, &run).await, Some(json!("queued")), "stale snapshot");
+    let res = app.first_signal(&run).await;
+    assert_eq!(header(&res, "etag"), started_etag, "the run's current signal");
+    assert_eq!(header(&res, "cache-status"), "miss", "a stale snapshot is no hit");
+    assert_eq!(header(&res, "x-firstsignal-source"), "cold_start");
+    assert_eq!(body(res).await["firstSignal"]["type"], "started");
+}
+
 #[actix_web::test]
 async fn snapshot_writer_honours_tenant_max_runs_and_lookback() {
     let app = spawn_app().await;

@@ -8,6 +8,7 @@ mod helpers;
 
 mod artifacts;
 mod auth;
+mod blocked;
 mod conformance;
 mod bad_input;
 mod executor;

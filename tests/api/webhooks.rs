@@ -144,15 +144,16 @@ async fn a_failure_and_a_requeue_are_sent_with_error_and_attempt() {
     let ids: Vec<&str> = hits.iter().map(Hit::id).collect();
     assert_eq!(
         ids,
-        keys(&job, &["queued", "loading", "queued", "loading", "failed"]),
-        "a requeue sends `queued` again with the same key"
+        keys(&job, &["queued", "loading", "queued:1", "loading:2", "failed:2"]),
+        "a requeue sends `queued` again, keyed with its attempt (SPEC §7.2)"
     );
     let bodies: Vec<Value> = hits.iter().map(Hit::json).collect();
     assert_eq!(bodies[2]["previous_state"], "loading");
-    assert_ne!(
-        bodies[0]["attempt"], bodies[2]["attempt"],
-        "`attempt` tells the two `queued` apart"
-    );
+    let attempts: Vec<i64> = bodies.iter().map(|b| b["attempt"].as_i64().unwrap()).collect();
+    assert_eq!(attempts, [0, 1, 1, 2, 2], "`attempt` in every body");
+    for (body, id) in bodies.iter().zip(&ids) {
+        assert_eq!(body["idempotency_key"], *id, "webhook-id is the body's key");
+    }
     assert_eq!(bodies[4]["state"], "failed");
     assert_eq!(bodies[4]["previous_state"], "loading");
     assert_eq!(
@@ -160,6 +161,34 @@ async fn a_failure_and_a_requeue_are_sent_with_error_and_attempt() {
         json!({"code": "bad_input", "message": "nope"})
     );
     assert!(bodies[4].get("result").is_none());
+}
+
+#[actix_web::test]
+async fn a_job_requeued_by_lease_expiry_sends_two_queued_with_different_keys() {
+    let app = app_with(&[]).await;
+    let rx = Receiver::start(vec![]).await;
+    let job = submit_hooked(&app, &rx.url()).await;
+    let far_future = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    assert_eq!(app.lease_one().await["attempt"], 1);
+    let swept = app.state.store.sweep_expired_leases(far_future).await;
+    assert_eq!(swept.unwrap(), 1, "the lease expired, the job is requeued");
+    assert_eq!(app.lease_one().await["attempt"], 2);
+    let hits = rx.wait_count(4).await;
+    let ids: Vec<&str> = hits.iter().map(Hit::id).collect();
+    assert_eq!(
+        ids,
+        keys(&job, &["queued", "loading", "queued:1", "loading:2"]),
+        "a receiver deduplicating on webhook-id keeps both `queued`"
+    );
+    let bodies: Vec<Value> = hits.iter().map(Hit::json).collect();
+    let queued: Vec<&Value> = bodies.iter().filter(|b| b["state"] == "queued").collect();
+    assert_eq!(queued.len(), 2);
+    assert_ne!(queued[0]["idempotency_key"], queued[1]["idempotency_key"]);
+    assert_eq!((queued[0]["attempt"].as_i64(), queued[1]["attempt"].as_i64()), (Some(0), Some(1)));
+    assert_eq!(queued[1]["previous_state"], "loading");
+    let ds = settled(&app, &job, 4).await;
+    let stored: Vec<&str> = ds.iter().map(|d| d["idempotency_key"].as_str().unwrap()).collect();
+    assert_eq!(stored, ids, "GET /jobs lists the deliveries by the same keys");
 }
 
 #[actix_web::test]
