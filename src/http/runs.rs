@@ -222,13 +222,16 @@ pub async fn timeline(
     let run_id = run_id(&path)?;
     let q: TimelineParams = parse_query(&req)?;
     let limit = page_limit(q.limit, 100, 1000)?;
+    // One event more than the page: `next` is set only when another page
+    // really follows, so a last page of exactly `limit` events ends with null.
     let query = TimelineQuery {
         after: seq("after", q.after.unwrap_or(0))?,
-        limit,
+        limit: limit + 1,
         correlation_id: q.correlation_id,
     };
-    let events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
-    let next = if events.len() == limit as usize {
+    let mut events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
+    let next = if events.len() > limit as usize {
+        events.truncate(limit as usize);
         events.last().map(|e| e.seq)
     } else {
         None
