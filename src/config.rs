@@ -527,7 +527,9 @@ fn log_level(value: &str) -> Result<(), ConfigError> {
             None => is_level(d),
         };
         if !ok {
-            return Err(bad(format!("`{d}` is not a level or a target=level directive")));
+            return Err(bad(format!(
+                "`{d}` is not a level or a target=level directive"
+            )));
         }
     }
     tracing_subscriber::EnvFilter::try_new(value)

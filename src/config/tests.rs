@@ -185,7 +185,13 @@ fn env_list_items_replace_the_whole_list() {
 #[test]
 fn a_mistyped_log_level_stops_start_up() {
     let load = |level: &str| Config::load_from(None, env(&[("RUNSIGNAL__Logging__Level", level)]));
-    for good in ["info", "WARN", "off", "info,runsignal=debug", "actix_web=warn"] {
+    for good in [
+        "info",
+        "WARN",
+        "off",
+        "info,runsignal=debug",
+        "actix_web=warn",
+    ] {
         assert!(load(good).is_ok(), "{good}");
     }
     for bad in ["inof", "", "loud", "runsignal=verbose", "info,debgu"] {
