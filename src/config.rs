@@ -3,6 +3,7 @@
 //! environment variables, key by key, keys matched case-insensitively.
 //! Validated at start-up; every error names the key and what is allowed.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -279,9 +280,13 @@ impl Config {
         // Apply in path order, list indexes numerically (`…__2` before `…__10`),
         // so a list is filled item by item.
         vars.sort_by_cached_key(|(name, _)| env_sort_key(name));
+        // Lists the environment sets by index: each is replaced as a whole by
+        // the items given (ADR 0030), not merged item by item into the list
+        // below it.
+        let mut lists = HashSet::new();
         for (name, raw) in vars {
             let path: Vec<&str> = name[ENV_PREFIX.len()..].split("__").collect();
-            set_path(&mut tree, &path, &raw, &name)?;
+            set_path(&mut tree, &path, &raw, &name, &mut lists)?;
         }
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -452,6 +457,7 @@ impl Config {
         if self.executor.workspace_dir.trim().is_empty() {
             return Err(invalid("Executor.WorkspaceDir", "must be a directory path"));
         }
+        log_level(&self.logging.level)?;
         one_of("Logging.Format", &self.logging.format, &["pretty", "json"])?;
         let hooks = &self.webhooks;
         if !(1..=1024).contains(&hooks.max_concurrency) {
@@ -518,6 +524,45 @@ fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
     ))
 }
 
+/// `Logging.Level`: a level, or comma-separated `target=level` directives
+/// (tracing's env-filter syntax). The filter itself would take a mistyped
+/// level (`inof`) as a target name and log nothing: refused here instead.
+fn log_level(value: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    let bad = |why: String| {
+        invalid(
+            "Logging.Level",
+            format!(
+                "{why}; allowed: {} or comma-separated target=level directives such as `info,runsignal=debug`",
+                LEVELS.join(", ")
+            ),
+        )
+    };
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(bad("is empty".into()));
+    }
+    for d in directives {
+        let ok = match d.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        };
+        if !ok {
+            return Err(bad(format!(
+                "`{d}` is not a level or a target=level directive"
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// Sort key of an environment variable name: segments, numbers as numbers.
 fn env_sort_key(name: &str) -> Vec<(u64, String)> {
     name.split("__")
@@ -567,8 +612,16 @@ fn merge(base: &mut Value, over: Value, prefix: &str, origin: &str) -> Result<()
 }
 
 /// Apply one environment variable: walk `path` (case-insensitive keys, list
-/// items by index) and parse `raw` as the type the default has there.
-fn set_path(tree: &mut Value, path: &[&str], raw: &str, var: &str) -> Result<(), ConfigError> {
+/// items by index) and parse `raw` as the type the default has there. The
+/// first variable to set an item of a list empties it (`lists` remembers
+/// which were), so that the environment's items are the whole list.
+fn set_path(
+    tree: &mut Value,
+    path: &[&str],
+    raw: &str,
+    var: &str,
+    lists: &mut HashSet<String>,
+) -> Result<(), ConfigError> {
     let unknown = || ConfigError::UnknownKey {
         key: path.join("."),
         origin: format!("environment variable {var}"),
@@ -584,6 +637,15 @@ fn set_path(tree: &mut Value, path: &[&str], raw: &str, var: &str) -> Result<(),
             }
             Value::Array(items) => {
                 let idx: usize = part.parse().map_err(|_| unknown())?;
+                // A new item takes the type of the list's items (strings when
+                // none), read before the list is emptied.
+                let like = items
+                    .first()
+                    .filter(|v| v.is_number())
+                    .map_or(Value::String(String::new()), |_| Value::from(0));
+                if lists.insert(path[..i].join(".").to_ascii_lowercase()) {
+                    items.clear();
+                }
                 if idx > items.len() {
                     return Err(invalid(
                         &path.join("."),
@@ -594,11 +656,6 @@ fn set_path(tree: &mut Value, path: &[&str], raw: &str, var: &str) -> Result<(),
                     ));
                 }
                 if idx == items.len() {
-                    // A new item takes the type of its siblings (strings when none).
-                    let like = items
-                        .first()
-                        .filter(|v| v.is_number())
-                        .map_or(Value::String(String::new()), |_| Value::from(0));
                     items.push(like);
                 }
                 &mut items[idx]

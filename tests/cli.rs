@@ -154,6 +154,19 @@ fn bad_configuration_stops_start_up_naming_the_key_and_allowed_values() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Streams.HeartbeatIntervalSeconds"), "{err}");
+
+    // A mistyped log level used to start a server that logged nothing.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("RUNSIGNAL__Logging__Level", "inof")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Logging.Level") && err.contains("`inof`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -118,8 +118,15 @@ impl Filter {
         }
     }
 
-    /// The stream event name if this subscription carries the event.
+    /// The stream event name if this subscription carries the event. The
+    /// event that ends the stream (`completed`) is carried whatever
+    /// `?events=` and `?correlationId=` say (SPEC §5.1): a client must see
+    /// its seq, or it cannot resume past it and an `EventSource` would
+    /// reconnect forever instead of getting the 204.
     pub fn matches(&self, env: &Envelope) -> Option<&'static str> {
+        if self.closes_on(env) {
+            return event_name(self.kind, env);
+        }
         if let Some(job) = &self.job_id {
             if env.job_id.as_deref() != Some(&**job) {
                 return None;

@@ -151,8 +151,73 @@ fn webhook_timing_is_validated() {
         e.contains("Webhooks.RetryScheduleSeconds") && e.contains("1..=1000"),
         "{e}"
     );
-    let e = err(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "100000")]);
+    let e = err(&[
+        ("RUNSIGNAL__Webhooks__RetryScheduleSeconds__0", "1"),
+        ("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "100000"),
+    ]);
     assert!(e.contains("Webhooks.RetryScheduleSeconds[1]"), "{e}");
+}
+
+#[test]
+fn env_list_items_replace_the_whole_list() {
+    // The default schedule has five items; three given by index are the
+    // whole schedule, not the first three of five.
+    let c = Config::load_from(
+        None,
+        env(&[
+            ("RUNSIGNAL__Webhooks__RetryScheduleSeconds__0", "1"),
+            ("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "1"),
+            ("RUNSIGNAL__Webhooks__RetryScheduleSeconds__2", "2"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.webhooks.retry_schedule_seconds, vec![1, 1, 2]);
+    // Over a file's list too, and the same with any key case.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"Auth": {"Jwt": {"Algorithms": ["RS256", "ES256", "HS256"]}}}"#,
+    )
+    .unwrap();
+    let c = Config::load_from(
+        Some(&path),
+        env(&[("RUNSIGNAL__auth__JWT__algorithms__0", "EdDSA")]),
+    )
+    .unwrap();
+    assert_eq!(c.auth.jwt.algorithms, vec!["EdDSA".to_string()]);
+    // Items must start at 0: the list below is gone.
+    let e = Config::load_from(
+        None,
+        env(&[("RUNSIGNAL__Webhooks__RetryScheduleSeconds__1", "5")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("Webhooks.RetryScheduleSeconds.1") && e.contains("next index is 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_mistyped_log_level_stops_start_up() {
+    let load = |level: &str| Config::load_from(None, env(&[("RUNSIGNAL__Logging__Level", level)]));
+    for good in [
+        "info",
+        "WARN",
+        "off",
+        "info,runsignal=debug",
+        "actix_web=warn",
+    ] {
+        assert!(load(good).is_ok(), "{good}");
+    }
+    for bad in ["inof", "", "loud", "runsignal=verbose", "info,debgu"] {
+        let e = load(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("Logging.Level") && e.contains("trace, debug, info, warn, error, off"),
+            "{bad}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -127,6 +127,10 @@ pub async fn get_first_signal(
     let cache = &state.metrics.first_signal_cache;
     match ask(&state, &key).await? {
         None => {
+            // Out of time, but whether the run exists is settled first (SPEC
+            // §4.2): an unknown or foreign run is 404, never `unavailable`.
+            // One primary-key read, on the timed-out cold path only.
+            state.store.get_run(&tenant.0, &run_id).await?;
             cache.with_label_values(&["miss"]).inc();
             let view = SignalView::new(Signal::unavailable(&run_id, rfc3339(now_ms())), 0);
             Ok(HttpResponse::Ok()

@@ -218,8 +218,8 @@ pub async fn get_job(
     Ok(HttpResponse::Ok().json(job_detail(&state, &job).await?))
 }
 
+/// Unknown parameters are ignored, as on every GET route (ADR 0030).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListJobs {
     /// Page size, 1..=200 (default 50).
@@ -243,7 +243,7 @@ struct ListJobs {
     params(TenantHeader, ListJobs),
     responses(
         (status = 200, description = "A page of jobs", body = JobList),
-        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`, `invalid_run_id`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`, `invalid_run_id`, `invalid_job_id`. Unknown query parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -113,8 +113,8 @@ pub async fn get_run(
     Ok(HttpResponse::Ok().json(Run::from(&run)))
 }
 
+/// Unknown parameters are ignored, as on every GET route (ADR 0030).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListRuns {
     /// Page size, 1..=200 (default 50).
@@ -137,7 +137,7 @@ const RUN_STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "c
     params(TenantHeader, ListRuns),
     responses(
         (status = 200, description = "A page of runs", body = RunList),
-        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_query`, `invalid_field`. Unknown query parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -182,8 +182,9 @@ pub async fn list_runs(
     }))
 }
 
+/// Unknown parameters are ignored, as on every GET route (ADR 0030).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 struct TimelineParams {
     /// Only events with a larger seq (default 0).
@@ -207,7 +208,7 @@ struct TimelineParams {
     ),
     responses(
         (status = 200, description = "A page of envelopes", body = Timeline),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_query`, `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_query`, `invalid_field`. Unknown query parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`run_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
@@ -221,13 +222,16 @@ pub async fn timeline(
     let run_id = run_id(&path)?;
     let q: TimelineParams = parse_query(&req)?;
     let limit = page_limit(q.limit, 100, 1000)?;
+    // One event more than the page: `next` is set only when another page
+    // really follows, so a last page of exactly `limit` events ends with null.
     let query = TimelineQuery {
         after: seq("after", q.after.unwrap_or(0))?,
-        limit,
+        limit: limit + 1,
         correlation_id: q.correlation_id,
     };
-    let events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
-    let next = if events.len() == limit as usize {
+    let mut events = history(&state, &RunKey::new(&tenant.0, &run_id), &query).await?;
+    let next = if events.len() > limit as usize {
+        events.truncate(limit as usize);
         events.last().map(|e| e.seq)
     } else {
         None

@@ -24,8 +24,9 @@ use super::feed::{stream_filter, Replay, Subscription};
 use super::limits::{self, HeldConnection, StreamPermit};
 use crate::AppState;
 
+/// Unknown parameters are ignored (cache busters such as `?_=123`; ADR 0030).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Resume after this seq (what `Last-Event-ID` carries).
@@ -84,10 +85,10 @@ struct Plan {
         StreamParams,
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`, which is sent whatever `events` and `correlationId` keep.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
-        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end (the `completed` event's id, filtered streams too): nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_run_id`, `invalid_field` (events, lastEventId), `invalid_query` (a query string that does not parse). Unknown parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`run_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
@@ -114,10 +115,10 @@ pub async fn run_stream(
         StreamParams,
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`, which is sent whatever `events` and `correlationId` keep.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
-        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end (the `completed` event's id, filtered streams too): nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query` (a query string that does not parse). Unknown parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
@@ -144,10 +145,10 @@ pub async fn job_stream(
         StreamParams,
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`.", content_type = "text/event-stream", body = String,
+        (status = 200, description = "`text/event-stream`: `retry:` first, then `id: <seq>` / `event:` / one-line JSON `data:` frames, `: heartbeat` comments every `Streams.HeartbeatIntervalSeconds`, and `event: timeout` after `Streams.MaxDurationSeconds` or on shutdown. The stream ends after `completed`, which is sent whatever `events` and `correlationId` keep.", content_type = "text/event-stream", body = String,
             headers(("Cache-Control" = String, description = "`no-store`"), ("X-Accel-Buffering" = String, description = "`no`"))),
-        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end: nothing more will come"),
-        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "Resumed with a `Last-Event-ID` at or past the end (the `completed` event's id, filtered streams too): nothing more will come"),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`, `invalid_field` (events, lastEventId), `invalid_query` (a query string that does not parse). Unknown parameters are ignored.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found` (also for another tenant's)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too_many_streams`: `Limits.MaxStreamsPerTenant`, `Limits.MaxStreamsPerCredential` or the server's streaming connections are exhausted; see `Retry-After`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),

@@ -382,6 +382,34 @@ async fn cold_path_timeout_answers_unavailable_and_caches_nothing() {
 }
 
 #[actix_web::test]
+async fn unknown_and_foreign_runs_are_404_even_when_the_cold_path_times_out() {
+    let app = spawn_with(&[("FirstSignal__ColdPath__TimeoutMs", "0")]).await;
+    let (_, run) = app.submit_job(None).await;
+    // Each read is cold: a fresh unknown id, or the run under a fresh tenant.
+    let reads = (0..60).flat_map(|i| {
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let path = |run: &str| format!("{ORCH}/runs/{run}/first-signal");
+        [
+            app.req(reqwest::Method::GET, &path(&unknown)).send(),
+            app.req_as(&format!("other-{i}"), reqwest::Method::GET, &path(&run))
+                .send(),
+            app.req_as(&format!("else-{i}"), reqwest::Method::HEAD, &path(&run))
+                .send(),
+        ]
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses.len(), 180);
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "never `200 unavailable` for a run the tenant does not have: {statuses:?}"
+    );
+}
+
+#[actix_web::test]
 async fn concurrent_cold_reads_spawn_one_actor() {
     let app = spawn_app().await;
     let (_, run) = app.submit_job(None).await;

@@ -5,3 +5,6 @@
 const BACKEND: testdb::Backend = testdb::Backend::Sqlite;
 
 include!("suite.rs");
+
+/// Node's `EventSource` against the server: once, on SQLite only.
+mod eventsource;

@@ -134,3 +134,37 @@ async fn timeline_pages_with_after_limit_next_and_filters_by_correlation() {
     assert!(!c1.is_empty() && c1.iter().all(|e| e["correlationId"] == "c1"));
     assert!(c1.iter().any(|e| e["type"] == "job.queued"));
 }
+
+#[actix_web::test]
+async fn a_last_timeline_page_of_exactly_limit_events_has_no_next() {
+    let app = spawn_app().await;
+    let (_, run) = app.submit_job(None).await;
+    let n = app.timeline(&run).await.len();
+    assert!(n >= 2, "a run with a job has several events");
+    let page = |query: String| {
+        let app = &app;
+        let run = &run;
+        async move {
+            let v: Value = app
+                .get(&format!("{ORCH}/runs/{run}/timeline?{query}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // The whole timeline in one page of exactly its length: nothing follows.
+    let whole = page(format!("limit={n}")).await;
+    assert_eq!(whole["events"].as_array().unwrap().len(), n);
+    assert!(whole["next"].is_null(), "{whole}");
+    // A page that ends exactly at the last event, after a first page.
+    let last = page(format!("after=1&limit={}", n - 1)).await;
+    assert_eq!(last["events"].as_array().unwrap().len(), n - 1);
+    assert!(last["next"].is_null(), "{last}");
+    // One short of the end: `next` points at the page's last event.
+    let first = page(format!("limit={}", n - 1)).await;
+    assert_eq!(first["next"].as_u64(), Some(n as u64 - 1));
+}

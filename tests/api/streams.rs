@@ -317,10 +317,11 @@ async fn filters_by_event_and_correlation_alone_and_together() {
         let url = format!("{path}?lastEventId=0&{query}");
         async move { read_until(&mut events(app.get(&url).send().await.unwrap()), |_| false).await }
     };
-    let progress = read("events=progress").await;
+    // `completed` ends every stream, whatever the filters (SPEC §5.1).
+    let (progress, end) = ended(read("events=progress").await);
     assert_eq!(progress.len(), 3);
     assert!(progress.iter().all(|e| e.event == "progress"));
-    let by_a = read("correlationId=a").await;
+    let (by_a, _) = ended(read("correlationId=a").await);
     assert!(
         !by_a.is_empty()
             && by_a.iter().all(|e| e.data["correlationId"] == "a"
@@ -329,11 +330,21 @@ async fn filters_by_event_and_correlation_alone_and_together() {
     assert!(
         by_a.iter().any(|e| e.event == "first_signal") && by_a.iter().any(|e| e.event == "job")
     );
-    let both = read("events=progress&correlationId=a").await;
+    let (both, _) = ended(read("events=progress&correlationId=a").await);
     assert_eq!(both.len(), 2);
     assert!(both
         .iter()
         .all(|e| e.event == "progress" && e.data["correlationId"] == "a"));
+    // Resuming a filtered stream after its `completed`: 204, nothing left.
+    for query in ["events=progress", "correlationId=a", "events=first_signal"] {
+        let res = app
+            .get(&format!("{path}?{query}"))
+            .header("Last-Event-ID", end.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "{query}");
+    }
     let signals = read("events=first_signal,completed").await;
     assert!(signals
         .iter()
@@ -610,7 +621,15 @@ async fn a_filtered_stream_still_ends_when_the_run_completes() {
     let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         names,
-        ["progress"],
-        "only what the filter keeps, then the end"
+        ["progress", "completed"],
+        "only what the filter keeps, then the end, which every stream gets"
     );
+}
+
+/// The stream's events before its final `completed`, and that event's seq.
+fn ended(mut got: Vec<Ev>) -> (Vec<Ev>, u64) {
+    let last = got.pop().expect("at least the end");
+    assert_eq!(last.event, "completed", "a stream ends with `completed`");
+    assert_eq!(last.data["type"], "run.completed");
+    (got, last.id.parse().expect("a seq id"))
 }

@@ -865,3 +865,56 @@ async fn a_report_with_more_lines_than_the_buffer_reaches_websocket_subscribers(
     assert_eq!(log[299]["data"]["line"], "line 299");
     assert_eq!(frames.last().unwrap()["event"], "completed");
 }
+
+/// A subscription whose `events`/`correlationId` leave out `completed`
+/// still gets it, with the end's seq, so that it can tell the stream is
+/// over and resume past it (SPEC §5.1/§5.2).
+#[actix_web::test]
+async fn a_filtered_subscription_still_gets_completed() {
+    let app = spawn_app().await;
+    let (job, run, lease) = started_job(&app).await;
+    let mut ws = connect(&app).await;
+    let subs = [
+        json!({"op": "subscribe", "stream": "run", "id": run, "events": ["progress"], "correlationId": "nobody"}),
+        json!({"op": "subscribe", "stream": "job", "id": job, "events": ["log"]}),
+    ];
+    for sub in subs {
+        send(&mut ws, sub).await;
+        assert_eq!(recv(&mut ws).await["op"], "subscribed");
+    }
+    app.worker(&job, "complete", json!({"leaseId": lease}))
+        .await;
+    let frames = recv_until(&mut ws, |got| {
+        got.iter().filter(|f| f["event"] == "completed").count() == 2
+    })
+    .await;
+    let ends: Vec<(&str, &str)> = frames
+        .iter()
+        .filter(|f| f["op"] == "event")
+        .map(|f| (f["stream"].as_str().unwrap(), f["data"]["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ends.len(),
+        2,
+        "nothing but the two ends passes the filters: {frames:?}"
+    );
+    assert!(ends.contains(&("run", "run.completed")), "{frames:?}");
+    assert!(ends.contains(&("job", "job.done")), "{frames:?}");
+    // Resuming after the end it was given: acked as completed.
+    let end = frames
+        .iter()
+        .find(|f| f["stream"] == "run" && f["event"] == "completed")
+        .unwrap()["seq"]
+        .clone();
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "stream": "run", "id": run, "events": ["progress"], "after": end}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (ack["op"].as_str(), ack["completed"].as_bool()),
+        (Some("subscribed"), Some(true)),
+        "{ack}"
+    );
+}

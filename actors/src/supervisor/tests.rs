@@ -377,6 +377,41 @@ async fn filters_select_by_job_event_name_and_correlation() {
 }
 
 #[actix_rt::test]
+async fn the_end_is_delivered_whatever_the_filter() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let mut run = Filter::new(StreamKind::Run);
+    run.events = Some(vec!["first_signal".into()]);
+    run.correlation_id = Some("c1".into());
+    let mut run_rx = subscribe(&sup, "r1", run, 64).await;
+    let mut job = Filter::new(StreamKind::Job);
+    job.job_id = Some("j1".into());
+    job.events = Some(vec!["log".into()]);
+    job.correlation_id = Some("c1".into());
+    let mut job_rx = subscribe(&sup, "r1", job, 64).await;
+    let key = RunKey::new("t", "r1");
+    let events = vec![
+        event("r1", 3, types::JOB_PROGRESS, Some("j1"), "c1"),
+        event("r1", 4, types::JOB_DONE, Some("j1"), "c2"),
+        event("r1", 5, types::RUN_COMPLETED, None, "c2"),
+    ];
+    sup.publish(&key, events.into());
+    for (rx, end) in [(&mut run_rx, 5), (&mut job_rx, 4)] {
+        // Nothing before the end passes the filters: the first delivery is it.
+        let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("delivered")
+            .expect("queue open");
+        assert_eq!(got.seq, end);
+        assert!(got.closes);
+        let text = String::from_utf8(got.frames[0].to_vec()).unwrap();
+        assert!(
+            text.starts_with(&format!("id: {end}\nevent: completed\n")),
+            "the end comes as a `completed` frame with its seq: {text}"
+        );
+    }
+}
+
+#[actix_rt::test]
 async fn subscribers_keep_an_idle_actor_resident() {
     tokio::time::pause();
     let config = ActorConfig {

@@ -70,7 +70,8 @@ pub struct RunList {
 pub struct Timeline {
     #[schema(value_type = Vec<EventEnvelope>)]
     pub events: Vec<Envelope>,
-    /// Seq to pass as `after` for the next page, or null.
+    /// Seq to pass as `after` for the next page, or null on the last page
+    /// (also when it holds exactly `limit` events).
     #[schema(required = true)]
     pub next: Option<u64>,
 }
