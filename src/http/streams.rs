@@ -202,6 +202,10 @@ async fn sse_stream(
             let data = view.stream_data(&format!("{}:{}", id, view.seq), "snapshot", true, &corr);
             Some(sse_frame(view.seq, "first_signal", &[data]))
         }
+        // A fresh pack-run stream starts with the job's plan.
+        (StreamKind::PackRun, None, _) => {
+            super::plan::frame(&state, &tenant.0, &id, &sub, &filter, Wire::Sse).await?
+        }
         _ => None,
     };
     let plan = Plan {
