@@ -15,6 +15,7 @@ mod first_signal;
 mod jobs;
 mod limits;
 mod ops;
+mod pack_runs;
 mod prune;
 mod runs;
 mod streams;
