@@ -288,7 +288,12 @@ impl Packs {
         DeclaredSteps(
             self.0
                 .values()
-                .map(|p| (p.name.clone(), p.steps.iter().map(|s| s.name.clone()).collect()))
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.steps.iter().map(|s| s.name.clone()).collect(),
+                    )
+                })
                 .collect(),
         )
     }

@@ -91,9 +91,7 @@ pub fn plan_data(job: &JobRecord, declared: &[&str], events: &[Envelope]) -> Val
                     continue;
                 };
                 let mut step = event.payload.clone();
-                let declared_name = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| declared.get(i));
+                let declared_name = usize::try_from(index).ok().and_then(|i| declared.get(i));
                 if let (Some(name), true) = (declared_name, step["stepName"].is_null()) {
                     step["stepName"] = json!(name);
                 }

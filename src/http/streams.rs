@@ -106,7 +106,7 @@ pub async fn run_stream(
     get,
     path = "/api/v1/orchestrator/stream/jobs/{jobId}",
     tag = "streams",
-    summary = "Follow a job: job, progress, step, log, completed",
+    summary = "Follow a job: job, progress, step, log, artifact, completed",
     params(
         ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
@@ -136,7 +136,7 @@ pub async fn job_stream(
     get,
     path = "/api/v1/orchestrator/stream/pack-runs/{jobId}",
     tag = "streams",
-    summary = "Follow a pack run's steps and logs: step, log, completed",
+    summary = "Follow a pack run's steps and logs: plan (on connect), step, log, artifact, completed",
     params(
         ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
