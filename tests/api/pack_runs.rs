@@ -378,3 +378,84 @@ async fn artifacts_are_announced_on_job_and_pack_run_streams() {
         2
     );
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn ws_connect(app: &TestApp) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}{ORCH}/ws", app.address.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Tenant-Id", TENANT.parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// Send `value`, then read text frames until `stop` (30 s without one ends it).
+async fn ws_exchange(ws: &mut Ws, value: Value, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        if let Message::Text(text) = msg {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            let done = stop(&frame);
+            got.push(frame);
+            if done {
+                break;
+            }
+        }
+    }
+    got
+}
+
+#[actix_web::test]
+async fn a_websocket_pack_run_subscription_gets_the_plan_unless_it_resumes() {
+    let (app, _dir) = app_with_packs(&[json!({"name": "deploy", "executor": "remote",
+        "steps": [{"name": "fetch"}, {"name": "ship"}]})])
+    .await;
+    let (job, _) = submit(&app, "deploy").await;
+    let lease = app
+        .lease(json!({"workerId": "w", "packs": ["deploy"], "leaseSeconds": 3600}))
+        .await
+        .remove(0);
+    let lease = lease["leaseId"].as_str().unwrap().to_owned();
+    app.worker(&job, "progress", json!({"leaseId": lease, "stepIndex": 0}))
+        .await;
+    let mut ws = ws_connect(&app).await;
+    let subscribe = json!({"op": "subscribe", "stream": "pack-run", "id": job});
+    let frames = ws_exchange(&mut ws, subscribe, |f| f["event"] == "plan").await;
+    let plan = frames.last().unwrap();
+    assert_eq!(frames[0]["op"], "subscribed");
+    assert_eq!(
+        (plan["op"].as_str(), plan["stream"].as_str(), plan["id"].as_str()),
+        (Some("event"), Some("pack-run"), Some(job.as_str()))
+    );
+    assert_eq!(
+        plan_steps(&plan["data"]),
+        st(&[(0, "running"), (1, "pending")])
+    );
+    let after = plan["seq"].as_u64().unwrap();
+    app.worker(
+        &job,
+        "complete",
+        json!({"leaseId": lease, "result": {"shipped": 1}}),
+    )
+    .await;
+    let frames = ws_exchange(&mut ws, json!({"op": "ping"}), |f| f["event"] == "completed").await;
+    let events: Vec<&str> = frames.iter().filter_map(|f| f["event"].as_str()).collect();
+    assert_eq!(events, ["step", "artifact", "completed"]);
+    let artifact = frames.iter().find(|f| f["event"] == "artifact").unwrap();
+    assert_eq!(artifact["data"]["name"], "completion");
+    assert_eq!(artifact["data"]["content_type"], "application/json");
+    // A resumed subscription replays what followed the plan, and no plan.
+    let mut again = ws_connect(&app).await;
+    let resume = json!({"op": "subscribe", "stream": "pack-run", "id": job, "after": after});
+    let frames = ws_exchange(&mut again, resume, |f| f["event"] == "completed").await;
+    let events: Vec<&str> = frames.iter().filter_map(|f| f["event"].as_str()).collect();
+    assert_eq!(events, ["step", "artifact", "completed"]);
+}
