@@ -145,6 +145,7 @@ impl Application {
         let auth = auth::Authenticator::from_config(&config.auth)?;
         let queries = Arc::new(QueryCounter::default());
         let store = open_store(&config, queries.clone()).await?;
+        store.declare_steps(packs.declared_steps());
         let metrics = Arc::new(Metrics::new());
         let cache: Arc<dyn FirstSignalCache> =
             Arc::new(InMemoryCache::new(&config.first_signal.cache));

@@ -36,8 +36,8 @@ pub struct Pack {
     /// Declared inputs; a built-in step sees each as `INPUT_<NAME>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputDecl>,
-    /// Built-in packs only: the steps, run in order (served as `[]` for a
-    /// remote pack).
+    /// The declared steps, in order: run by the built-in executor, or
+    /// (remote packs, names only) the plan a worker's `stepIndex` refers to.
     #[serde(default)]
     pub steps: Vec<Step>,
     /// Declared artifact paths (relative to the job's workspace).
@@ -59,8 +59,12 @@ pub struct InputDecl {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub name: String,
+    /// Required for built-in steps; optional for a remote pack's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stage: String,
-    /// argv: never passed through a shell by the executor.
+    /// argv: never passed through a shell by the executor. Built-in steps
+    /// only: a remote pack's steps are run by its worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run: Vec<String>,
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -105,18 +109,26 @@ fn check(pack: &Pack) -> Result<(), (String, String)> {
         }
         seen.push(upper);
     }
-    match pack.executor {
-        ExecutorKind::Remote if !pack.steps.is_empty() => {
-            return err("steps".into(), "only `builtin` packs have steps");
-        }
-        ExecutorKind::Builtin if pack.steps.is_empty() => {
-            return err("steps".into(), "a `builtin` pack needs at least one step");
-        }
-        _ => {}
+    if pack.executor == ExecutorKind::Builtin && pack.steps.is_empty() {
+        return err("steps".into(), "a `builtin` pack needs at least one step");
     }
     for (i, step) in pack.steps.iter().enumerate() {
         if step.name.trim().is_empty() || step.name.len() > 128 {
             return err(format!("steps[{i}].name"), "must be 1-128 chars");
+        }
+        if pack.executor == ExecutorKind::Remote {
+            // A remote step is a name in the plan (and an optional stage):
+            // its worker runs it, so there is nothing to run here.
+            if !step.run.is_empty() || !step.env.is_empty() {
+                return err(
+                    format!("steps[{i}].run"),
+                    "a `remote` pack's steps are run by its worker: declare `name` (and `stage`), not `run` or `env`",
+                );
+            }
+            if step.stage.len() > 128 {
+                return err(format!("steps[{i}].stage"), "must be at most 128 chars");
+            }
+            continue;
         }
         if step.stage.trim().is_empty() || step.stage.len() > 128 {
             return err(format!("steps[{i}].stage"), "must be 1-128 chars");
@@ -178,6 +190,22 @@ pub enum PackError {
 
 #[derive(Debug, Clone, Default)]
 pub struct Packs(BTreeMap<String, Pack>);
+
+/// Pack name → its declared step names, in order. Read by the store's
+/// lifecycle (which knows no pack files) to name steps and to report the
+/// steps a failed or canceled job never reached.
+#[derive(Debug, Clone, Default)]
+pub struct DeclaredSteps(BTreeMap<String, Vec<String>>);
+
+impl DeclaredSteps {
+    /// No pack declares any step.
+    pub const NONE: DeclaredSteps = DeclaredSteps(BTreeMap::new());
+
+    /// The declared step names of `pack` (none for an unknown pack).
+    pub fn of(&self, pack: &str) -> &[String] {
+        self.0.get(pack).map_or(&[], Vec::as_slice)
+    }
+}
 
 impl Packs {
     /// Load every `*.json` in `dir`; the default dir falls back to the
@@ -252,6 +280,22 @@ impl Packs {
 
     pub fn all(&self) -> impl Iterator<Item = &Pack> {
         self.0.values()
+    }
+
+    /// Each pack's declared step names, in order (SPEC §5.1: the plan of a
+    /// pack run, and the steps reported `skipped` after a failure).
+    pub fn declared_steps(&self) -> DeclaredSteps {
+        DeclaredSteps(
+            self.0
+                .values()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.steps.iter().map(|s| s.name.clone()).collect(),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Names of the packs run by the built-in executor.
@@ -358,7 +402,11 @@ mod tests {
             ),
             (
                 r#"{"name":"b","executor":"remote","steps":[{"name":"s","stage":"x","run":["a"]}]}"#,
-                "`steps`",
+                "`steps[0].run`",
+            ),
+            (
+                r#"{"name":"b","executor":"builtin","steps":[{"name":"s","run":["a"]}]}"#,
+                "`steps[0].stage`",
             ),
         ] {
             let err = load_one(bad);
@@ -367,6 +415,18 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn remote_packs_declare_step_names() {
+        let ok = r#"{"name":"r","executor":"remote","steps":[{"name":"fetch"},{"name":"build","stage":"compile"}]}"#;
+        assert_eq!(load_one(ok), "");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.json"), ok).unwrap();
+        let packs = Packs::load(dir.path().to_str().unwrap(), false).unwrap();
+        let steps = packs.declared_steps();
+        assert_eq!(steps.of("r"), ["fetch".to_owned(), "build".to_owned()]);
+        assert!(steps.of("nope").is_empty());
     }
 
     #[test]

@@ -43,12 +43,14 @@ impl StreamKind {
         }
     }
 
-    /// Stream event names this kind carries.
+    /// Stream event names this kind carries (`plan`: the pack-run stream's
+    /// first frame on a fresh connect, built by the HTTP layer, not from one
+    /// timeline event).
     pub fn event_names(self) -> &'static [&'static str] {
         match self {
             StreamKind::Run => &["first_signal", "job", "progress", "completed"],
-            StreamKind::Job => &["job", "progress", "step", "log", "completed"],
-            StreamKind::PackRun => &["step", "log", "completed"],
+            StreamKind::Job => &["job", "progress", "step", "log", "artifact", "completed"],
+            StreamKind::PackRun => &["plan", "step", "log", "artifact", "completed"],
         }
     }
 }
@@ -86,6 +88,7 @@ pub fn event_name(kind: StreamKind, env: &Envelope) -> Option<&'static str> {
             let name = match ty {
                 types::STEP_STARTED | types::STEP_FINISHED => "step",
                 types::LOG => "log",
+                types::ARTIFACT_CREATED => "artifact",
                 _ if is_job_terminal(ty) => "completed",
                 types::JOB_PROGRESS if kind == StreamKind::Job => "progress",
                 _ if kind == StreamKind::Job && is_job_state(ty) => "job",
@@ -202,7 +205,7 @@ pub fn event_data(event: &Published, name: &str) -> Vec<Value> {
             }
             None => vec![env.payload.clone()],
         },
-        "step" => vec![env.payload.clone()],
+        "step" | "artifact" => vec![env.payload.clone()],
         "log" => {
             let step = env.payload.get("stepIndex").cloned().unwrap_or(Value::Null);
             let lines = env

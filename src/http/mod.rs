@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod plan;
 pub mod prefer;
 pub mod runs;
 pub mod streams;

@@ -50,7 +50,9 @@ pub struct PackInfo {
     /// Declared inputs `{"name","required","default"?}`; absent when none.
     #[schema(value_type = Option<Vec<Object>>)]
     pub inputs: Option<Vec<Value>>,
-    /// The steps of a built-in pack, in order; `[]` for a remote pack.
+    /// The declared steps, in order: a built-in pack's argv steps, or a
+    /// remote pack's `{"name","stage"?}` (its pack-run plan); `[]` when a
+    /// remote pack declares none.
     #[schema(value_type = Vec<Object>)]
     pub steps: Vec<Value>,
     /// Declared artifact paths; absent when none.

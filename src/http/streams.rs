@@ -107,7 +107,7 @@ pub async fn run_stream(
     get,
     path = "/api/v1/orchestrator/stream/jobs/{jobId}",
     tag = "streams",
-    summary = "Follow a job: job, progress, step, log, completed",
+    summary = "Follow a job: job, progress, step, log, artifact, completed",
     params(
         ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
@@ -137,7 +137,7 @@ pub async fn job_stream(
     get,
     path = "/api/v1/orchestrator/stream/pack-runs/{jobId}",
     tag = "streams",
-    summary = "Follow a pack run's steps and logs: step, log, completed",
+    summary = "Follow a pack run's steps and logs: plan (on connect), step, log, artifact, completed",
     params(
         ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for clients that cannot set headers)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq: replay from the store, then live, no gap, no duplicate"),
@@ -202,6 +202,10 @@ async fn sse_stream(
                 .unwrap_or_default();
             let data = view.stream_data(&format!("{}:{}", id, view.seq), "snapshot", true, &corr);
             Some(sse_frame(view.seq, "first_signal", &[data]))
+        }
+        // A fresh pack-run stream starts with the job's plan.
+        (StreamKind::PackRun, None, _) => {
+            super::plan::frame(&state, &tenant.0, &id, &sub, &filter, Wire::Sse).await?
         }
         _ => None,
     };

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use super::tx::{RunRow, WriteTx};
 use super::writer::{Cmd, Done};
 use super::*;
+use crate::packs::DeclaredSteps;
 
 /// What a batch has changed but not yet written: run rows (as they will be
 /// written back, and whether they changed) and events, in seq order per run.
@@ -98,6 +99,9 @@ pub struct Op<'t> {
     pending: &'t mut Pending,
     pub now: i64,
     correlation_id: String,
+    /// The packs' declared steps: names for unnamed steps, and the steps a
+    /// failed or canceled job never reached (reported `skipped`).
+    declared: &'t DeclaredSteps,
     /// Undo log: how many runs and events `pending` had before this write,
     /// and the earlier state of the runs it changed.
     runs_before: usize,
@@ -118,9 +122,10 @@ pub struct Op<'t> {
 pub async fn apply(
     tx: &mut dyn WriteTx,
     pending: &mut Pending,
+    declared: &DeclaredSteps,
     cmd: &Cmd,
 ) -> StoreResult<(Done, Committed)> {
-    let mut op = Op::new(tx, pending, cmd.correlation_id());
+    let mut op = Op::new(tx, pending, declared, cmd.correlation_id());
     let result = op.apply(cmd).await;
     if result.is_err() {
         op.undo();
@@ -200,9 +205,15 @@ impl<'t> Op<'t> {
         Ok(done)
     }
 
-    fn new(tx: &'t mut dyn WriteTx, pending: &'t mut Pending, correlation_id: &str) -> Op<'t> {
+    fn new(
+        tx: &'t mut dyn WriteTx,
+        pending: &'t mut Pending,
+        declared: &'t DeclaredSteps,
+        correlation_id: &str,
+    ) -> Op<'t> {
         Op {
             tx,
+            declared,
             runs_before: pending.runs.len(),
             events_before: pending.events.len(),
             jobs_before: pending.jobs.len(),
@@ -600,7 +611,9 @@ impl<'t> Op<'t> {
         if job.job_state().is_terminal() {
             return Err(StoreError::InvalidState(job.state));
         }
+        let reached = job.step_started_at.and(job.step_index);
         self.finish_step(&mut job, "failed", None).await?;
+        self.skip_after(&job, reached).await?;
         self.transition(&mut job, JobState::Canceled, json!({}))
             .await?;
         self.settle(job).await
@@ -765,6 +778,25 @@ impl<'t> Op<'t> {
             artifacts.push(a.event_json(job_id));
         }
         self.finish_step(&mut job, "succeeded", None).await?;
+        // One `artifact.created` per stored artifact, before `job.done`
+        // ends the job's streams (SPEC §6).
+        for a in &done.artifacts {
+            let payload = crate::artifacts::metadata_json(
+                job_id,
+                &a.name,
+                a.size,
+                &a.sha256,
+                &a.content_type,
+            );
+            self.append(
+                tenant,
+                &job.run_id,
+                Some(job_id),
+                types::ARTIFACT_CREATED,
+                payload,
+            )
+            .await?;
+        }
         let mut payload = json!({"result": done.result.clone().unwrap_or(Value::Null)});
         if !artifacts.is_empty() {
             payload["artifacts"] = Value::Array(artifacts);
@@ -974,6 +1006,11 @@ impl<'t> Op<'t> {
     ) -> StoreResult<()> {
         self.finish_step(job, "succeeded", None).await?;
         job.step_started_at = Some(self.now);
+        // A worker that names no step gets the pack file's name for it.
+        let declared = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.declared.of(&job.pack).get(i));
+        let name = name.or(declared.map(String::as_str));
         let payload = json!({"stepIndex": index, "stepName": name, "status": "running", "exitCode": null,
                              "startedAt": rfc3339(self.now), "finishedAt": null});
         let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
@@ -988,6 +1025,29 @@ impl<'t> Op<'t> {
         Ok(())
     }
 
+    /// The job ends failed or canceled: every declared step after `reached`
+    /// (the step running when it ended; `None`: this attempt started no
+    /// step, so all of them) is reported once as `step.finished` with status
+    /// `skipped` (SPEC §5.1, ADR 0029), before the terminal state event.
+    async fn skip_after(&mut self, job: &JobRecord, reached: Option<i64>) -> StoreResult<()> {
+        let first = reached.map_or(0, |r| usize::try_from(r).map_or(0, |r| r + 1));
+        let declared = self.declared;
+        let (tenant, run) = (job.tenant_id.clone(), job.run_id.clone());
+        for (index, name) in declared.of(&job.pack).iter().enumerate().skip(first) {
+            let payload = json!({"stepIndex": index, "stepName": name, "status": "skipped",
+                                 "exitCode": null, "startedAt": null, "finishedAt": null});
+            self.append(
+                &tenant,
+                &run,
+                Some(&job.job_id),
+                types::STEP_FINISHED,
+                payload,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A failure with attempts left requeues the job; otherwise it fails.
     async fn fail_or_retry(
         &mut self,
@@ -997,6 +1057,8 @@ impl<'t> Op<'t> {
         range: Option<(i64, i64)>,
         exit_code: Option<i64>,
     ) -> StoreResult<()> {
+        // The step running now (this attempt's), before it is closed.
+        let reached = job.step_started_at.and(job.step_index);
         self.finish_step(job, "failed", exit_code).await?;
         let error = json!({"code": code, "message": message});
         if retryable && job.attempt < job.max_attempts {
@@ -1017,6 +1079,7 @@ impl<'t> Op<'t> {
         job.error_message = Some(message.to_owned());
         job.failure_start = range.map(|r| r.0);
         job.failure_end = range.map(|r| r.1);
+        self.skip_after(job, reached).await?;
         self.transition(job, JobState::Failed, json!({"error": error}))
             .await
     }

@@ -168,6 +168,15 @@ pub trait TimelineReads: Send + Sync {
         run_id: &str,
         query: &TimelineQuery,
     ) -> StoreResult<Vec<Envelope>>;
+    /// What a pack run's `plan` is drawn from (SPEC §5.1): the job's
+    /// `job.loading` and `step.*` events up to `upto`, in seq order, and the
+    /// seq of its latest event of any type up to `upto`.
+    async fn job_steps(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        upto: u64,
+    ) -> StoreResult<(Vec<Envelope>, Option<u64>)>;
 }
 
 /// Reads of the webhook outbox.
@@ -253,6 +262,12 @@ impl Store {
     /// Where committed events go (the engine); set once at start-up.
     pub fn attach(&self, sink: Arc<dyn CommitSink>) {
         self.writer.attach(sink);
+    }
+
+    /// The packs' declared steps (SPEC §5.1), for the lifecycle; set once
+    /// at start-up.
+    pub fn declare_steps(&self, steps: crate::packs::DeclaredSteps) {
+        self.writer.declare_steps(steps);
     }
 
     pub fn writer(&self) -> &Writer {

@@ -778,6 +778,36 @@ macro_rules! sql_backend {
                 let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await?;
                 rows.iter().map(|json| $crate::store::sql::decode_event(json)).collect()
             }
+
+            async fn job_steps(
+                &self,
+                tenant: &str,
+                job_id: &str,
+                upto: u64,
+            ) -> StoreResult<(Vec<runsignal_actors::Envelope>, Option<u64>)> {
+                let rows: Vec<String> = sqlx::query_scalar(
+                    "SELECT envelope FROM events WHERE job_id = $1 AND tenant_id = $2 AND seq <= $3
+                       AND type IN ('job.loading', 'step.started', 'step.finished') ORDER BY seq",
+                )
+                .bind(job_id)
+                .bind(tenant)
+                .bind(upto as i64)
+                .fetch_all(&self.reader)
+                .await?;
+                let latest: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM events WHERE job_id = $1 AND tenant_id = $2 AND seq <= $3",
+                )
+                .bind(job_id)
+                .bind(tenant)
+                .bind(upto as i64)
+                .fetch_one(&self.reader)
+                .await?;
+                let events = rows
+                    .iter()
+                    .map(|json| $crate::store::sql::decode_event(json))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok((events, latest.map(|s| s as u64)))
+            }
         }
 
         #[async_trait::async_trait]

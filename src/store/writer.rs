@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::lifecycle::{self, Pending};
 use super::*;
+use crate::packs::DeclaredSteps;
+
+/// Before `declare_steps` (tests that open a bare store): no plans.
+static NO_STEPS: DeclaredSteps = DeclaredSteps::NONE;
 
 /// Most writes one transaction takes.
 pub const MAX_BATCH: usize = 128;
@@ -181,6 +185,9 @@ struct Request {
 }
 
 type Sink = Arc<OnceLock<Arc<dyn CommitSink>>>;
+/// The packs' declared steps, set once at start-up (the lifecycle names
+/// steps and reports the ones a failed or canceled job never reached).
+type Steps = Arc<OnceLock<DeclaredSteps>>;
 
 /// What the writer has done (for `/metrics` and the tests).
 #[derive(Debug, Default)]
@@ -200,6 +207,7 @@ pub struct Writer {
     lanes: Vec<mpsc::Sender<Request>>,
     next: AtomicUsize,
     sink: Sink,
+    steps: Steps,
     stats: Arc<WriterStats>,
 }
 
@@ -211,6 +219,7 @@ impl Writer {
     /// `Writer` is dropped (its lanes' channels close).
     pub fn start(backend: Arc<dyn Backend>) -> StoreResult<Writer> {
         let sink: Sink = Arc::new(OnceLock::new());
+        let steps: Steps = Arc::new(OnceLock::new());
         let stats = Arc::new(WriterStats::default());
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
@@ -221,6 +230,7 @@ impl Writer {
                 lane,
                 rx,
                 sink.clone(),
+                steps.clone(),
                 stats.clone(),
             ));
             lanes.push(tx);
@@ -237,8 +247,17 @@ impl Writer {
             lanes,
             next: AtomicUsize::new(0),
             sink,
+            steps,
             stats,
         })
+    }
+
+    /// The packs' declared steps; set once at start-up (none: every pack
+    /// has an empty plan).
+    pub fn declare_steps(&self, steps: DeclaredSteps) {
+        if self.steps.set(steps).is_err() {
+            tracing::warn!("declared steps were set twice; keeping the first");
+        }
     }
 
     pub fn attach(&self, sink: Arc<dyn CommitSink>) {
@@ -305,6 +324,7 @@ async fn run_lane(
     lane: usize,
     mut rx: mpsc::Receiver<Request>,
     sink: Sink,
+    steps: Steps,
     stats: Arc<WriterStats>,
 ) {
     let mut retry: VecDeque<Request> = VecDeque::new();
@@ -336,7 +356,8 @@ async fn run_lane(
             .largest
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        apply_batch(&*backend, lane, batch, &mut retry, &sink).await;
+        let declared = steps.get().unwrap_or(&NO_STEPS);
+        apply_batch(&*backend, lane, batch, &mut retry, &sink, declared).await;
         let busy = started.elapsed().as_micros() as u64;
         stats.busy_us.fetch_add(busy, Ordering::Relaxed);
     }
@@ -351,6 +372,7 @@ async fn apply_batch(
     batch: Vec<Request>,
     retry: &mut VecDeque<Request>,
     sink: &Sink,
+    declared: &DeclaredSteps,
 ) {
     let mut tx = match backend.begin(lane).await {
         Ok(tx) => tx,
@@ -421,7 +443,7 @@ async fn apply_batch(
             open = true;
         }
         let writes_before = tx.writes();
-        match lifecycle::apply(&mut *tx, &mut pending, &r.cmd).await {
+        match lifecycle::apply(&mut *tx, &mut pending, declared, &r.cmd).await {
             Ok((done, committed)) => applied.push((r, done, committed)),
             Err(e) => {
                 let clean = e.is_refusal() && tx.writes() == writes_before;

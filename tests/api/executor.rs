@@ -245,9 +245,14 @@ async fn a_failing_step_fails_the_job_with_its_exit_code() {
     assert_eq!(got["error"]["code"], "step_failed");
     assert!(got["error"]["message"].as_str().unwrap().contains("boom"));
     let events = x.app.timeline(&run).await;
-    let last = *of_type(&events, "step.finished").last().unwrap();
-    assert_eq!(last["payload"]["exitCode"], 3);
-    assert_eq!(last["payload"]["status"], "failed");
+    let finished = of_type(&events, "step.finished");
+    let failed = finished[1];
+    assert_eq!(failed["payload"]["exitCode"], 3);
+    assert_eq!(failed["payload"]["status"], "failed");
+    // The step after it never ran: reported once, as skipped.
+    assert_eq!(finished.len(), 3);
+    assert_eq!(finished[2]["payload"]["stepName"], "never");
+    assert_eq!(finished[2]["payload"]["status"], "skipped");
     assert!(!log_lines(&events).contains(&"never".to_owned()));
 }
 

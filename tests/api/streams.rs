@@ -373,7 +373,14 @@ async fn pack_run_and_job_streams_carry_steps_and_logs() {
     )
     .await;
     let (mut pack, mut jobs) = (pack, jobs);
-    let pack = read_until(&mut pack, |_| false).await;
+    let mut pack = read_until(&mut pack, |_| false).await;
+    // A fresh connect starts with the plan (`external` declares no steps).
+    let plan = pack.remove(0);
+    assert_eq!(plan.event, "plan");
+    assert_eq!(
+        plan.data,
+        json!({"jobId": job, "pack": "external", "totalSteps": 0, "percent": null, "steps": []})
+    );
     let names: Vec<&str> = pack.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         names,

@@ -16,6 +16,7 @@ mod first_signal;
 mod jobs;
 mod limits;
 mod ops;
+mod pack_runs;
 mod prune;
 mod runs;
 mod streams;

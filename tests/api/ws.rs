@@ -233,7 +233,9 @@ async fn one_socket_carries_a_run_and_a_pack_run_subscription() {
     );
     assert!(run_frames.iter().all(|f| f["id"] == run.as_str()));
     assert!(pack_frames.iter().all(|f| f["id"] == job.as_str()));
-    assert_eq!(names(&pack_frames).first(), Some(&"step"));
+    assert_eq!(names(&pack_frames).first(), Some(&"plan"));
+    assert_eq!(pack_frames[0]["data"]["jobId"], job.as_str());
+    assert_eq!(names(&pack_frames)[1], "step");
     assert!(names(&pack_frames).contains(&"log"));
     assert_eq!(names(&pack_frames).last(), Some(&"completed"));
     assert_eq!(
@@ -591,6 +593,7 @@ async fn the_subscription_limit_is_an_error_frame() {
     let mut ws = connect(&app).await;
     subscribe(&mut ws, "job", &job).await;
     subscribe(&mut ws, "pack-run", &job).await;
+    assert_eq!(recv(&mut ws).await["event"], "plan");
     send(
         &mut ws,
         json!({"op": "subscribe", "stream": "run", "id": run}),

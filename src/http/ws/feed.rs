@@ -64,6 +64,10 @@ pub(super) async fn open(
                 .into_iter()
                 .next()
         }
+        // A fresh pack-run subscription starts with the job's plan.
+        (StreamKind::PackRun, None, _) => {
+            crate::http::plan::frame(&state, &tenant, &id, &sub, &filter, Wire::WebSocket).await?
+        }
         _ => None,
     };
     let Subscription {

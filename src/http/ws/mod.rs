@@ -35,7 +35,8 @@
 //! `(after, live_from]` from the store, followed by the live events from the
 //! subscription's own bounded queue (`Streams.BufferSize`): no gap, no
 //! duplicate. Without `after`, a run subscription starts with the run's
-//! current `first_signal`. A subscription whose run completes (or whose job
+//! current `first_signal`, a pack-run subscription with the job's `plan`
+//! (`http::plan`). A subscription whose run completes (or whose job
 //! ends) is over after its `completed` event; the socket stays open and the
 //! same stream may be subscribed again. A subscription whose queue overflows
 //! is dropped by the run actor: the client gets an error frame
@@ -93,7 +94,7 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
     path = "/api/v1/orchestrator/ws",
     tag = "streams",
     summary = "WebSocket: many run / job / pack-run subscriptions over one socket",
-    description = "Client text frames: `{\"op\":\"subscribe\",\"stream\":\"run|job|pack-run\",\"id\":\"…\",\"after\":N?,\"events\":[…]?}`, `{\"op\":\"unsubscribe\",\"stream\",\"id\"}`, `{\"op\":\"ping\"}`. Server frames: `subscribed`, `event` (`{\"op\":\"event\",\"stream\",\"id\",\"seq\",\"event\",\"data\"}`), `error` (the socket stays open), `pong`. RFC 6455 ping every `Streams.HeartbeatIntervalSeconds`; two missed pongs close with 1001; frames over 64 KiB close with 1009.",
+    description = "Client text frames: `{\"op\":\"subscribe\",\"stream\":\"run|job|pack-run\",\"id\":\"…\",\"after\":N?,\"events\":[…]?}`, `{\"op\":\"unsubscribe\",\"stream\",\"id\"}`, `{\"op\":\"ping\"}`. Server frames: `subscribed`, `event` (`{\"op\":\"event\",\"stream\",\"id\",\"seq\",\"event\",\"data\"}`; without `after`, a run subscription starts with `first_signal`, a pack-run subscription with `plan`), `error` (the socket stays open), `pong`. RFC 6455 ping every `Streams.HeartbeatIntervalSeconds`; two missed pongs close with 1001; frames over 64 KiB close with 1009.",
     params(
         ("X-Tenant-Id" = Option<String>, Header, description = "The tenant (or `?tenant=`, for browsers)"),
         ("tenant" = Option<String>, Query, description = "The tenant, when headers cannot be set"),
