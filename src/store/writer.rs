@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use runsignal_actors::{RunKey, Signal};
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::PackHistory;
 use super::lifecycle::{self, Pending};
 use super::*;
 
@@ -47,6 +48,12 @@ pub enum Cmd {
         new: NewJob,
     },
     Cancel {
+        tenant: String,
+        job_id: String,
+        correlation_id: String,
+    },
+    /// A new job repeating a failed or canceled one, in its run.
+    Retry {
         tenant: String,
         job_id: String,
         correlation_id: String,
@@ -104,7 +111,9 @@ impl Cmd {
         match self {
             Cmd::CreateRun { new, .. } => &new.correlation_id,
             Cmd::Submit { new, .. } => &new.correlation_id,
-            Cmd::Cancel { correlation_id, .. } => correlation_id,
+            Cmd::Cancel { correlation_id, .. } | Cmd::Retry { correlation_id, .. } => {
+                correlation_id
+            }
             Cmd::Lease { req, .. } => &req.correlation_id,
             Cmd::Progress { report, .. } => &report.correlation_id,
             Cmd::Complete { done, .. } => &done.correlation_id,
@@ -122,6 +131,7 @@ impl Cmd {
     fn job_id(&self) -> Option<String> {
         match self {
             Cmd::Cancel { job_id, .. }
+            | Cmd::Retry { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
             | Cmd::Fail { job_id, .. } => Some(job_id.clone()),
@@ -136,6 +146,7 @@ impl Cmd {
             Cmd::CreateRun { new, .. } => Some(&new.run_id),
             Cmd::Submit { new, .. } => new.run_id.as_deref(),
             Cmd::Cancel { job_id, .. }
+            | Cmd::Retry { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
             | Cmd::Fail { job_id, .. } => Some(job_id),
@@ -201,6 +212,7 @@ impl Writer {
     pub fn start(backend: Arc<dyn Backend>) -> StoreResult<Writer> {
         let sink: Sink = Arc::new(OnceLock::new());
         let stats = Arc::new(WriterStats::default());
+        let history = Arc::new(PackHistory::default());
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
         for lane in 0..backend.lanes().max(1) {
@@ -211,6 +223,7 @@ impl Writer {
                 rx,
                 sink.clone(),
                 stats.clone(),
+                history.clone(),
             ));
             lanes.push(tx);
         }
@@ -293,6 +306,7 @@ async fn run_lane(
     mut rx: mpsc::Receiver<Request>,
     sink: Sink,
     stats: Arc<WriterStats>,
+    history: Arc<PackHistory>,
 ) {
     let mut retry: VecDeque<Request> = VecDeque::new();
     loop {
@@ -323,7 +337,7 @@ async fn run_lane(
             .largest
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        apply_batch(&*backend, lane, batch, &mut retry, &sink).await;
+        apply_batch(&*backend, lane, batch, &mut retry, &sink, &history).await;
         let busy = started.elapsed().as_micros() as u64;
         stats.busy_us.fetch_add(busy, Ordering::Relaxed);
     }
@@ -338,6 +352,7 @@ async fn apply_batch(
     batch: Vec<Request>,
     retry: &mut VecDeque<Request>,
     sink: &Sink,
+    history: &Arc<PackHistory>,
 ) {
     let mut tx = match backend.begin(lane).await {
         Ok(tx) => tx,
@@ -354,7 +369,7 @@ async fn apply_batch(
     // wrote anything leaves nothing to undo; any other failure rolls the
     // batch back and the other writes run again in the next one.
     let savepoints = batch.len() > 1 && backend.statement_errors_abort();
-    let mut pending = Pending::default();
+    let mut pending = Pending::new(history.clone());
     let mut applied: Vec<(Request, Done, Committed)> = Vec::new();
     let mut broken: Option<String> = None;
     // Whether a savepoint is open (the last write succeeded inside it).
@@ -471,6 +486,7 @@ async fn apply_batch(
     }
     let sink = sink.get();
     for (r, done, committed) in applied {
+        history.record(&committed.history);
         if let Some(sink) = sink {
             sink.publish(committed);
         }

@@ -48,7 +48,12 @@ async fn queued_signal_has_the_exact_shape_and_four_headers() {
     assert_eq!(
         v,
         json!({"runId": run, "firstSignal": {"type": "queued", "stage": "unknown", "step": null,
-            "message": "Run queued", "at": at, "artifact": {"kind": "run", "range": null}}, "summaryEtag": etag})
+            "message": "Run queued", "at": at, "artifact": {"kind": "run", "range": null},
+            "etaSeconds": null, "lastKnownOutcome": null,
+            "nextActions": [
+                {"action": "cancel", "label": "Cancel", "method": "POST", "href": format!("/jobs/{job}/cancel")},
+                {"action": "view_logs", "label": "View logs", "method": "GET", "href": format!("{ORCH}/stream/jobs/{job}")}
+            ]}, "summaryEtag": etag})
     );
     assert!(
         at.ends_with('Z') && at.len() == 24,

@@ -17,6 +17,7 @@ mod limits;
 mod ops;
 mod prune;
 mod runs;
+mod signal_fields;
 mod streams;
 mod tenants;
 mod webhooks;
