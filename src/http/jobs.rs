@@ -322,6 +322,7 @@ pub async fn cancel_job(
         (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`not_retryable`: the job is not failed or canceled; `already_retried`: it was retried before", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`: the job's pack is no longer declared", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -332,6 +333,15 @@ pub async fn retry_job(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
+    // A pack taken out of the configuration since: its retry would wait
+    // forever (the writer checks the state; the pack is the server's).
+    let old = state.store.get_job(&tenant.0, &id).await?;
+    if state.packs.get(&old.pack).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownPack,
+            format!("pack `{}` is no longer declared", old.pack),
+        ));
+    }
     let job = state.store.retry_job(&tenant.0, &id, &corr.0).await?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/jobs/{}", job.job_id)))

@@ -372,4 +372,19 @@ async fn retry_refuses_what_it_cannot_retry() {
     assert!(header(&res, "location").starts_with("/jobs/"));
     let res = app.post(&path, &json!({})).send().await.unwrap();
     assert_problem(res, 409, "already_retried").await;
+
+    // A pack no longer declared is not queued again.
+    let (job, _) = app.submit_job(None).await;
+    let cancel = format!("/jobs/{job}/cancel");
+    assert_eq!(app.post(&cancel, &json!({})).send().await.unwrap().status(), 202);
+    let empty = tempfile::tempdir().unwrap();
+    let packs = empty.path().display().to_string();
+    let app = app.restart(&[("Executor__PacksDir", packs.as_str())]).await;
+    let res = app
+        .post(&format!("/jobs/{job}/retry"), &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "unknown_pack").await;
+    assert_eq!(app.job(&job).await["state"], "canceled");
 }
