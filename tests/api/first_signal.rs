@@ -232,7 +232,10 @@ async fn snapshot_writer_makes_reads_after_a_restart_snapshot_hits() {
     ];
     let app = spawn_with(&settings).await;
     let (_, run) = app.submit_job(None).await;
-    let etag = header(&app.first_signal(&run).await, "etag");
+    let res = app.first_signal(&run).await;
+    let etag = header(&res, "etag");
+    let before = body(res).await;
+    assert_eq!(before["firstSignal"]["nextActions"].as_array().unwrap().len(), 2);
     let mut written = false;
     for _ in 0..50 {
         if app
@@ -254,6 +257,9 @@ async fn snapshot_writer_makes_reads_after_a_restart_snapshot_hits() {
     assert_eq!(header(&res, "cache-status"), "hit");
     assert_eq!(header(&res, "x-firstsignal-source"), "snapshot");
     assert_eq!(header(&res, "etag"), etag);
+    // Every field, the signal fields (SPEC §4.3) too, came back from the
+    // snapshot row as they were.
+    assert_eq!(body(res).await, before);
 }
 
 #[actix_web::test]
