@@ -57,6 +57,7 @@ const CORRELATION_HEADER: &str = "X-Correlation-Id";
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,
+        jobs::retry_job,
         jobs::get_artifact,
         ops::healthz,
         ops::readyz,

@@ -135,7 +135,8 @@ pub struct LineRange {
     pub end: i64,
 }
 
-/// The stable content of a signal: exactly the ETag material (SPEC §4.2).
+/// A signal: its stable content (the ETag material, SPEC §4.2) and
+/// `eta_seconds`, which is computed with it but outside the ETag (SPEC §4.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Signal {
@@ -148,8 +149,15 @@ pub struct Signal {
     pub job_id: Option<String>,
     pub at: String,
     pub artifact: SignalArtifact,
+    /// `{"status","runId","finishedAt"}` of the tenant's latest other
+    /// finished run of the deciding job's pack (ADR 0028).
     pub last_known_outcome: Option<Value>,
+    /// `[{"action","label","method","href"}]`: what a UI can offer now.
     pub next_actions: Option<Value>,
+    /// Seconds left, estimated when the signal was derived; not in the ETag.
+    /// Absent in signals stored before it existed.
+    #[serde(default)]
+    pub eta_seconds: Option<i64>,
 }
 
 impl Signal {
@@ -188,6 +196,7 @@ impl Signal {
             },
             last_known_outcome: None,
             next_actions: None,
+            eta_seconds: None,
         }
     }
 }
@@ -269,6 +278,7 @@ pub fn derive(run_id: &str, jobs: &[JobFacts]) -> Option<Signal> {
         },
         last_known_outcome: None,
         next_actions: None,
+        eta_seconds: None,
     })
 }
 
@@ -317,7 +327,7 @@ impl SignalView {
                 "phase": s.phase,
                 "scope": {"type": "run", "id": s.run_id},
                 "summary": s.summary,
-                "etaSeconds": null,
+                "etaSeconds": s.eta_seconds,
                 "lastKnownOutcome": s.last_known_outcome,
                 "nextActions": s.next_actions,
                 "diagnostics": {"cacheHit": cache_hit, "source": source, "correlationId": correlation_id},
@@ -337,6 +347,9 @@ pub fn rest_body(signal: &Signal, etag: &str) -> Bytes {
             "message": signal.summary,
             "at": signal.at,
             "artifact": signal.artifact,
+            "etaSeconds": signal.eta_seconds,
+            "lastKnownOutcome": signal.last_known_outcome,
+            "nextActions": signal.next_actions,
         },
         "summaryEtag": etag,
     });

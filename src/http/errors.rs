@@ -29,6 +29,8 @@ pub enum ErrorCode {
     LeaseLost,
     IdempotencyConflict,
     InvalidState,
+    NotRetryable,
+    AlreadyRetried,
     UnknownPack,
     UnknownRun,
     StoreUnavailable,
@@ -117,6 +119,16 @@ impl ErrorCode {
                 "invalid_state",
                 StatusCode::CONFLICT,
                 "Job state does not allow this",
+            ),
+            NotRetryable => (
+                "not_retryable",
+                StatusCode::CONFLICT,
+                "Only failed or canceled jobs can be retried",
+            ),
+            AlreadyRetried => (
+                "already_retried",
+                StatusCode::CONFLICT,
+                "Job was already retried",
             ),
             UnknownPack => (
                 "unknown_pack",
@@ -348,6 +360,14 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidState(state) => ApiError::new(
                 ErrorCode::InvalidState,
                 format!("the job is {state}; terminal states never change"),
+            ),
+            StoreError::NotRetryable(state) => ApiError::new(
+                ErrorCode::NotRetryable,
+                format!("the job is {state}; only failed or canceled jobs can be retried"),
+            ),
+            StoreError::AlreadyRetried(retry) => ApiError::new(
+                ErrorCode::AlreadyRetried,
+                format!("the job was already retried as {retry}; retry that job instead"),
             ),
             other => {
                 tracing::error!(error = %other, "store failure");

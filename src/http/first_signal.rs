@@ -190,6 +190,46 @@ pub struct FirstSignal {
     #[schema(format = DateTime)]
     pub at: String,
     pub artifact: SignalArtifact,
+    /// Seconds left, estimated when the signal was derived (median duration
+    /// of the tenant's last 20 successful jobs of the pack, at least 3,
+    /// minus the time the deciding job has run); null for a finished
+    /// deciding job or without enough history. Not in the ETag.
+    #[serde(rename = "etaSeconds")]
+    #[schema(required = true, minimum = 0)]
+    pub eta_seconds: Option<i64>,
+    /// The tenant's latest other finished run of the same pack, or null.
+    #[serde(rename = "lastKnownOutcome")]
+    #[schema(required = true)]
+    pub last_known_outcome: Option<LastKnownOutcome>,
+    /// What a UI can offer now, in a stable order (`[]` when nothing; null
+    /// only on `unavailable`).
+    #[serde(rename = "nextActions")]
+    #[schema(required = true)]
+    pub next_actions: Option<Vec<NextAction>>,
+}
+
+/// `lastKnownOutcome` of a signal.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastKnownOutcome {
+    /// `succeeded`, `failed` or `canceled`.
+    pub status: String,
+    #[schema(format = "uuid")]
+    pub run_id: String,
+    #[schema(format = DateTime)]
+    pub finished_at: String,
+}
+
+/// One entry of `nextActions`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NextAction {
+    /// `cancel`, `retry`, `download_artifact` or `view_logs`.
+    pub action: String,
+    pub label: String,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// A route of this service (send the tenant and credentials as usual).
+    pub href: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -310,6 +310,45 @@ pub async fn cancel_job(
 }
 
 #[utoipa::path(
+    post,
+    path = "/jobs/{jobId}/retry",
+    tag = "jobs",
+    summary = "Retry a failed or canceled job",
+    description = "Queues a new job of the same pack, inputs and `state_webhook_url` in the same run, with `retry_of` naming this one; the run is then judged by the new job. A job is retried once: retry the newest job of a chain.",
+    params(TenantHeader, ("jobId" = String, Path, description = "The job's id (a ULID, 26 Crockford base32 chars)", pattern = "^[0-9A-Za-z]{26}$")),
+    responses(
+        (status = 202, description = "The new job, queued", body = JobAccepted,
+            headers(("Location" = String, description = "`/jobs/{jobId}` of the new job"))),
+        (status = 400, description = "`invalid_tenant`, `invalid_job_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`job_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_retryable`: the job is not failed or canceled; `already_retried`: it was retried before", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_pack`: the job's pack is no longer declared", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn retry_job(
+    tenant: Tenant,
+    corr: CorrelationId,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    // A pack taken out of the configuration since: its retry would wait
+    // forever (the writer checks the state; the pack is the server's).
+    let old = state.store.get_job(&tenant.0, &id).await?;
+    if state.packs.get(&old.pack).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownPack,
+            format!("pack `{}` is no longer declared", old.pack),
+        ));
+    }
+    let job = state.store.retry_job(&tenant.0, &id, &corr.0).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/jobs/{}", job.job_id)))
+        .json(JobAccepted::from(&job)))
+}
+
+#[utoipa::path(
     get,
     path = "/jobs/{jobId}/artifacts/{name}",
     tag = "jobs",

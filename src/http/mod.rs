@@ -66,6 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/jobs/{jobId}").get(jobs::get_job))
     .service(web::resource("/jobs/{jobId}/cancel").post(jobs::cancel_job))
+    .service(web::resource("/jobs/{jobId}/retry").post(jobs::retry_job))
     .service(web::resource("/jobs/{jobId}/artifacts/{name}").get(jobs::get_artifact))
     .service(web::resource("/healthz").get(ops::healthz))
     .service(web::resource("/readyz").get(ops::readyz))
@@ -114,7 +115,8 @@ fn allowed_methods(pattern: &str) -> Option<&'static str> {
         | "/jobs/{jobId}/progress"
         | "/jobs/{jobId}/complete"
         | "/jobs/{jobId}/fail"
-        | "/jobs/{jobId}/cancel" => "POST",
+        | "/jobs/{jobId}/cancel"
+        | "/jobs/{jobId}/retry" => "POST",
         "/runs/{runId}"
         | "/runs/{runId}/timeline"
         | "/packs"

@@ -16,6 +16,7 @@ use runsignal_actors::signal::derive;
 use runsignal_actors::{new_ulid, JobState, Published, RunKey, SignalView};
 use serde_json::{json, Value};
 
+use super::history::{HistoryFact, Outcome, PackHistory, PackRecord};
 use super::tx::{RunRow, WriteTx};
 use super::writer::{Cmd, Done};
 use super::*;
@@ -33,11 +34,22 @@ pub struct Pending {
     /// in one query before the batch's first write; older than `runs` and
     /// `jobs`, which take precedence.
     prefetched: Vec<(RunKey, RunRow, Vec<JobRecord>)>,
-    /// Artifact rows of completions (nothing in the batch reads them).
+    /// Artifact rows of completions (read only for a done job's
+    /// `download_artifact` actions).
     artifacts: Vec<ArtifactRecord>,
+    /// The writer's per-(tenant, pack) history (`etaSeconds`,
+    /// `lastKnownOutcome`).
+    history: Arc<PackHistory>,
 }
 
 impl Pending {
+    pub fn new(history: Arc<PackHistory>) -> Pending {
+        Pending {
+            history,
+            ..Pending::default()
+        }
+    }
+
     /// Write the jobs, the changed run rows and the events (one statement
     /// each, whatever the batch's size).
     pub async fn flush(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
@@ -143,6 +155,7 @@ impl<'t> Op<'t> {
                 Done::Submitted(job, created)
             }
             Cmd::Cancel { tenant, job_id, .. } => Done::Job(op.cancel(tenant, job_id).await?),
+            Cmd::Retry { tenant, job_id, .. } => Done::Job(op.retry(tenant, job_id).await?),
             Cmd::Lease { tenant, req } => Done::Leased(op.lease(tenant.as_deref(), req).await?),
             Cmd::Progress {
                 tenant,
@@ -469,11 +482,33 @@ impl<'t> Op<'t> {
         // so the jobs read after it include every committed change before
         // ours (`job_and_run` and `jobs_and_runs` read in that order too).
         let i = self.run(tenant, run).await?;
-        let jobs = self.run_jobs(tenant, run).await?;
+        let all = self.run_jobs(tenant, run).await?;
+        // A job that was retried is replaced by its retry: the run is
+        // judged by the retry (ADR 0028).
+        let jobs: Vec<JobRecord> = all
+            .iter()
+            .filter(|j| !all.iter().any(|r| r.retry_of.as_ref() == Some(&j.job_id)))
+            .cloned()
+            .collect();
         let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
-        if let Some(signal) = derive(run, &facts) {
+        if let Some(mut signal) = derive(run, &facts) {
+            let decider = signal
+                .job_id
+                .as_deref()
+                .and_then(|id| jobs.iter().find(|j| j.job_id == id));
+            let mut record = None;
+            if let Some(job) = decider {
+                let history = self.pack_record(tenant, &job.pack).await?;
+                signal.last_known_outcome = history.last_other(run).map(|o| {
+                    json!({"status": o.status, "runId": o.run_id, "finishedAt": rfc3339(o.finished_at)})
+                });
+                let artifacts = self.artifact_names(job).await?;
+                signal.next_actions = Some(next_actions(job, &artifacts));
+                record = Some((job, history));
+            }
             let etag = signal.etag();
             if self.pending.runs[i].1.signal_etag.as_deref() != Some(etag.as_str()) {
+                signal.eta_seconds = record.and_then(|(job, h)| eta_seconds(job, &h, self.now));
                 let payload = json!({"etag": etag, "signal": signal});
                 let seq = self
                     .append_with(tenant, run, None, types::SIGNAL_CHANGED, |seq| {
@@ -489,6 +524,20 @@ impl<'t> Op<'t> {
         let status = run_status(&jobs);
         if status != self.pending.runs[i].1.status {
             let completed_seq = if matches!(status, "succeeded" | "failed" | "canceled") {
+                let mut packs: Vec<&str> = jobs.iter().map(|j| j.pack.as_str()).collect();
+                packs.sort_unstable();
+                packs.dedup();
+                for pack in packs {
+                    self.committed.history.push(HistoryFact::RunFinished {
+                        tenant: tenant.to_owned(),
+                        pack: pack.to_owned(),
+                        outcome: Outcome {
+                            run_id: run.to_owned(),
+                            status: status.to_owned(),
+                            finished_at: self.now,
+                        },
+                    });
+                }
                 let payload = json!({"status": status});
                 Some(
                     self.append(tenant, run, None, types::RUN_COMPLETED, payload)
@@ -588,22 +637,91 @@ impl<'t> Op<'t> {
             // (another lane or node) then fails alone, and is retried.
             self.tx.insert_job(&job).await?;
         }
+        Ok((self.enqueue(job).await?, true))
+    }
+
+    /// A new job in its run: `job.queued`, its webhook, the run's signal.
+    async fn enqueue(&mut self, job: JobRecord) -> StoreResult<JobRecord> {
         self.put_job(&job);
-        let payload =
-            json!({"state": "queued", "previousState": null, "attempt": 0, "pack": new.pack});
+        let mut payload =
+            json!({"state": "queued", "previousState": null, "attempt": 0, "pack": job.pack});
+        if let Some(of) = &job.retry_of {
+            payload["retryOf"] = json!(of);
+        }
         self.webhook(&job, "queued", None, 0, &payload).await?;
+        let (tenant, run_id) = (job.tenant_id.clone(), job.run_id.clone());
         self.append(
-            tenant,
+            &tenant,
             &run_id,
             Some(&job.job_id),
             types::JOB_QUEUED,
             payload,
         )
         .await?;
-        self.refresh_run(tenant, &run_id).await?;
+        self.refresh_run(&tenant, &run_id).await?;
         let queued = (job.tenant_id.clone(), job.pack.clone());
         self.committed.queued.push(queued);
-        Ok((job, true))
+        Ok(job)
+    }
+
+    /// `POST /jobs/{id}/retry`: a failed or canceled job, once, as a new job
+    /// of the same pack, inputs and webhook in the same run.
+    async fn retry(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
+        let old = self.job(tenant, job_id).await?;
+        if !matches!(old.job_state(), JobState::Failed | JobState::Canceled) {
+            return Err(StoreError::NotRetryable(old.state));
+        }
+        let jobs = self.run_jobs(tenant, &old.run_id).await?;
+        if let Some(retry) = jobs.iter().find(|j| j.retry_of.as_deref() == Some(job_id)) {
+            return Err(StoreError::AlreadyRetried(retry.job_id.clone()));
+        }
+        let new = NewJob {
+            pack: old.pack.clone(),
+            inputs: serde_json::from_str(&old.inputs).unwrap_or_else(|_| json!({})),
+            run_id: Some(old.run_id.clone()),
+            correlation_id: self.correlation_id.clone(),
+            webhook_url: old.webhook_url.clone(),
+            idempotency_key: None,
+            max_attempts: u32::try_from(old.max_attempts).unwrap_or(1),
+            idempotency_window_ms: 0,
+        };
+        let mut job = JobRecord::queued(tenant, &old.run_id, &new, self.now);
+        job.retry_of = Some(old.job_id);
+        self.enqueue(job).await
+    }
+
+    /// The tenant's history of `pack`: the writer's copy, read from the
+    /// store the first time (and again once it is old).
+    async fn pack_record(&mut self, tenant: &str, pack: &str) -> StoreResult<PackRecord> {
+        if let Some(record) = self.pending.history.get(tenant, pack) {
+            return Ok(record);
+        }
+        let record = self.tx.pack_history(tenant, pack).await?;
+        self.pending.history.put(tenant, pack, record.clone());
+        Ok(record)
+    }
+
+    /// A done job's downloadable artifacts by name (its result, stored as
+    /// `completion`, is in `GET /jobs/{id}` already): this batch's rows,
+    /// else the table's. Other jobs have none.
+    async fn artifact_names(&mut self, job: &JobRecord) -> StoreResult<Vec<String>> {
+        if job.job_state() != JobState::Done {
+            return Ok(Vec::new());
+        }
+        let mut names: Vec<String> = self
+            .pending
+            .artifacts
+            .iter()
+            .filter(|a| a.job_id == job.job_id && a.tenant_id == job.tenant_id)
+            .map(|a| a.name.clone())
+            .collect();
+        if names.is_empty() {
+            names = self.tx.artifact_names(&job.tenant_id, &job.job_id).await?;
+        }
+        names.retain(|n| n != crate::artifacts::COMPLETION);
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     async fn cancel(&mut self, tenant: &str, job_id: &str) -> StoreResult<JobRecord> {
@@ -873,6 +991,13 @@ impl<'t> Op<'t> {
         if to.is_terminal() {
             job.finished_at = Some(self.now);
         }
+        if let (JobState::Done, Some(started)) = (to, job.started_at) {
+            self.committed.history.push(HistoryFact::Succeeded {
+                tenant: job.tenant_id.clone(),
+                pack: job.pack.clone(),
+                sample: (job.job_id.clone(), self.now, self.now - started),
+            });
+        }
         let mut payload =
             json!({"state": to.as_str(), "previousState": previous, "attempt": job.attempt});
         if let (Value::Object(p), Value::Object(e)) = (&mut payload, extra) {
@@ -1083,6 +1208,55 @@ impl<'t> Op<'t> {
         self.transition(job, JobState::Failed, json!({"error": error}))
             .await
     }
+}
+
+/// Seconds the deciding job has left: the median duration of the pack's
+/// last successful jobs (from lease to done) minus the time it has run, at
+/// least 0, rounded up; `None` once it ended or without enough history.
+fn eta_seconds(job: &JobRecord, history: &PackRecord, now: i64) -> Option<i64> {
+    if job.job_state().is_terminal() {
+        return None;
+    }
+    let median = history.median_ms()?;
+    let elapsed = job.started_at.map_or(0, |s| (now - s).max(0));
+    Some(((median - elapsed).max(0) + 999) / 1000)
+}
+
+/// The job surface's routes are unprefixed; the job stream is under the
+/// first API prefix (both serve it, SPEC §2).
+const STREAM_PREFIX: &str = "/api/v1/orchestrator";
+
+/// `nextActions` of a signal decided by `job` (SPEC §4.3), in a fixed
+/// order: cancel, retry, downloads by name, view_logs.
+fn next_actions(job: &JobRecord, artifacts: &[String]) -> Value {
+    let id = &job.job_id;
+    let action = |action: &str, label: &str, method: &str, href: String| json!({"action": action, "label": label, "method": method, "href": href});
+    let state = job.job_state();
+    let mut actions = Vec::new();
+    if !state.is_terminal() {
+        actions.push(action(
+            "cancel",
+            "Cancel",
+            "POST",
+            format!("/jobs/{id}/cancel"),
+        ));
+    }
+    if matches!(state, JobState::Failed | JobState::Canceled) {
+        actions.push(action(
+            "retry",
+            "Retry",
+            "POST",
+            format!("/jobs/{id}/retry"),
+        ));
+    }
+    for name in artifacts {
+        let label = format!("Download {name}");
+        let href = format!("/jobs/{id}/artifacts/{name}");
+        actions.push(action("download_artifact", &label, "GET", href));
+    }
+    let logs = format!("{STREAM_PREFIX}/stream/jobs/{id}");
+    actions.push(action("view_logs", "View logs", "GET", logs));
+    Value::Array(actions)
 }
 
 /// Run status from its jobs: pending, running, or the terminal outcome.

@@ -14,6 +14,7 @@
 //! [`Store`] is the facade handlers and tasks use: reads by concern through
 //! the backend's traits, writes through the writer.
 
+pub mod history;
 pub mod lifecycle;
 pub mod model;
 pub mod postgres;
@@ -44,6 +45,12 @@ pub enum StoreError {
     LeaseLost,
     #[error("job is {0} and cannot change")]
     InvalidState(String),
+    /// Only a failed or canceled job can be retried (its state).
+    #[error("job is {0}; only failed or canceled jobs can be retried")]
+    NotRetryable(String),
+    /// The job was retried already (the retry's id).
+    #[error("job was already retried as {0}")]
+    AlreadyRetried(String),
     /// The idempotency key names a job submitted with another request.
     #[error("idempotency key reused with a different {0}")]
     IdempotencyConflict(&'static str),
@@ -96,6 +103,9 @@ pub struct Committed {
     /// For a submitted job: when its write reached the store (the start of
     /// its time to first signal, `runsignal_time_to_first_signal_seconds`).
     pub accepted: Option<std::time::Instant>,
+    /// What the write taught the writer's pack history (applied after the
+    /// commit, by the writer).
+    pub history: Vec<history::HistoryFact>,
 }
 
 /// A run's state computed from its jobs (the cold path).

@@ -103,6 +103,8 @@ pub struct JobRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub step_started_at: Option<i64>,
+    /// The failed or canceled job this one retries (`POST /jobs/{id}/retry`).
+    pub retry_of: Option<String>,
 }
 
 impl JobRecord {
@@ -142,6 +144,7 @@ impl JobRecord {
             started_at: None,
             finished_at: None,
             step_started_at: None,
+            retry_of: None,
         }
     }
 

@@ -233,16 +233,66 @@ macro_rules! sql_backend {
                 .await?)
             }
 
+            async fn pack_history(
+                &mut self,
+                tenant: &str,
+                pack: &str,
+            ) -> StoreResult<$crate::store::history::PackRecord> {
+                use $crate::store::history::{Outcome, PackRecord, OUTCOMES, WINDOW};
+                let samples: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT job_id, finished_at, finished_at - started_at FROM jobs
+                      WHERE tenant_id = $1 AND pack = $2 AND state = 'done'
+                        AND started_at IS NOT NULL AND finished_at IS NOT NULL
+                      ORDER BY finished_at DESC, job_id DESC LIMIT $3",
+                )
+                .bind(tenant)
+                .bind(pack)
+                .bind(WINDOW as i64)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                // A finished run is written last by the write that
+                // finished it (`updated_at` is then its end).
+                let outcomes: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT run_id, status, updated_at FROM runs r
+                      WHERE tenant_id = $1 AND status IN ('succeeded', 'failed', 'canceled')
+                        AND EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = r.tenant_id
+                                      AND j.run_id = r.run_id AND j.pack = $2)
+                      ORDER BY updated_at DESC, run_id DESC LIMIT $3",
+                )
+                .bind(tenant)
+                .bind(pack)
+                .bind(OUTCOMES as i64)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(PackRecord {
+                    samples,
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|(run_id, status, finished_at)| Outcome { run_id, status, finished_at })
+                        .collect(),
+                })
+            }
+
+            async fn artifact_names(&mut self, tenant: &str, job_id: &str) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT name FROM artifacts WHERE tenant_id = $1 AND job_id = $2 ORDER BY name",
+                )
+                .bind(tenant)
+                .bind(job_id)
+                .fetch_all(&mut *self.tx)
+                .await?)
+            }
+
             async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()> {
                 self.upsert_jobs(std::slice::from_ref(job)).await
             }
 
             async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()> {
                 self.writes += 1;
-                // 33 parameters a row: 500 rows stay under both backends' limits.
+                // 34 parameters a row: 500 rows stay under both backends' limits.
                 for chunk in jobs.chunks(500) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, blocked_reason, attempt, max_attempts, lease_id, lease_worker, lease_until, lease_seconds, stage, step, step_index, message, percent, log_lines, result, error_code, error_message, failure_start, failure_end, correlation_id, idempotency_key, webhook_url, created_at, updated_at, state_changed_at, started_at, finished_at, step_started_at) ",
+                        "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, blocked_reason, attempt, max_attempts, lease_id, lease_worker, lease_until, lease_seconds, stage, step, step_index, message, percent, log_lines, result, error_code, error_message, failure_start, failure_end, correlation_id, idempotency_key, webhook_url, created_at, updated_at, state_changed_at, started_at, finished_at, step_started_at, retry_of) ",
                     );
                     q.push_values(chunk, |mut b, j| {
                         b.push_bind(j.job_id.clone())
@@ -277,7 +327,8 @@ macro_rules! sql_backend {
                             .push_bind(j.state_changed_at)
                             .push_bind(j.started_at)
                             .push_bind(j.finished_at)
-                            .push_bind(j.step_started_at);
+                            .push_bind(j.step_started_at)
+                            .push_bind(j.retry_of.clone());
                     });
                     q.push(" ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, blocked_reason = excluded.blocked_reason, attempt = excluded.attempt, lease_id = excluded.lease_id, lease_worker = excluded.lease_worker, lease_until = excluded.lease_until, lease_seconds = excluded.lease_seconds, stage = excluded.stage, step = excluded.step, step_index = excluded.step_index, message = excluded.message, percent = excluded.percent, log_lines = excluded.log_lines, result = excluded.result, error_code = excluded.error_code, error_message = excluded.error_message, failure_start = excluded.failure_start, failure_end = excluded.failure_end, idempotency_key = excluded.idempotency_key, updated_at = excluded.updated_at, state_changed_at = excluded.state_changed_at, started_at = excluded.started_at, finished_at = excluded.finished_at, step_started_at = excluded.step_started_at");
                     q.build().execute(&mut *self.tx).await?;
@@ -616,15 +667,32 @@ macro_rules! sql_backend {
                 let Some((last_seq, signal_seq, completed_seq)) = row else {
                     return Ok(None);
                 };
-                let jobs: Vec<JobRecord> =
-                    sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND run_id = $2")
+                // The signal as the writer derived it from the jobs, with
+                // what it knew then of the tenant's other runs
+                // (`lastKnownOutcome`, `etaSeconds`): re-deriving now could
+                // give another ETag for the same state (ADR 0028).
+                let signal = match signal_seq {
+                    None => None,
+                    Some(seq) => {
+                        let stored: Option<String> = sqlx::query_scalar(
+                            "SELECT envelope FROM events WHERE tenant_id = $1 AND run_id = $2 AND seq = $3",
+                        )
                         .bind(tenant)
                         .bind(run_id)
-                        .fetch_all(&self.reader)
+                        .bind(seq)
+                        .fetch_optional(&self.reader)
                         .await?;
-                let facts: Vec<_> = jobs.iter().map(JobRecord::facts).collect();
-                let signal = runsignal_actors::signal::derive(run_id, &facts)
-                    .map(|s| (s, signal_seq.unwrap_or(last_seq) as u64));
+                        match stored {
+                            Some(json) => {
+                                let mut envelope = $crate::store::sql::decode_event(&json)?;
+                                let signal: Signal = serde_json::from_value(envelope.payload["signal"].take())
+                                    .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
+                                Some((signal, seq as u64))
+                            }
+                            None => None,
+                        }
+                    }
+                };
                 Ok(Some(ColdRun {
                     last_seq: last_seq as u64,
                     completed_seq: completed_seq.map(|s| s as u64),

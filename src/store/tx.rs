@@ -80,6 +80,13 @@ pub trait WriteTx: Send {
     ) -> StoreResult<Option<JobRecord>>;
     /// Every job of the run, oldest first.
     async fn run_jobs(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<JobRecord>>;
+    /// The tenant's last successful jobs of `pack` (durations) and its
+    /// latest finished runs with a job of `pack`, newest first.
+    async fn pack_history(
+        &mut self,
+        tenant: &str,
+        pack: &str,
+    ) -> StoreResult<super::history::PackRecord>;
     /// Insert one job now (a job with an idempotency key: a concurrent
     /// writer of the same key fails here, alone, and is retried).
     async fn insert_job(&mut self, job: &JobRecord) -> StoreResult<()>;
@@ -98,6 +105,8 @@ pub trait WriteTx: Send {
     async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
     /// End now the leases `worker_id` holds; returns how many.
     async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64>;
+    /// The names of a job's artifacts.
+    async fn artifact_names(&mut self, tenant: &str, job_id: &str) -> StoreResult<Vec<String>>;
     async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()>;
 
     // Timeline.

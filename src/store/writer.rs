@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use runsignal_actors::{RunKey, Signal};
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::PackHistory;
 use super::lifecycle::{self, Pending};
 use super::*;
 use crate::packs::DeclaredSteps;
@@ -51,6 +52,12 @@ pub enum Cmd {
         new: NewJob,
     },
     Cancel {
+        tenant: String,
+        job_id: String,
+        correlation_id: String,
+    },
+    /// A new job repeating a failed or canceled one, in its run.
+    Retry {
         tenant: String,
         job_id: String,
         correlation_id: String,
@@ -114,7 +121,9 @@ impl Cmd {
         match self {
             Cmd::CreateRun { new, .. } => &new.correlation_id,
             Cmd::Submit { new, .. } => &new.correlation_id,
-            Cmd::Cancel { correlation_id, .. } => correlation_id,
+            Cmd::Cancel { correlation_id, .. } | Cmd::Retry { correlation_id, .. } => {
+                correlation_id
+            }
             Cmd::Lease { req, .. } => &req.correlation_id,
             Cmd::Progress { report, .. } => &report.correlation_id,
             Cmd::Complete { done, .. } => &done.correlation_id,
@@ -133,6 +142,7 @@ impl Cmd {
     fn job_id(&self) -> Option<String> {
         match self {
             Cmd::Cancel { job_id, .. }
+            | Cmd::Retry { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
             | Cmd::Fail { job_id, .. }
@@ -148,6 +158,7 @@ impl Cmd {
             Cmd::CreateRun { new, .. } => Some(&new.run_id),
             Cmd::Submit { new, .. } => new.run_id.as_deref(),
             Cmd::Cancel { job_id, .. }
+            | Cmd::Retry { job_id, .. }
             | Cmd::Progress { job_id, .. }
             | Cmd::Complete { job_id, .. }
             | Cmd::Fail { job_id, .. }
@@ -221,6 +232,7 @@ impl Writer {
         let sink: Sink = Arc::new(OnceLock::new());
         let steps: Steps = Arc::new(OnceLock::new());
         let stats = Arc::new(WriterStats::default());
+        let history = Arc::new(PackHistory::default());
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
         for lane in 0..backend.lanes().max(1) {
@@ -232,6 +244,7 @@ impl Writer {
                 sink.clone(),
                 steps.clone(),
                 stats.clone(),
+                history.clone(),
             ));
             lanes.push(tx);
         }
@@ -326,6 +339,7 @@ async fn run_lane(
     sink: Sink,
     steps: Steps,
     stats: Arc<WriterStats>,
+    history: Arc<PackHistory>,
 ) {
     let mut retry: VecDeque<Request> = VecDeque::new();
     loop {
@@ -357,7 +371,10 @@ async fn run_lane(
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let declared = steps.get().unwrap_or(&NO_STEPS);
-        apply_batch(&*backend, lane, batch, &mut retry, &sink, declared).await;
+        apply_batch(
+            &*backend, lane, batch, &mut retry, &sink, declared, &history,
+        )
+        .await;
         let busy = started.elapsed().as_micros() as u64;
         stats.busy_us.fetch_add(busy, Ordering::Relaxed);
     }
@@ -373,6 +390,7 @@ async fn apply_batch(
     retry: &mut VecDeque<Request>,
     sink: &Sink,
     declared: &DeclaredSteps,
+    history: &Arc<PackHistory>,
 ) {
     let mut tx = match backend.begin(lane).await {
         Ok(tx) => tx,
@@ -389,7 +407,7 @@ async fn apply_batch(
     // wrote anything leaves nothing to undo; any other failure rolls the
     // batch back and the other writes run again in the next one.
     let savepoints = batch.len() > 1 && backend.statement_errors_abort();
-    let mut pending = Pending::default();
+    let mut pending = Pending::new(history.clone());
     let mut applied: Vec<(Request, Done, Committed)> = Vec::new();
     let mut broken: Option<String> = None;
     // Whether a savepoint is open (the last write succeeded inside it).
@@ -506,6 +524,7 @@ async fn apply_batch(
     }
     let sink = sink.get();
     for (r, done, mut committed) in applied {
+        history.record(&committed.history);
         if let Some(sink) = sink {
             committed.accepted = r.accepted;
             sink.publish(committed);

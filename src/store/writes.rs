@@ -59,6 +59,22 @@ impl Store {
         expect_done!(self.call(cmd), Done::Job(job) => job)
     }
 
+    /// A new job of the same pack, inputs and webhook in the same run as a
+    /// failed or canceled one, with `retry_of` naming it.
+    pub async fn retry_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        correlation_id: &str,
+    ) -> StoreResult<JobRecord> {
+        let cmd = Cmd::Retry {
+            tenant: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+        };
+        expect_done!(self.call(cmd), Done::Job(job) => job)
+    }
+
     pub async fn lease_jobs(
         &self,
         tenant: &str,

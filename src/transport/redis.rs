@@ -266,6 +266,6 @@ fn apply(engine: &Engine, m: Message) {
         runs,
         webhooks: m.webhooks,
         queued: m.queued,
-        accepted: None,
+        ..Committed::default()
     });
 }

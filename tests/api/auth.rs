@@ -152,6 +152,7 @@ fn routes(run: &str, job: &str) -> Vec<(Method, String, &'static str, Option<Val
         (Method::GET, "/jobs".into(), "read", None),
         (Method::GET, format!("/jobs/{job}"), "read", None),
         (Method::POST, format!("/jobs/{job}/cancel"), "write", Some(json!({}))),
+        (Method::POST, format!("/jobs/{job}/retry"), "write", Some(json!({}))),
         (Method::GET, format!("/jobs/{job}/artifacts/result.json"), "read", None),
         (Method::GET, "/metrics".into(), "admin", None),
         (Method::GET, "/healthz".into(), "public", None),

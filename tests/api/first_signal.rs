@@ -48,7 +48,12 @@ async fn queued_signal_has_the_exact_shape_and_four_headers() {
     assert_eq!(
         v,
         json!({"runId": run, "firstSignal": {"type": "queued", "stage": "unknown", "step": null,
-            "message": "Run queued", "at": at, "artifact": {"kind": "run", "range": null}}, "summaryEtag": etag})
+            "message": "Run queued", "at": at, "artifact": {"kind": "run", "range": null},
+            "etaSeconds": null, "lastKnownOutcome": null,
+            "nextActions": [
+                {"action": "cancel", "label": "Cancel", "method": "POST", "href": format!("/jobs/{job}/cancel")},
+                {"action": "view_logs", "label": "View logs", "method": "GET", "href": format!("{ORCH}/stream/jobs/{job}")}
+            ]}, "summaryEtag": etag})
     );
     assert!(
         at.ends_with('Z') && at.len() == 24,
@@ -227,7 +232,10 @@ async fn snapshot_writer_makes_reads_after_a_restart_snapshot_hits() {
     ];
     let app = spawn_with(&settings).await;
     let (_, run) = app.submit_job(None).await;
-    let etag = header(&app.first_signal(&run).await, "etag");
+    let res = app.first_signal(&run).await;
+    let etag = header(&res, "etag");
+    let before = body(res).await;
+    assert_eq!(before["firstSignal"]["nextActions"].as_array().unwrap().len(), 2);
     let mut written = false;
     for _ in 0..50 {
         if app
@@ -249,6 +257,9 @@ async fn snapshot_writer_makes_reads_after_a_restart_snapshot_hits() {
     assert_eq!(header(&res, "cache-status"), "hit");
     assert_eq!(header(&res, "x-firstsignal-source"), "snapshot");
     assert_eq!(header(&res, "etag"), etag);
+    // Every field, the signal fields (SPEC §4.3) too, came back from the
+    // snapshot row as they were.
+    assert_eq!(body(res).await, before);
 }
 
 /// The run's stored snapshot signal kind, if any.

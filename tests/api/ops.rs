@@ -31,6 +31,7 @@ const UNPREFIXED: &[(&str, &str)] = &[
     ("post", "/jobs"),
     ("get", "/jobs/{jobId}"),
     ("post", "/jobs/{jobId}/cancel"),
+    ("post", "/jobs/{jobId}/retry"),
     ("get", "/jobs/{jobId}/artifacts/{name}"),
     ("get", "/healthz"),
     ("get", "/readyz"),

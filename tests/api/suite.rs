@@ -19,6 +19,7 @@ mod ops;
 mod pack_runs;
 mod prune;
 mod runs;
+mod signal_fields;
 mod streams;
 mod tenants;
 mod webhooks;

@@ -126,13 +126,54 @@ fn etag_is_weak_sha256_and_deterministic() {
 }
 
 #[test]
+fn etag_covers_outcome_and_actions_but_not_the_eta() {
+    let base = derive(RUN, &[job(1, JobState::Working)]).unwrap();
+    let mut eta = base.clone();
+    eta.eta_seconds = Some(42);
+    assert_eq!(eta.etag(), base.etag(), "etaSeconds alone keeps the ETag");
+    let mut outcome = base.clone();
+    outcome.last_known_outcome = Some(serde_json::json!({"status": "failed"}));
+    assert_ne!(outcome.etag(), base.etag());
+    let mut actions = base.clone();
+    actions.next_actions = Some(serde_json::json!([]));
+    assert_ne!(actions.etag(), base.etag());
+}
+
+#[test]
+fn the_new_fields_reach_both_shapes_and_round_trip_as_stored() {
+    let mut s = derive(RUN, &[job(1, JobState::Working)]).unwrap();
+    s.eta_seconds = Some(7);
+    s.last_known_outcome =
+        Some(serde_json::json!({"status": "succeeded", "runId": "r", "finishedAt": "t"}));
+    s.next_actions = Some(serde_json::json!([{"action": "view_logs"}]));
+    let view = SignalView::new(s.clone(), 3);
+    let body: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    let data = view.stream_data("sig", "snapshot", true, "c");
+    for field in ["etaSeconds", "lastKnownOutcome", "nextActions"] {
+        assert_eq!(body["firstSignal"][field], data["signal"][field], "{field}");
+    }
+    assert_eq!(data["signal"]["etaSeconds"], 7);
+    // Stored (signal.changed payloads, snapshots) and read back unchanged.
+    let stored = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Signal>(&stored).unwrap(), s);
+    // Signals stored before `etaSeconds` existed still read.
+    let mut old: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    old.as_object_mut().unwrap().remove("etaSeconds");
+    assert_eq!(
+        serde_json::from_value::<Signal>(old).unwrap().eta_seconds,
+        None
+    );
+}
+
+#[test]
 fn view_body_has_the_exact_rest_shape() {
     let view = SignalView::new(derive(RUN, &[job(1, JobState::Loading)]).unwrap(), 3);
     let body: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
     assert_eq!(
         body,
         serde_json::json!({"runId": RUN, "firstSignal": {"type": "started", "stage": "unknown", "step": null,
-            "message": "Run started", "at": "2026-11-22T08:00:01.000Z", "artifact": {"kind": "run", "range": null}},
+            "message": "Run started", "at": "2026-11-22T08:00:01.000Z", "artifact": {"kind": "run", "range": null},
+            "etaSeconds": null, "lastKnownOutcome": null, "nextActions": null},
             "summaryEtag": view.etag})
     );
     let data = view.stream_data("sig", "snapshot", true, "c");

@@ -17,6 +17,9 @@ pub struct Job {
     #[schema(format = "uuid")]
     pub run_id: String,
     pub pack: String,
+    /// The failed or canceled job this one retries (`POST /jobs/{id}/retry`), else null.
+    #[schema(required = true)]
+    pub retry_of: Option<String>,
     #[schema(value_type = JobStateName)]
     pub state: String,
     /// Set while the job waits (e.g. retry backoff), else null.
@@ -63,6 +66,7 @@ impl Job {
             job_id: job.job_id.clone(),
             run_id: job.run_id.clone(),
             pack: job.pack.clone(),
+            retry_of: job.retry_of.clone(),
             state: job.state.clone(),
             blocked: job.blocked_reason.as_ref().map(|reason| JobBlocked {
                 reason: reason.clone(),
