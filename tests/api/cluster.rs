@@ -169,3 +169,135 @@ async fn a_subscriber_that_moves_from_a_to_b_with_its_last_id_loses_nothing() {
     assert!(want.len() >= 60, "at least the 60 written after it left");
     assert!(!seen.is_empty());
 }
+
+/// A TCP proxy in front of Redis that the test can cut (every connection
+/// dropped, new ones closed at once) and restore.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+async fn readiness(node: &TestApp) -> Value {
+    node.get("/readyz")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_status(node: &TestApp, status: &str) -> Value {
+    for _ in 0..600 {
+        let body = readiness(node).await;
+        if body["status"] == status {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never said {status}: {}", readiness(node).await);
+}
+
+#[actix_web::test]
+async fn while_redis_is_cut_nodes_serve_and_then_catch_up_without_a_gap() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(target).await;
+    let via_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("messaging__transport", "redis"),
+        ("Redis__Url", via_proxy.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+    ];
+    let a = spawn_with(&settings).await;
+    let b = a.another_node(&settings).await;
+    wait_status(&a, "ready").await;
+    wait_status(&b, "ready").await;
+
+    let (job, run, lease) = started_job(&a).await;
+    let stream = b
+        .get(&format!("{ORCH}/stream/runs/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let reader = actix_rt::spawn(read_to_completed(stream));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    progress_direct(&a, &job, &lease, 10, 0, 0, 0).await;
+
+    proxy.cut();
+    // Writes through A still commit and answer; B says it is degraded but
+    // still serves its streams and reads.
+    progress_direct(&a, &job, &lease, 20, 0, 0, 0).await;
+    let body = wait_status(&b, "degraded").await;
+    assert!(body["detail"].as_str().unwrap().contains("redis"), "{body}");
+    assert_eq!(b.first_signal(&run).await.status(), 200);
+    progress_direct(&a, &job, &lease, 20, 0, 0, 0).await;
+
+    proxy.restore();
+    wait_status(&b, "ready").await;
+    wait_status(&a, "ready").await;
+    assert_eq!(
+        a.worker(&job, "complete", json!({"leaseId": lease}))
+            .await
+            .status(),
+        200
+    );
+    let got = reader.await.unwrap();
+    assert_eq!(got.last().map(|(_, e)| e.as_str()), Some("completed"));
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {ids:?}"
+    );
+    let progress = got.iter().filter(|(_, e)| e == "progress").count();
+    assert_eq!(progress, 50, "the 40 written while Redis was cut too");
+}
