@@ -354,8 +354,16 @@ impl Config {
         one_of(
             "FirstSignal.Cache.Backend",
             &self.first_signal.cache.backend,
-            &["inmemory"],
+            &["inmemory", "redis"],
         )?;
+        if self.first_signal.cache.backend == "redis"
+            && self.redis.url.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "Redis.Url",
+                "is required with FirstSignal.Cache.Backend = redis",
+            ));
+        }
         positive(
             "FirstSignal.Cache.TtlSeconds",
             self.first_signal.cache.ttl_seconds,

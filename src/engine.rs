@@ -33,7 +33,7 @@ impl Engine {
     /// Another node's commit (through the transport): applied like a local
     /// one, and not forwarded again.
     pub fn apply_remote(&self, committed: Committed) {
-        self.deliver(committed);
+        self.deliver(committed, false);
     }
 
     /// This node may have missed other nodes' events: every resident run
@@ -60,13 +60,14 @@ impl CommitSink for Engine {
         if let Some(transport) = self.transport.get() {
             transport.forward(&committed);
         }
-        self.deliver(committed);
+        self.deliver(committed, true);
     }
 }
 
 impl Engine {
-    /// Cache, run actors and wake-ups of this node.
-    fn deliver(&self, committed: Committed) {
+    /// Cache, run actors and wake-ups of this node. `local`: this node
+    /// committed it (so it also writes the shared cache, if any).
+    fn deliver(&self, committed: Committed, local: bool) {
         if committed.webhooks {
             self.webhooks.notify_one();
         }
@@ -83,8 +84,10 @@ impl Engine {
             if let Some(at) = committed.accepted {
                 self.metrics.job_accepted(&key, at, kind);
             }
-            if let Some(view) = changed {
-                self.cache.put(&key.tenant, &key.run_id, view);
+            match changed {
+                Some(view) if local => self.cache.put(&key.tenant, &key.run_id, view),
+                Some(view) => self.cache.put_local(&key.tenant, &key.run_id, view),
+                None => {}
             }
             self.supervisor.publish(&key, events.into());
         }

@@ -147,8 +147,13 @@ impl Application {
         let store = open_store(&config, queries.clone()).await?;
         store.declare_steps(packs.declared_steps());
         let metrics = Arc::new(Metrics::new());
-        let cache: Arc<dyn FirstSignalCache> =
-            Arc::new(InMemoryCache::new(&config.first_signal.cache));
+        let cache: Arc<dyn FirstSignalCache> = match config.first_signal.cache.backend.as_str() {
+            "redis" => cache::redis::RedisCache::start(
+                config.redis.url.as_deref().unwrap_or_default(),
+                &config.first_signal.cache,
+            )?,
+            _ => Arc::new(InMemoryCache::new(&config.first_signal.cache)),
+        };
         let loader = Arc::new(StoreLoader {
             store: store.clone(),
             cache: cache.clone(),

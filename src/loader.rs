@@ -22,7 +22,7 @@ impl RunLoader for StoreLoader {
     async fn load(&self, key: &RunKey) -> Result<Option<LoadedRun>, LoadError> {
         let err = |e: crate::store::StoreError| LoadError(e.to_string());
         let (tenant, run_id) = (&*key.tenant, &*key.run_id);
-        let cached = match self.cache.get(tenant, run_id) {
+        let cached = match self.cache.fetch(tenant, run_id).await {
             Some(view) => Some(view),
             None => self
                 .store

@@ -330,3 +330,23 @@ fn the_redis_transport_needs_a_redis_url_and_postgresql() {
         .to_string();
     assert!(e.contains("inmemory, redis"), "{e}");
 }
+
+#[test]
+fn the_redis_cache_needs_a_redis_url() {
+    let e = Config::load_from(
+        None,
+        env(&[("RUNSIGNAL__FirstSignal__Cache__Backend", "redis")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Redis.Url"), "{e}");
+    let c = Config::load_from(
+        None,
+        env(&[
+            ("RUNSIGNAL__FirstSignal__Cache__Backend", "redis"),
+            ("RUNSIGNAL__Redis__Url", "redis://127.0.0.1:6379"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.first_signal.cache.backend, "redis");
+}

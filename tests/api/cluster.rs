@@ -301,3 +301,169 @@ async fn while_redis_is_cut_nodes_serve_and_then_catch_up_without_a_gap() {
     let progress = got.iter().filter(|(_, e)| e == "progress").count();
     assert_eq!(progress, 50, "the 40 written while Redis was cut too");
 }
+
+/// Two nodes sharing the Redis first-signal cache (and the transport).
+async fn two_nodes_sharing_the_cache(extra: &[(&str, &str)]) -> Option<(TestApp, TestApp, String)> {
+    let url = redis_url()?;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let mut settings = vec![
+        ("messaging__transport", "redis"),
+        ("FirstSignal__Cache__Backend", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    let a = spawn_with(&settings).await;
+    let b = a.another_node(&settings).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    Some((a, b, prefix))
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    let url = std::env::var("RUNSIGNAL_TEST_REDIS_URL").unwrap();
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers")
+}
+
+/// Wait until the cache entry of `run` is in Redis (written behind).
+async fn cached_entry(prefix: &str, run: &str) -> String {
+    let mut conn = redis_conn().await;
+    let key = format!("{prefix}{TENANT}:{run}");
+    for _ in 0..600 {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(v) = v {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{key} never reached Redis");
+}
+
+#[actix_web::test]
+async fn a_signal_computed_on_a_is_a_hit_on_b_with_the_same_etag() {
+    let Some((a, b, prefix)) =
+        two_nodes_sharing_the_cache(&[("FirstSignal__Cache__TtlSeconds", "300")]).await
+    else {
+        return;
+    };
+    let (_, run) = a.submit_job(None).await;
+    let on_a = a.first_signal(&run).await;
+    assert_eq!(on_a.status(), 200);
+    let entry: Value = serde_json::from_str(&cached_entry(&prefix, &run).await).unwrap();
+    assert_eq!(entry["signal"]["runId"], run.as_str());
+    // TtlSeconds is the entry's expiry in Redis, under KeyPrefix.
+    let mut conn = redis_conn().await;
+    let key = format!("{prefix}{TENANT}:{run}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=300).contains(&ttl), "TTL {ttl}");
+
+    // B has never seen the run: its first read is served from Redis.
+    let on_b = b.first_signal(&run).await;
+    assert_eq!(on_b.status(), 200);
+    assert_eq!(header(&on_b, "cache-status"), "hit");
+    assert_eq!(header(&on_b, "x-firstsignal-source"), "snapshot");
+    assert_eq!(header(&on_b, "etag"), header(&on_a, "etag"));
+    let (body_a, body_b) = (on_a.text().await.unwrap(), on_b.text().await.unwrap());
+    assert_eq!(body_a, body_b);
+}
+
+#[actix_web::test]
+async fn a_stale_shared_entry_is_never_served() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("FirstSignal__Cache__Backend", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+    ];
+    let a = spawn_with(&settings).await;
+    let (job, run) = a.submit_job(None).await;
+    let queued = cached_entry(&prefix, &run).await;
+    // The job moves on through A …
+    let lease = a.lease_one().await;
+    assert_eq!(lease["jobId"], job.as_str());
+    let current = a.first_signal(&run).await;
+    assert_eq!(current.status(), 200);
+    let mut conn = redis_conn().await;
+    let key = format!("{prefix}{TENANT}:{run}");
+    for _ in 0..100 {
+        // Let A's own write of the newer signal land first.
+        let now: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if now != queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // … and Redis is made to hold the older, `queued` signal again; a node
+    // that has never seen the run reads it there.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&queued)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let b = a.another_node(&settings).await;
+    let on_b = b.first_signal(&run).await;
+    assert_eq!(on_b.status(), 200);
+    assert_eq!(
+        header(&on_b, "etag"),
+        header(&current, "etag"),
+        "the current signal, not the stale entry"
+    );
+    assert_eq!(header(&on_b, "cache-status"), "miss");
+    let body: Value = on_b.json().await.unwrap();
+    assert_eq!(body["firstSignal"]["type"], "started");
+}
+
+#[actix_web::test]
+async fn sliding_expiration_renews_an_entry_read_from_redis() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("FirstSignal__Cache__Backend", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+        ("FirstSignal__Cache__TtlSeconds", "600"),
+        ("FirstSignal__Cache__SlidingExpiration", "true"),
+    ];
+    let a = spawn_with(&settings).await;
+    let (_, run) = a.submit_job(None).await;
+    cached_entry(&prefix, &run).await;
+    let mut conn = redis_conn().await;
+    let key = format!("{prefix}{TENANT}:{run}");
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&key)
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A node that has never seen the run reads it from Redis.
+    let b = a.another_node(&settings).await;
+    assert_eq!(header(&b.first_signal(&run).await, "cache-status"), "hit");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 100, "the read renewed the entry to TtlSeconds: {ttl}");
+}

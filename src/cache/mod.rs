@@ -14,10 +14,26 @@ use tokio::time::Instant;
 
 use crate::config::CacheConfig;
 
+pub mod redis;
+
+/// `get` and `put` are this node's memory and never wait; `fetch` may also
+/// ask a shared backend over the network (the loader uses it for runs whose
+/// actor is not resident); `put` and `remove` reach a shared backend in the
+/// background (the store's writer calls them and must not wait).
+#[async_trait::async_trait]
 pub trait FirstSignalCache: Send + Sync + 'static {
     fn get(&self, tenant: &str, run_id: &str) -> Option<Arc<SignalView>>;
+    /// This node's memory, then the shared backend if there is one.
+    async fn fetch(&self, tenant: &str, run_id: &str) -> Option<Arc<SignalView>> {
+        self.get(tenant, run_id)
+    }
     /// Store `view` unless a newer signal (higher seq) is already cached.
     fn put(&self, tenant: &str, run_id: &str, view: Arc<SignalView>);
+    /// Store `view` in this node's memory only (another node's commit, which
+    /// that node has put in the shared backend already).
+    fn put_local(&self, tenant: &str, run_id: &str, view: Arc<SignalView>) {
+        self.put(tenant, run_id, view)
+    }
     /// Drop expired entries (called periodically).
     fn purge_expired(&self);
     /// Forget a run (it was pruned).
@@ -90,6 +106,7 @@ impl InMemoryCache {
     }
 }
 
+#[async_trait::async_trait]
 impl FirstSignalCache for InMemoryCache {
     fn get(&self, tenant: &str, run_id: &str) -> Option<Arc<SignalView>> {
         let key = self.key(tenant, run_id);
