@@ -12,7 +12,10 @@
 //!
 //! A lease takes the flag off in its own transaction (`job.blocked` with
 //! `blocked: false` before `job.loading`), so "cleared when it is taken"
-//! needs no check. What workers asked for is kept in memory, per node: a
+//! needs no check, and the check never clears a flag by itself: with
+//! several nodes, each judging by its own workers, a node whose worker asks
+//! but is full would clear what another node set, and the flag would flip
+//! at every tick. What workers asked for is kept in memory, per node: a
 //! restart forgets it and counts from the start of the process.
 
 use std::collections::HashMap;
@@ -27,9 +30,8 @@ use crate::AppState;
 
 pub const WAITING_FOR_A_WORKER: &str = "waiting for a worker";
 pub const WAITING_FOR_A_SLOT: &str = "waiting for an executor slot";
-/// Most queued jobs one check looks at (oldest first); the rest wait for
-/// the next tick.
-const CHECK_LIMIT: u32 = 1000;
+/// Queued jobs read per page; a check pages through all of them.
+const CHECK_PAGE: u32 = 1000;
 
 /// What could take a queued job on this node: workers asking for packs,
 /// and the built-in executor's slots.
@@ -135,16 +137,38 @@ pub fn check_interval(blocked_after_seconds: u64) -> Duration {
 /// One check: flag or clear the blocked reason of every queued job that
 /// has waited `Jobs.BlockedAfterSeconds` (or is flagged).
 pub async fn check(state: Arc<AppState>) {
-    let after = Duration::from_secs(state.config.jobs.blocked_after_seconds);
-    let cutoff = now_ms() - after.as_millis() as i64;
-    let jobs = match state.store.queued_since(cutoff, CHECK_LIMIT).await {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            tracing::warn!(error = %e, "blocked check: reading queued jobs failed");
-            return;
-        }
-    };
+    let threshold = Duration::from_secs(state.config.jobs.blocked_after_seconds);
+    let cutoff = now_ms() - threshold.as_millis() as i64;
     let now = Instant::now();
+    let mut after = String::new();
+    loop {
+        let jobs = match state.store.queued_since(cutoff, &after, CHECK_PAGE).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "blocked check: reading queued jobs failed");
+                break;
+            }
+        };
+        let full = jobs.len() as u32 >= CHECK_PAGE;
+        if let Some(last) = jobs.last() {
+            after = last.job_id.clone();
+        }
+        flag(&state, jobs, cutoff, threshold, now).await;
+        if !full {
+            break;
+        }
+    }
+    state.demand.forget_older_than(threshold, now);
+}
+
+/// Flag each job nobody can take now (or change its reason).
+async fn flag(
+    state: &AppState,
+    jobs: Vec<crate::store::JobRecord>,
+    cutoff: i64,
+    after: Duration,
+    now: Instant,
+) {
     for job in jobs {
         let waited = job.state_changed_at <= cutoff;
         let reason = match state.packs.get(&job.pack).map(|p| p.executor) {
@@ -159,7 +183,8 @@ pub async fn check(state: Arc<AppState>) {
             // A pack no longer declared: nobody will take it.
             None => Some(WAITING_FOR_A_WORKER),
         };
-        if job.blocked_reason.as_deref() == reason {
+        // Only a lease clears a flag (see the module doc).
+        if reason.is_none() || job.blocked_reason.as_deref() == reason {
             continue;
         }
         if let Err(e) = state
@@ -170,7 +195,6 @@ pub async fn check(state: Arc<AppState>) {
             tracing::warn!(error = %e, job = %job.job_id, "blocked check: flagging failed");
         }
     }
-    state.demand.forget_older_than(after, now);
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Prometheus metrics, rendered as text at `/metrics`.
 //!
 //! Latencies are histograms in seconds. The label sets are small and fixed
-//! (a signal kind, a cache status, a transport, a webhook outcome): never an
+//! (a signal kind, a cache status, a wire format, a webhook outcome): never an
 //! id, a tenant or a raw path.
 
 use std::collections::HashMap;
@@ -37,7 +37,8 @@ pub struct Metrics {
     /// `GET|HEAD …/first-signal` latency by `Cache-Status` (`none` when the
     /// answer had no signal: 204, 4xx, 5xx).
     pub first_signal_request: HistogramVec,
-    /// Event committed → its frames handed to the connection, by transport.
+    /// Event committed (for another node's event: received here) → its
+    /// frames handed to the connection, by wire (`sse`, `websocket`).
     pub stream_delivery_lag: HistogramVec,
     /// One webhook attempt (request and answer), by outcome.
     pub webhook_attempt: HistogramVec,
@@ -119,8 +120,8 @@ impl Metrics {
         );
         let stream_delivery_lag = histogram_vec(
             "runsignal_stream_delivery_lag_seconds",
-            "Event commit to its frames handed to the connection, by transport",
-            "transport",
+            "Event commit (another node's: its arrival) to its frames handed to the connection, by wire",
+            "wire",
             LATENCY,
         );
         let webhook_attempt = histogram_vec(

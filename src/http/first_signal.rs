@@ -130,7 +130,19 @@ pub async fn get_first_signal(
             // Out of time, but whether the run exists is settled first (SPEC
             // §4.2): an unknown or foreign run is 404, never `unavailable`.
             // One primary-key read, on the timed-out cold path only.
-            state.store.get_run(&tenant.0, &run_id).await?;
+            // Bounded too: a store too slow to answer is 503, not a hang.
+            let bound = state.config.first_signal.cold_path.timeout_ms.max(1000);
+            tokio::time::timeout(
+                std::time::Duration::from_millis(bound),
+                state.store.get_run(&tenant.0, &run_id),
+            )
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store did not answer in time",
+                )
+            })??;
             cache.with_label_values(&["miss"]).inc();
             let view = SignalView::new(Signal::unavailable(&run_id, rfc3339(now_ms())), 0);
             Ok(HttpResponse::Ok()

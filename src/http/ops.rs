@@ -118,7 +118,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     summary = "Prometheus metrics",
     description = "`runsignal_time_to_first_signal_seconds{kind}`, \
         `runsignal_first_signal_request_seconds{cache_status}`, \
-        `runsignal_stream_delivery_lag_seconds{transport}`, \
+        `runsignal_stream_delivery_lag_seconds{wire}`, \
         `runsignal_webhook_attempt_seconds{outcome}`, `runsignal_webhook_delivery_attempts`, \
         `runsignal_open_streams`, `runsignal_streaming_connections`, `runsignal_open_connections`, \
         `runsignal_http_requests_total{route,method,status}` (route pattern, never the \

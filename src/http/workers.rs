@@ -163,7 +163,7 @@ pub struct ProgressBody {
     pub stage: Option<String>,
     #[schema(min_length = 1, max_length = 128)]
     pub step: Option<String>,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 999)]
     pub step_index: Option<i64>,
     pub message: Option<String>,
     #[schema(minimum = 0, maximum = 100)]
@@ -179,6 +179,8 @@ pub struct ProgressBody {
     pub blocked: BlockedChange,
 }
 
+/// Step indexes a worker may report (a pack run has at most this many steps).
+pub const MAX_STEPS: i64 = 1000;
 const MAX_LOG_LINES: usize = 1000;
 
 #[utoipa::path(
@@ -209,8 +211,13 @@ pub async fn progress(
     if b.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
         return Err(ApiError::field("percent", "must be 0..=100"));
     }
-    if b.step_index.is_some_and(|i| i < 0) {
-        return Err(ApiError::field("stepIndex", "must be >= 0"));
+    if b.step_index.is_some_and(|i| !(0..MAX_STEPS).contains(&i)) {
+        // Every index a worker reports is a step of the pack-run plan that
+        // each monitor gets on connect: bounded.
+        return Err(ApiError::field(
+            "stepIndex",
+            format!("must be 0..={}", MAX_STEPS - 1),
+        ));
     }
     if b.log.len() > MAX_LOG_LINES {
         return Err(ApiError::field(

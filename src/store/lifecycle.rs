@@ -701,9 +701,9 @@ impl<'t> Op<'t> {
         Ok(record)
     }
 
-    /// A done job's downloadable artifacts by name (its result, stored as
-    /// `completion`, is in `GET /jobs/{id}` already): this batch's rows,
-    /// else the table's. Other jobs have none.
+    /// A done job's downloadable artifacts by name (its result too, stored
+    /// as `completion`, SPEC §7.2): this batch's rows, else the table's.
+    /// Other jobs have none.
     async fn artifact_names(&mut self, job: &JobRecord) -> StoreResult<Vec<String>> {
         if job.job_state() != JobState::Done {
             return Ok(Vec::new());
@@ -718,7 +718,6 @@ impl<'t> Op<'t> {
         if names.is_empty() {
             names = self.tx.artifact_names(&job.tenant_id, &job.job_id).await?;
         }
-        names.retain(|n| n != crate::artifacts::COMPLETION);
         names.sort();
         names.dedup();
         Ok(names)
@@ -1218,7 +1217,11 @@ fn eta_seconds(job: &JobRecord, history: &PackRecord, now: i64) -> Option<i64> {
         return None;
     }
     let median = history.median_ms()?;
-    let elapsed = job.started_at.map_or(0, |s| (now - s).max(0));
+    // A job queued again (a requeue) has not started this attempt yet.
+    let elapsed = match job.job_state() {
+        JobState::Queued => 0,
+        _ => job.started_at.map_or(0, |s| (now - s).max(0)),
+    };
     Some(((median - elapsed).max(0) + 999) / 1000)
 }
 
@@ -1226,8 +1229,8 @@ fn eta_seconds(job: &JobRecord, history: &PackRecord, now: i64) -> Option<i64> {
 /// first API prefix (both serve it, SPEC §2).
 const STREAM_PREFIX: &str = "/api/v1/orchestrator";
 
-/// `nextActions` of a signal decided by `job` (SPEC §4.3), in a fixed
-/// order: cancel, retry, downloads by name, view_logs.
+/// `nextActions` of a signal decided by `job` (SPEC §4.3), in SPEC's
+/// order: cancel, view_logs, retry, then downloads by name.
 fn next_actions(job: &JobRecord, artifacts: &[String]) -> Value {
     let id = &job.job_id;
     let action = |action: &str, label: &str, method: &str, href: String| json!({"action": action, "label": label, "method": method, "href": href});
@@ -1241,6 +1244,8 @@ fn next_actions(job: &JobRecord, artifacts: &[String]) -> Value {
             format!("/jobs/{id}/cancel"),
         ));
     }
+    let logs = format!("{STREAM_PREFIX}/stream/jobs/{id}");
+    actions.push(action("view_logs", "View logs", "GET", logs));
     if matches!(state, JobState::Failed | JobState::Canceled) {
         actions.push(action(
             "retry",
@@ -1254,8 +1259,6 @@ fn next_actions(job: &JobRecord, artifacts: &[String]) -> Value {
         let href = format!("/jobs/{id}/artifacts/{name}");
         actions.push(action("download_artifact", &label, "GET", href));
     }
-    let logs = format!("{STREAM_PREFIX}/stream/jobs/{id}");
-    actions.push(action("view_logs", "View logs", "GET", logs));
     Value::Array(actions)
 }
 

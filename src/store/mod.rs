@@ -155,7 +155,14 @@ pub trait JobReads: Send + Sync {
     /// Queued jobs, in any tenant, that have been queued since `cutoff_ms`
     /// or longer, or are flagged blocked: what the blocked check looks at
     /// (oldest first, at most `limit`).
-    async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
+    /// Queued jobs that have waited since `cutoff_ms` or are flagged
+    /// blocked, in job id order after `after_job_id` (a page).
+    async fn queued_since(
+        &self,
+        cutoff_ms: i64,
+        after_job_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>>;
     /// A job's artifacts, by name.
     async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>>;
     /// One artifact of a job of the tenant (`None`: no such artifact).

@@ -774,12 +774,18 @@ macro_rules! sql_backend {
                 Ok(q.build_query_as().fetch_all(&self.reader).await?)
             }
 
-            async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
+            async fn queued_since(
+                &self,
+                cutoff_ms: i64,
+                after_job_id: &str,
+                limit: u32,
+            ) -> StoreResult<Vec<JobRecord>> {
                 Ok(sqlx::query_as(
                     "SELECT * FROM jobs WHERE state = 'queued' AND (state_changed_at <= $1 OR blocked_reason IS NOT NULL)
-                     ORDER BY job_id LIMIT $2",
+                     AND job_id > $2 ORDER BY job_id LIMIT $3",
                 )
                 .bind(cutoff_ms)
+                .bind(after_job_id)
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
                 .await?)

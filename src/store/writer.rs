@@ -286,7 +286,8 @@ impl Writer {
             _ => self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len(),
         };
         let (reply, answer) = oneshot::channel();
-        let accepted = matches!(cmd, Cmd::Submit { .. }).then(std::time::Instant::now);
+        let accepted =
+            matches!(cmd, Cmd::Submit { .. } | Cmd::Retry { .. }).then(std::time::Instant::now);
         let request = Request {
             cmd,
             reply,

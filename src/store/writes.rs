@@ -182,8 +182,15 @@ impl Store {
     /// The blocked check's look: queued jobs waiting since `cutoff_ms` or
     /// flagged blocked. Like [`Store::queued_tenants`], a background look
     /// that is not counted as a store call.
-    pub async fn queued_since(&self, cutoff_ms: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
-        self.backend.queued_since(cutoff_ms, limit).await
+    pub async fn queued_since(
+        &self,
+        cutoff_ms: i64,
+        after_job_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>> {
+        self.backend
+            .queued_since(cutoff_ms, after_job_id, limit)
+            .await
     }
 
     /// Requeue or fail every job whose lease ended before `now_ms`.

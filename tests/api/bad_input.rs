@@ -319,6 +319,7 @@ async fn malformed_requests_answer_problem_json_and_change_nothing() {
         case("progress: percent -0.5", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "percent": -0.5})), 400, "invalid_field"),
         case("progress: percent is a string", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "percent": "50"})), 400, "invalid_body"),
         case("progress: negative stepIndex", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "stepIndex": -1})), 400, "invalid_field"),
+        case("progress: stepIndex past the plan's bound", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "stepIndex": 1000})), 400, "invalid_field"),
         case("progress: empty stage", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "stage": ""})), 400, "invalid_field"),
         case("progress: log not a list", Method::POST, &progress, Body::Json(json!({"leaseId": lease_id, "log": "line"})), 400, "invalid_body"),
         case("progress: leaseId missing", Method::POST, &progress, Body::Json(json!({"message": "hi"})), 400, "invalid_body"),

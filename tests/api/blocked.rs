@@ -137,3 +137,28 @@ async fn a_worker_asking_in_another_tenant_does_not_count() {
     assert_eq!(signal["message"], "waiting for a worker");
     assert_eq!(app.job(&job).await["state"], "queued");
 }
+
+#[actix_web::test]
+async fn every_waiting_job_is_flagged_past_a_page_of_a_thousand() {
+    let app = spawn_with(&[("Jobs__BlockedAfterSeconds", "1")]).await;
+    let mut jobs = Vec::new();
+    for _ in 0..21 {
+        let batch = futures_util::future::join_all((0..50).map(|_| app.submit_job(None))).await;
+        jobs.extend(batch.into_iter().map(|(job, _)| job));
+    }
+    jobs.sort();
+    // The job with the highest id is on the second page of the check.
+    let last = jobs.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let polled = app.job(last).await;
+        if polled["blocked"]["reason"] == "waiting for a worker" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 1,050th job was never flagged: {polled}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -508,7 +508,7 @@ async fn metrics_time_first_signals_reads_stream_deliveries_and_webhooks() {
     assert!(
         histogram_count(
             &text,
-            r#"runsignal_stream_delivery_lag_seconds_count{transport="sse"}"#
+            r#"runsignal_stream_delivery_lag_seconds_count{wire="sse"}"#
         ) >= 2.0,
         "live SSE deliveries (job states, progress, signals) are timed:\n{text}"
     );

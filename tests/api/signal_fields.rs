@@ -238,9 +238,9 @@ async fn each_state_offers_exactly_its_actions_and_every_href_works() {
 
     // Canceled: retry and logs; the retry is a new job of the same run.
     let canceled = actions(&signal(&app, &run).await);
-    assert_eq!(canceled, [retry(&job), logs(&job)]);
-    assert_logs_stream(&app, &canceled[1]).await;
-    let res = follow(&app, &canceled[0]).await;
+    assert_eq!(canceled, [logs(&job), retry(&job)]);
+    assert_logs_stream(&app, &canceled[0]).await;
+    let res = follow(&app, &canceled[1]).await;
     assert_eq!(res.status(), 202);
     let retried: Value = res.json().await.unwrap();
     let job2 = retried["job_id"].as_str().unwrap().to_owned();
@@ -272,9 +272,9 @@ async fn each_state_offers_exactly_its_actions_and_every_href_works() {
     let s = signal(&app, &run).await;
     assert_eq!(s["type"], "failed");
     let failed = actions(&s);
-    assert_eq!(failed, [retry(&job2), logs(&job2)]);
-    assert_logs_stream(&app, &failed[1]).await;
-    let res = follow(&app, &failed[0]).await;
+    assert_eq!(failed, [logs(&job2), retry(&job2)]);
+    assert_logs_stream(&app, &failed[0]).await;
+    let res = follow(&app, &failed[1]).await;
     assert_eq!(res.status(), 202);
     let job3 = res.json::<Value>().await.unwrap()["job_id"]
         .as_str()
@@ -282,7 +282,8 @@ async fn each_state_offers_exactly_its_actions_and_every_href_works() {
         .to_owned();
     assert_eq!(app.job(&job3).await["retry_of"], job2.as_str());
 
-    // Succeeded with an artifact: download it, and logs.
+    // Succeeded with an artifact: logs, and a download of the result
+    // (`completion`) and of the artifact.
     let (leased, lease_id) = lease(&app).await;
     assert_eq!(leased, job3);
     let bytes = b"the report\n";
@@ -297,11 +298,17 @@ async fn each_state_offers_exactly_its_actions_and_every_href_works() {
         "GET",
         format!("/jobs/{job3}/artifacts/report.txt"),
     );
-    assert_eq!(done, [download, logs(&job3)]);
-    let res = follow(&app, &done[0]).await;
+    let result = act(
+        "download_artifact",
+        "GET",
+        format!("/jobs/{job3}/artifacts/completion"),
+    );
+    assert_eq!(done, [logs(&job3), result, download]);
+    let res = follow(&app, &done[2]).await;
     assert_eq!(res.status(), 200);
     assert_eq!(&res.bytes().await.unwrap()[..], bytes);
-    assert_logs_stream(&app, &done[1]).await;
+    assert_eq!(follow(&app, &done[1]).await.status(), 200);
+    assert_logs_stream(&app, &done[0]).await;
     let run_body: Value = app
         .get(&format!("{ORCH}/runs/{run}"))
         .send()
@@ -329,11 +336,16 @@ async fn each_state_offers_exactly_its_actions_and_every_href_works() {
     assert_eq!(data["signal"]["nextActions"], s["nextActions"]);
     assert_eq!(data["signal"]["etaSeconds"], Value::Null);
 
-    // A job with only a result offers no download.
+    // A job with only a result offers it for download.
     let (_, run) = app.submit_job(None).await;
     let (job, lease_id) = lease(&app).await;
     complete(&app, &job, &lease_id, json!([])).await;
-    assert_eq!(actions(&signal(&app, &run).await), [logs(&job)]);
+    let completion = act(
+        "download_artifact",
+        "GET",
+        format!("/jobs/{job}/artifacts/completion"),
+    );
+    assert_eq!(actions(&signal(&app, &run).await), [logs(&job), completion]);
 }
 
 #[actix_web::test]
