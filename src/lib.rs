@@ -47,6 +47,8 @@ use store::{QueryCounter, Store};
 /// Everything a handler or background task needs; shared read-only.
 pub struct AppState {
     pub config: Config,
+    /// This process's id among the nodes (a ULID, new at every start).
+    pub node_id: String,
     pub store: Arc<Store>,
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
@@ -175,10 +177,12 @@ impl Application {
             metrics: metrics.clone(),
             transport: Arc::new(std::sync::OnceLock::new()),
         };
+        let node_id = runsignal_actors::new_ulid();
         let transport: transport::SharedTransport = match config.messaging.transport.as_str() {
             "redis" => transport::redis::RedisTransport::start(
                 config.redis.url.as_deref().unwrap_or_default(),
                 &config.first_signal.cache.key_prefix,
+                &node_id,
                 engine.clone(),
             )?,
             _ => Arc::new(transport::InMemory),
@@ -190,6 +194,7 @@ impl Application {
             store.clone(),
             engine.webhooks.clone(),
             metrics.clone(),
+            config.messaging.transport != "inmemory",
         )?
         .recover()
         .await?;
@@ -205,6 +210,7 @@ impl Application {
         let stream_limits = http::limits::StreamLimits::new(&config.limits, max_connections);
         let state = web::Data::new(AppState {
             config,
+            node_id,
             store,
             engine,
             metrics,

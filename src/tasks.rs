@@ -45,6 +45,18 @@ async fn every(period: Duration, state: Arc<AppState>, tick: Tick) {
 
 /// Requeue (attempts left) or fail (`lease_expired`) jobs whose lease ended.
 pub async fn sweep_leases(state: Arc<AppState>) {
+    if state.config.messaging.transport != "inmemory" {
+        // Several nodes: a dead node's webhook claims run out like its
+        // leases; send those deliveries again (ADR 0037).
+        match state.store.reset_sending_webhooks(now_ms(), true).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(deliveries = n, "webhook claims of a dead node taken back");
+                state.engine.webhooks.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "taking back webhook claims failed"),
+        }
+    }
     match state.store.sweep_expired_leases(now_ms()).await {
         Ok(n) => {
             if n > 0 {

@@ -22,8 +22,21 @@ use crate::store::LeaseRequest;
 use crate::AppState;
 use turns::Turns;
 
-/// The worker id the built-in executor leases under.
+/// The worker id the built-in executor leases under, on one node.
 pub const WORKER_ID: &str = "builtin";
+
+/// The worker id this node's executor leases under: `builtin` on one node
+/// (a restart takes back what the previous process held), `builtin@<node>`
+/// when several nodes share the database (a starting node must not take
+/// what a live one runs; a dead node's leases run out and any node's sweeper
+/// requeues them, ADR 0037).
+pub fn worker_id(state: &AppState) -> String {
+    if state.config.messaging.transport == "inmemory" {
+        WORKER_ID.to_owned()
+    } else {
+        format!("{WORKER_ID}@{}", state.node_id)
+    }
+}
 /// Lease length; heartbeats every second keep extending it.
 pub const LEASE_SECONDS: u32 = 30;
 /// When nothing wakes it, the executor looks for work this often.
@@ -91,7 +104,7 @@ async fn start_jobs(
         };
         let tenant = queued[i].0.clone();
         let req = LeaseRequest {
-            worker_id: WORKER_ID.to_owned(),
+            worker_id: worker_id(state),
             packs: packs.to_vec(),
             max: 1,
             lease_seconds: LEASE_SECONDS,
@@ -147,6 +160,10 @@ impl Drop for Slot {
 /// the old process: end their leases now and sweep, so they are requeued
 /// (attempts left) or failed `lease_expired` instead of staying `working`.
 async fn recover(state: &Arc<AppState>) {
+    if state.config.messaging.transport != "inmemory" {
+        // Several nodes: this node's id is new, it holds nothing yet.
+        return;
+    }
     match state.store.expire_worker_leases(WORKER_ID).await {
         Ok(0) => {}
         Ok(n) => {

@@ -224,10 +224,15 @@ impl ErrorCode {
             ErrorCode::TooManyStreams | ErrorCode::TooManyConnections => {
                 Some(super::limits::RETRY_AFTER_SECONDS)
             }
+            // The database is away (cut, restarting): try again shortly.
+            ErrorCode::StoreUnavailable => Some(STORE_RETRY_AFTER_SECONDS),
             _ => None,
         }
     }
 }
+
+/// `Retry-After` of a 503 `store_unavailable`.
+pub const STORE_RETRY_AFTER_SECONDS: u32 = 2;
 
 /// On the wire a code is its snake_case string (WebSocket error frames).
 impl Serialize for ErrorCode {

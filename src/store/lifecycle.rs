@@ -192,7 +192,10 @@ impl<'t> Op<'t> {
                 op.tx.finish_delivery(*id, outcome, now).await?;
                 Done::Unit
             }
-            Cmd::ResetSendingWebhooks => Done::Count(op.tx.reset_sending().await?),
+            Cmd::ResetSendingWebhooks {
+                now_ms,
+                only_expired,
+            } => Done::Count(op.tx.reset_sending(*now_ms, *only_expired).await?),
             Cmd::PutSnapshot {
                 tenant,
                 run_id,

@@ -331,6 +331,9 @@ pub struct ClaimShare {
     /// The tenant served last: the round continues with the next tenant id
     /// after it (wrapping).
     pub after: Option<String>,
+    /// How long a claim holds: a row still `sending` past it was claimed by
+    /// a node that died and is sent again (several nodes, ADR 0037).
+    pub claim_ms: i64,
 }
 
 /// How one delivery attempt ended.

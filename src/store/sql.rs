@@ -509,8 +509,10 @@ macro_rules! sql_backend {
                     q.push(" FOR UPDATE OF d SKIP LOCKED");
                 }
                 let due: Vec<WebhookDelivery> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                // While `sending`, `next_attempt_at` is when the claim runs out.
                 for d in &due {
-                    sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = $1")
+                    sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2")
+                        .bind(now + share.claim_ms)
                         .bind(d.id)
                         .execute(&mut *self.tx)
                         .await?;
@@ -551,11 +553,18 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
-            async fn reset_sending(&mut self) -> StoreResult<u64> {
+            async fn reset_sending(&mut self, now: i64, only_expired: bool) -> StoreResult<u64> {
                 self.writes += 1;
-                let done = sqlx::query("UPDATE webhook_deliveries SET status = 'pending' WHERE status = 'sending'")
-                    .execute(&mut *self.tx)
-                    .await?;
+                // Due at once (while `sending`, `next_attempt_at` was the
+                // claim's end, not a retry time).
+                let done = sqlx::query(
+                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1
+                      WHERE status = 'sending' AND (NOT $2 OR next_attempt_at <= $1)",
+                )
+                .bind(now)
+                .bind(only_expired)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(done.rows_affected())
             }
 

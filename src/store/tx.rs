@@ -129,8 +129,10 @@ pub trait WriteTx: Send {
         outcome: &WebhookOutcome,
         now: i64,
     ) -> StoreResult<()>;
-    /// After a restart: deliveries left `sending` go back to `pending`.
-    async fn reset_sending(&mut self) -> StoreResult<u64>;
+    /// Deliveries left `sending` go back to `pending`, due `now`: all of
+    /// them (one node's restart), or `only_expired`, those whose claim ran
+    /// out by `now` (a dead node's, with several nodes).
+    async fn reset_sending(&mut self, now: i64, only_expired: bool) -> StoreResult<u64>;
 
     // Snapshots and prune.
     async fn put_snapshot(

@@ -103,7 +103,10 @@ pub enum Cmd {
         id: i64,
         outcome: WebhookOutcome,
     },
-    ResetSendingWebhooks,
+    ResetSendingWebhooks {
+        now_ms: i64,
+        only_expired: bool,
+    },
     PutSnapshot {
         tenant: String,
         run_id: String,
@@ -130,9 +133,9 @@ impl Cmd {
             Cmd::Fail { failure, .. } => &failure.correlation_id,
             Cmd::SweepLeases { .. } | Cmd::ExpireWorkerLeases { .. } => "lease-sweeper",
             Cmd::SetBlocked { .. } => "blocked-check",
-            Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {
-                "webhooks"
-            }
+            Cmd::ClaimWebhooks { .. }
+            | Cmd::FinishWebhook { .. }
+            | Cmd::ResetSendingWebhooks { .. } => "webhooks",
             Cmd::PutSnapshot { .. } => "snapshot-writer",
             Cmd::Prune { .. } => "prune",
         }
@@ -165,9 +168,9 @@ impl Cmd {
             | Cmd::SetBlocked { job_id, .. } => Some(job_id),
             Cmd::PutSnapshot { run_id, .. } => Some(run_id),
             // The outbox's claims and outcomes in one lane, one at a time.
-            Cmd::ClaimWebhooks { .. } | Cmd::FinishWebhook { .. } | Cmd::ResetSendingWebhooks => {
-                Some("outbox")
-            }
+            Cmd::ClaimWebhooks { .. }
+            | Cmd::FinishWebhook { .. }
+            | Cmd::ResetSendingWebhooks { .. } => Some("outbox"),
             _ => None,
         }
     }

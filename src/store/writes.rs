@@ -226,9 +226,19 @@ impl Store {
         expect_done!(self.call(cmd), Done::Unit => ())
     }
 
-    /// After a restart: deliveries left `sending` by a crash go back to `pending`.
-    pub async fn reset_sending_webhooks(&self) -> StoreResult<u64> {
-        expect_done!(self.call(Cmd::ResetSendingWebhooks), Done::Count(n) => n)
+    /// Deliveries left `sending` by a crash go back to `pending`, due
+    /// `now_ms`: all of them (this was the only node), or `only_expired`,
+    /// those whose claim ran out by `now_ms` (a dead node's, several nodes).
+    pub async fn reset_sending_webhooks(
+        &self,
+        now_ms: i64,
+        only_expired: bool,
+    ) -> StoreResult<u64> {
+        let cmd = Cmd::ResetSendingWebhooks {
+            now_ms,
+            only_expired,
+        };
+        expect_done!(self.call(cmd), Done::Count(n) => n)
     }
 }
 

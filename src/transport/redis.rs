@@ -76,11 +76,12 @@ impl RedisTransport {
     pub fn start(
         url: &str,
         key_prefix: &str,
+        node: &str,
         engine: Engine,
     ) -> anyhow::Result<Arc<RedisTransport>> {
         let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("Redis.Url: {e}"))?;
         let channel = format!("{key_prefix}events");
-        let node = runsignal_actors::new_ulid();
+        let node = node.to_owned();
         let (tx, rx) = mpsc::channel(QUEUE);
         let lost = Arc::new(AtomicBool::new(false));
         let health = Arc::new(Health::default());

@@ -57,7 +57,17 @@ pub struct Dispatcher {
     /// Whether rows were pending at start-up (see [`Dispatcher::recover`]).
     pending_at_start: bool,
     metrics: Arc<Metrics>,
+    /// Several nodes share the outbox: at start-up only claims that ran out
+    /// are taken back (a live node's in-flight sends are not).
+    shared: bool,
+    /// How long a claim holds (a per-attempt timeout and recording it, with
+    /// room to spare).
+    claim_ms: i64,
 }
+
+/// Above `Webhooks.TimeoutSeconds`, how long a claim holds: recording the
+/// outcome may take its retries (`FINISH_RETRIES`).
+const CLAIM_MARGIN_MS: i64 = 60_000;
 
 impl Dispatcher {
     /// Checks the secrets and networks (the error names the key).
@@ -66,6 +76,7 @@ impl Dispatcher {
         store: Arc<Store>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        shared: bool,
     ) -> anyhow::Result<Dispatcher> {
         let sender = Sender::new(
             Guard::new(&config.allowed_networks)
@@ -82,6 +93,8 @@ impl Dispatcher {
             per_tenant: config.per_tenant_slots(),
             pending_at_start: true,
             metrics,
+            shared,
+            claim_ms: config.timeout_seconds.max(1) as i64 * 1000 + CLAIM_MARGIN_MS,
         })
     }
 
@@ -92,7 +105,7 @@ impl Dispatcher {
     pub async fn recover(mut self) -> anyhow::Result<Dispatcher> {
         let reset = self
             .store
-            .reset_sending_webhooks()
+            .reset_sending_webhooks(now_ms(), self.shared)
             .await
             .context("resetting webhooks interrupted by a restart")?;
         if reset > 0 {
@@ -148,6 +161,7 @@ impl Dispatcher {
                     per_tenant: self.per_tenant as u32,
                     busy: busy.iter().map(|(t, n)| (t.clone(), *n)).collect(),
                     after: after.clone(),
+                    claim_ms: self.claim_ms,
                 };
                 let batch = match self.store.claim_webhooks(now, free as u32, &share).await {
                     Ok(batch) => batch,

@@ -467,3 +467,224 @@ async fn sliding_expiration_renews_an_entry_read_from_redis() {
         .unwrap();
     assert!(ttl > 100, "the read renewed the entry to TtlSeconds: {ttl}");
 }
+
+/// A node as a real process of the `runsignal` binary; SIGKILLed on drop.
+struct NodeProcess {
+    child: std::process::Child,
+    address: String,
+}
+
+impl NodeProcess {
+    async fn start(settings: &[(String, String)]) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runsignal"));
+        cmd.env("RUNSIGNAL__Server__Bind", format!("127.0.0.1:{port}"))
+            .env("RUNSIGNAL__Server__Workers", "1")
+            .env("RUNSIGNAL__Logging__Level", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in settings {
+            cmd.env(format!("RUNSIGNAL__{k}"), v);
+        }
+        let child = cmd.spawn().expect("the binary starts");
+        let node = NodeProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(res) = client.get(format!("{}/readyz", node.address)).send().await {
+                if res.status() == 200 {
+                    return node;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node process never became ready");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[actix_web::test]
+async fn a_killed_nodes_builtin_job_is_run_again_by_the_other_node() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db = std::sync::Arc::new(crate::testdb::TestDb::new(crate::BACKEND, dir.path()));
+    // A step that hangs the first time it runs and succeeds the second.
+    let packs = dir.path().join("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    let slow = json!({"name": "once-hangs", "executor": "builtin",
+        "inputs": [{"name": "mark"}], "steps": [
+        {"name": "work", "stage": "analyze", "timeout_seconds": 600,
+         "run": ["sh", "-c", "if [ -e \"$INPUT_MARK\" ]; then echo again; exit 0; fi; touch \"$INPUT_MARK\"; sleep 600"]}
+    ]});
+    std::fs::write(packs.join("once-hangs.json"), slow.to_string()).unwrap();
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings: Vec<(String, String)> = [
+        ("Database__Url", db.url.as_str()),
+        ("messaging__transport", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+        ("Executor__PacksDir", packs.to_str().unwrap()),
+        ("Jobs__LeaseSweepIntervalSeconds", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut a = NodeProcess::start(
+        &[
+            settings.clone(),
+            vec![
+                (
+                    "Executor__WorkspaceDir".into(),
+                    format!("{}/ws-a", dir.path().display()),
+                ),
+                (
+                    "Artifacts__Dir".into(),
+                    format!("{}/artifacts", dir.path().display()),
+                ),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mark = dir.path().join("mark");
+    let res = client
+        .post(format!("{}/jobs", a.address))
+        .header("X-Tenant-Id", TENANT)
+        .json(&json!({"pack": "once-hangs", "inputs": {"mark": mark.to_str().unwrap()}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job = res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A runs it (the step has started: the mark exists) …
+    for _ in 0..600 {
+        if mark.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mark.exists(), "node A started the step");
+    // … then B joins, and A dies mid-step.
+    let b_settings: Vec<(&str, &str)> = settings
+        .iter()
+        .filter(|(k, _)| k != "Database__Url")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let b = spawn_on(dir.clone(), db.clone(), &b_settings).await;
+    let before = b.job(&job).await;
+    assert_eq!(
+        before["state"], "working",
+        "B's start took nothing from live A"
+    );
+    a.kill();
+    // A's lease runs out (30 s without heartbeats); B's sweeper requeues the
+    // job and B's executor runs it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let polled = b.job(&job).await;
+        if polled["state"] == "done" || polled["state"] == "failed" {
+            break polled;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never recovered: {polled}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["attempt"], 2, "run again once: {done}");
+    let loading: Vec<Value> = b
+        .timeline(done["run_id"].as_str().unwrap())
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "job.loading")
+        .collect();
+    assert_eq!(loading.len(), 2);
+    let workers: Vec<&str> = loading
+        .iter()
+        .map(|e| e["payload"]["workerId"].as_str().unwrap())
+        .collect();
+    assert!(
+        workers.iter().all(|w| w.starts_with("builtin@")) && workers[0] != workers[1],
+        "each node leases as itself: {workers:?}"
+    );
+}
+
+#[actix_web::test]
+async fn while_postgresql_is_cut_writes_are_503_reads_answer_and_it_resumes_by_itself() {
+    let Some(base) = crate::testdb::postgres_url() else {
+        return;
+    };
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db = std::sync::Arc::new(crate::testdb::TestDb::new(crate::BACKEND, dir.path()));
+    // The node reaches PostgreSQL through a proxy the test can cut.
+    let authority = base
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|auth| auth.rsplit('@').next())
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(authority.clone()).await;
+    let via_proxy = db
+        .url
+        .replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let a = spawn_on(
+        dir.clone(),
+        db.clone(),
+        &[("Database__Url", via_proxy.as_str())],
+    )
+    .await;
+    let (_, run) = a.submit_job(None).await;
+    let before = a.first_signal(&run).await;
+    assert_eq!(before.status(), 200);
+
+    proxy.cut();
+    let res = a.submit(json!({"pack": "external"})).await;
+    assert_eq!(res.status(), 503, "a write without the database");
+    assert!(!header(&res, "retry-after").is_empty(), "with Retry-After");
+    assert_eq!(header(&res, "content-type"), "application/problem+json");
+    // The resident run's signal still answers, from memory.
+    let cached = a.first_signal(&run).await;
+    assert_eq!(cached.status(), 200);
+    assert_eq!(header(&cached, "etag"), header(&before, "etag"));
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = a.submit(json!({"pack": "external"})).await;
+        if res.status() == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never resumed: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let readyz = readiness(&a).await;
+    assert_eq!(readyz["status"], "ready");
+}

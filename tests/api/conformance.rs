@@ -228,6 +228,7 @@ async fn outbox_rows_come_in_state_order_per_job() {
     let far = runsignal::store::now_ms() + 3_600_000;
     let share = ClaimShare {
         per_tenant: 10,
+        claim_ms: 60_000,
         ..ClaimShare::default()
     };
     let first = f.store.claim_webhooks(far, 10, &share).await.unwrap();
@@ -239,6 +240,15 @@ async fn outbox_rows_come_in_state_order_per_job() {
         .await
         .unwrap()
         .is_empty());
+    // With several nodes a claim holds for `claim_ms`: a live one is not
+    // taken back; one that ran out (its node died) is, and is sent again.
+    let live = f.store.reset_sending_webhooks(far + 59_999, true).await;
+    assert_eq!(live.unwrap(), 0);
+    let expired = f.store.reset_sending_webhooks(far + 60_000, true).await;
+    assert_eq!(expired.unwrap(), 1);
+    let again = f.store.claim_webhooks(far + 60_000, 10, &share).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (first[0].id, 2));
 }
 
 /// SPEC §11: claims go round robin across tenants (not oldest first) and
@@ -261,6 +271,7 @@ async fn webhook_claims_go_round_robin_across_tenants_within_a_per_tenant_cap() 
             per_tenant: 2,
             busy: busy.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
             after: after.map(str::to_owned),
+            claim_ms: 60_000,
         };
         let store = f.store.clone();
         async move {

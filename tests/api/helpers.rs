@@ -38,6 +38,12 @@ pub async fn spawn_with(settings: &[(&str, &str)]) -> TestApp {
     start(dir, db, settings).await
 }
 
+/// A server on a database another server (a process) already uses.
+#[allow(dead_code)]
+pub async fn spawn_on(dir: Arc<TempDir>, db: Arc<TestDb>, settings: &[(&str, &str)]) -> TestApp {
+    start(dir, db, settings).await
+}
+
 async fn start(dir: Arc<TempDir>, db: Arc<TestDb>, settings: &[(&str, &str)]) -> TestApp {
     let mut env: Vec<(String, String)> = vec![
         ("RUNSIGNAL__Server__Bind".into(), "127.0.0.1:0".into()),
