@@ -83,6 +83,8 @@ impl Cluster {
             .env("RUNSIGNAL_CLUSTER_REDIS_URL", &self.redis)
             .env("RUNSIGNAL_CLUSTER_SCHEMA", &self.schema)
             .env("RUNSIGNAL_CLUSTER_PORT", "0")
+            // The nodes' Redis cache keys outlive the test only briefly.
+            .env("RUNSIGNAL__FirstSignal__Cache__TtlSeconds", "300")
             .stdin(Stdio::null())
             .output()
             .expect("bash runs");
