@@ -2,7 +2,8 @@
 //! schema of their own) and Redis behind nginx. Through the balancer only:
 //! an `external` job is submitted and leased, a run stream is opened, and
 //! progress reports written through both nodes arrive on it live, in order,
-//! without duplicates; a second start is refused; `stop` leaves no process.
+//! without duplicates; a WebSocket upgrade passes; a second start is
+//! refused; `stop` leaves no process.
 //!
 //! Skipped (with the reason printed) when `RUNSIGNAL_TEST_DATABASE_URL` or
 //! `RUNSIGNAL_TEST_REDIS_URL` is unset or nginx is not installed; with the
@@ -197,6 +198,30 @@ fn next(frames: &mpsc::Receiver<Frame>, waiting_for: &str) -> Frame {
         .unwrap_or_else(|e| panic!("stream silent for {IDLE:?} ({e}) waiting for {waiting_for}"))
 }
 
+/// The status line and headers of a WebSocket handshake on `{lb}{API}/ws`.
+fn websocket_handshake(lb: &str) -> String {
+    let addr = lb.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(IDLE)).unwrap();
+    write!(
+        conn,
+        "GET {API}/ws?tenant={TENANT} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    for line in BufReader::new(conn).lines() {
+        let line = line.expect("the handshake's answer");
+        if line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+        head.push('\n');
+    }
+    head
+}
+
 #[test]
 fn cluster_script_serves_a_job_through_the_balancer_and_stops_cleanly() {
     let (Some(database), Some(redis)) = (
@@ -339,6 +364,13 @@ fn cluster_script_serves_a_job_through_the_balancer_and_stops_cleanly() {
     assert!(
         seen.windows(2).all(|w| w[0].0 < w[1].0),
         "ids rise: {seen:?}"
+    );
+
+    // The balancer passes WebSocket upgrades on.
+    let handshake = websocket_handshake(&lb);
+    assert!(
+        handshake.starts_with("HTTP/1.1 101"),
+        "WebSocket upgrade through nginx: {handshake}"
     );
 
     // Stop: nothing of the cluster is left running.
