@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::Parser;
 
+mod cluster;
 mod common;
 mod fanout;
 mod lifecycle;
@@ -41,6 +42,8 @@ enum Cli {
     Lifecycle(lifecycle::LifecycleArgs),
     /// Parked long-polling leases: store calls while waiting and per wake-up.
     Longpoll(longpoll::LongpollArgs),
+    /// Fan-out on one node and on two nodes joined by Redis, in one run.
+    ClusterFanout(cluster::ClusterFanoutArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -351,6 +354,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::FirstSignal(args) => on_system(bench(args)),
         Cli::Fanout(args) => on_system(fanout::run(args)),
+        Cli::ClusterFanout(args) => on_system(cluster::run(args)),
         Cli::Submit(args) => on_system(submit::run(args)),
         Cli::Progress(args) => on_system(progress::run(args)),
         Cli::Lifecycle(args) => on_system(lifecycle::run(args)),
