@@ -688,3 +688,31 @@ async fn while_postgresql_is_cut_writes_are_503_reads_answer_and_it_resumes_by_i
     let readyz = readiness(&a).await;
     assert_eq!(readyz["status"], "ready");
 }
+
+#[actix_web::test]
+async fn a_long_poll_on_b_is_woken_by_a_job_submitted_through_a() {
+    let Some((a, b)) = two_nodes().await else {
+        return;
+    };
+    let poll = {
+        let b_lease = b.post(
+            &format!("{ORCH}/workers/lease"),
+            &json!({"workerId": "w", "packs": ["external"], "leaseSeconds": 60, "waitSeconds": 30}),
+        );
+        actix_rt::spawn(async move {
+            let started = std::time::Instant::now();
+            let res = b_lease.send().await.unwrap();
+            let body: Value = res.json().await.unwrap();
+            (body, started.elapsed())
+        })
+    };
+    // The long-poll is parked on B before the job exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (job, _) = a.submit_job(None).await;
+    let (body, waited) = poll.await.unwrap();
+    assert_eq!(body["jobs"][0]["jobId"], job.as_str(), "{body}");
+    assert!(
+        waited < Duration::from_secs(25),
+        "woken by A's commit through Redis, not by its 30 s wait running out: {waited:?}"
+    );
+}
