@@ -39,6 +39,17 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The node's warnings and errors explain many a failure.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- {} (last 40 lines)\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -231,22 +242,53 @@ impl Node {
 
     /// Submit an `external` job into `run` (with a state webhook); its id.
     pub async fn submit(&self, run: &str, hook: Option<&str>) -> String {
-        let mut body = json!({"pack": "external", "run_id": run});
+        self.submit_job(Some(run), hook).await.0
+    }
+
+    /// Submit an `external` job, into a new run unless `run` is given:
+    /// (job, run).
+    pub async fn submit_job(&self, run: Option<&str>, hook: Option<&str>) -> (String, String) {
+        let mut body = json!({"pack": "external"});
+        if let Some(run) = run {
+            body["run_id"] = json!(run);
+        }
         if let Some(hook) = hook {
             body["state_webhook_url"] = json!(hook);
         }
         let job = self.ok(self.post("/jobs", &body), "submit").await;
-        job["job_id"].as_str().expect("job_id").to_owned()
+        let id = |k: &str| job[k].as_str().expect(k).to_owned();
+        (id("job_id"), id("run_id"))
     }
 
     /// Lease up to `max` `external` jobs for an hour, long-polling `wait` s.
     pub async fn lease(&self, worker: &str, max: u32, wait: u32) -> Vec<Value> {
+        self.try_lease(worker, max, wait)
+            .await
+            .unwrap_or_else(|status| panic!("lease on {}: {status}", self.name))
+    }
+
+    /// As [`Node::lease`], but a 503 (the store gave up, nothing leased)
+    /// is returned for the worker to try again, as a real worker would.
+    pub async fn try_lease(&self, worker: &str, max: u32, wait: u32) -> Result<Vec<Value>, u16> {
         let body = json!({"workerId": worker, "packs": ["external"], "max": max,
                           "leaseSeconds": 3600, "waitSeconds": wait});
-        let got = self
-            .ok(self.post(&format!("{ORCH}/workers/lease"), &body), "lease")
-            .await;
-        got["jobs"].as_array().expect("jobs").clone()
+        let res = self
+            .post(&format!("{ORCH}/workers/lease"), &body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("lease on {}: {e}", self.name));
+        match res.status().as_u16() {
+            200 => {
+                let got: Value = res.json().await.unwrap();
+                Ok(got["jobs"].as_array().expect("jobs").clone())
+            }
+            503 => Err(503),
+            other => panic!(
+                "lease on {}: {other} {}",
+                self.name,
+                res.text().await.unwrap()
+            ),
+        }
     }
 
     /// Lease the one queued job, which must be `job`; its lease id.
