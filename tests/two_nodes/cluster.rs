@@ -160,6 +160,9 @@ fn spawn(dir: &Path, name: &str, settings: &[(String, String)]) -> (Process, Nod
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Below the server's keep-alive (actix-web's 5 s): a pooled
+            // connection is never reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
     };
@@ -221,7 +224,7 @@ impl Node {
         let res = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{what} on {}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("{what} on {}: {e:?}", self.name));
         let status = res.status();
         let body = res.text().await.unwrap();
         assert!(
@@ -276,7 +279,7 @@ impl Node {
             .post(&format!("{ORCH}/workers/lease"), &body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("lease on {}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("lease on {}: {e:?}", self.name));
         match res.status().as_u16() {
             200 => {
                 let got: Value = res.json().await.unwrap();
