@@ -482,7 +482,7 @@ macro_rules! sql_backend {
                                        WHERE e.job_id = x.job_id AND e.id < x.id AND e.status IN ('pending', 'sending'))
                       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries g
                                        WHERE g.job_id = x.job_id AND g.status = 'gone')
-                     ) r ON r.id = d.id WHERE ",
+                     ) r ON r.id = d.id WHERE d.status = 'pending' AND ",
                 );
                 let slot = |q: &mut sqlx::QueryBuilder<$db>| {
                     q.push("(r.rn");
@@ -505,6 +505,11 @@ macro_rules! sql_backend {
                     .push(" THEN 0 ELSE 1 END, d.tenant_id, r.rn LIMIT ")
                     .push_bind(i64::from(limit));
                 // The window function is in the subquery: lock only `d`.
+                // `d.status = 'pending'` above is what makes this safe across
+                // nodes: PostgreSQL rechecks only the locked table's own
+                // conditions on a row another transaction changed after this
+                // statement's snapshot, so without it a row another node had
+                // just claimed (and committed) would be claimed and sent again.
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF d SKIP LOCKED");
                 }
