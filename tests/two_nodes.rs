@@ -378,3 +378,30 @@ impl Node {
         got
     }
 }
+
+#[actix_web::test]
+async fn a_node_that_joins_does_not_resend_what_another_node_is_sending() {
+    let Some(mut c) = Cluster::start(&[("Webhooks__AllowedNetworks__0", "127.0.0.0/8")]).await
+    else {
+        return;
+    };
+    use receiver::Answer::Hold;
+    let rx = receiver::Receiver::start(vec![Hold, Hold, Hold]).await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(c.a.submit_job(None, Some(&rx.url())).await.0);
+    }
+    // The three `queued` deliveries are in flight, held by the receiver.
+    rx.wait_count(3).await;
+    let _c = c.join().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rx.release(3);
+    let mut keys = Vec::new();
+    for job in &jobs {
+        let ds =
+            c.a.wait_deliveries(job, |ds| ds.len() == 1 && ds[0]["status"] == "delivered")
+                .await;
+        keys.push(ds[0]["idempotency_key"].as_str().unwrap().to_owned());
+    }
+    assert_each_delivered_once(&rx, &keys).await;
+}

@@ -57,7 +57,8 @@ impl Drop for Process {
 pub struct Cluster {
     pub a: Node,
     pub b: Node,
-    _processes: [Process; 2],
+    processes: Vec<Process>,
+    settings: Vec<(String, String)>,
     _db: TestDb,
     _dir: tempfile::TempDir,
 }
@@ -100,10 +101,19 @@ impl Cluster {
         Some(Cluster {
             a,
             b,
-            _processes: [pa, pb],
+            processes: vec![pa, pb],
+            settings,
             _db: db,
             _dir: dir,
         })
+    }
+
+    /// A third node joins, on the same schema and Redis; ready.
+    pub async fn join(&mut self) -> Node {
+        let (p, n) = spawn(self._dir.path(), "c", &self.settings);
+        n.wait_ready(&p).await;
+        self.processes.push(p);
+        n
     }
 }
 
