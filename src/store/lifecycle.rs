@@ -751,8 +751,14 @@ impl<'t> Op<'t> {
         let mut runs: Vec<(String, String)> = Vec::new();
         for job in candidates {
             // Its run's row and jobs, locked, in one read (the append and
-            // the refresh below need them).
+            // the refresh below need them). The candidates' query locks run
+            // rows only (the order every writer locks in), so a candidate
+            // may have been taken by another lessee since: read under the
+            // locks, it says.
             let mut job = self.job(&job.tenant_id, &job.job_id).await?;
+            if job.job_state() != JobState::Queued {
+                continue;
+            }
             job.attempt += 1;
             job.lease_id = Some(random_lease_id());
             job.lease_worker = Some(req.worker_id.clone());

@@ -342,29 +342,42 @@ macro_rules! sql_backend {
                 packs: &[String],
                 limit: u32,
             ) -> StoreResult<Vec<JobRecord>> {
-                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE ");
+                // Every writer locks a run's row before its jobs; so does
+                // this: the candidates' run rows are locked (runs another
+                // writer holds are skipped), and the lease then locks the
+                // jobs. Locking the jobs first here deadlocked with writers
+                // of other jobs of the same run.
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT j.* FROM jobs j JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id WHERE ",
+                );
                 if let Some(tenant) = tenant {
-                    q.push("tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
+                    q.push("j.tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
                 }
-                q.push("state = 'queued' AND pack IN (");
+                q.push("j.state = 'queued' AND j.pack IN (");
                 let mut list = q.separated(", ");
                 for pack in packs {
                     list.push_bind(pack.clone());
                 }
-                q.push(") ORDER BY job_id LIMIT ").push_bind(i64::from(limit)).push($skip);
+                q.push(") ORDER BY j.job_id LIMIT ").push_bind(i64::from(limit));
+                if !$skip.is_empty() {
+                    q.push(" FOR UPDATE OF r SKIP LOCKED");
+                }
                 Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
             }
 
             async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT * FROM jobs WHERE state IN ('loading', 'working') AND lease_until IS NOT NULL
-                       AND lease_until < $1 ORDER BY job_id LIMIT $2",
-                    $skip
-                ))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *self.tx)
-                .await?)
+                // Run rows first, as every writer locks them (see `queued_jobs`).
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT j.* FROM jobs j JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id
+                      WHERE j.state IN ('loading', 'working') AND j.lease_until IS NOT NULL AND j.lease_until < ",
+                );
+                q.push_bind(now)
+                    .push(" ORDER BY j.job_id LIMIT ")
+                    .push_bind(i64::from(limit));
+                if !$skip.is_empty() {
+                    q.push(" FOR UPDATE OF r SKIP LOCKED");
+                }
+                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
             }
 
             async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64> {

@@ -214,6 +214,9 @@ pub struct WriterStats {
     pub largest: AtomicU64,
     /// Time spent applying and committing batches, in microseconds.
     pub busy_us: AtomicU64,
+    /// Writes queued again after losing a race (a deadlock, a serialization
+    /// failure, a unique violation): each costs its whole batch a retry.
+    pub retried: AtomicU64,
 }
 
 /// The handle writers send to.
@@ -375,10 +378,15 @@ async fn run_lane(
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let declared = steps.get().unwrap_or(&NO_STEPS);
+        let queued_again = retry.len();
         apply_batch(
             &*backend, lane, batch, &mut retry, &sink, declared, &history,
         )
         .await;
+        stats.retried.fetch_add(
+            retry.len().saturating_sub(queued_again) as u64,
+            Ordering::Relaxed,
+        );
         let busy = started.elapsed().as_micros() as u64;
         stats.busy_us.fetch_add(busy, Ordering::Relaxed);
     }
