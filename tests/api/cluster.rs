@@ -716,3 +716,171 @@ async fn a_long_poll_on_b_is_woken_by_a_job_submitted_through_a() {
         "woken by A's commit through Redis, not by its 30 s wait running out: {waited:?}"
     );
 }
+
+#[actix_web::test]
+async fn built_in_jobs_submitted_through_both_nodes_run_once_each() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    let quick = json!({"name": "quick", "executor": "builtin", "steps": [
+        {"name": "one", "stage": "analyze", "run": ["sh", "-c", "echo one"]},
+        {"name": "two", "stage": "report", "run": ["sh", "-c", "echo two"]}
+    ]});
+    std::fs::write(packs.join("quick.json"), quick.to_string()).unwrap();
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("messaging__transport", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+        ("Executor__PacksDir", packs.to_str().unwrap()),
+    ];
+    let a = spawn_with(&settings).await;
+    let b = a.another_node(&settings).await;
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let res = node.submit(json!({"pack": "quick"})).await;
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        jobs.push((
+            v["job_id"].as_str().unwrap().to_owned(),
+            v["run_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for (job, run) in &jobs {
+        let done = loop {
+            let polled = a.job(job).await;
+            if polled["state"] == "done" || polled["state"] == "failed" {
+                break polled;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never finished: {polled}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(done["attempt"], 1, "{done}");
+        let timeline = b.timeline(run).await;
+        let loading = timeline
+            .iter()
+            .filter(|e| e["type"] == "job.loading")
+            .count();
+        let started = timeline
+            .iter()
+            .filter(|e| e["type"] == "step.started")
+            .count();
+        assert_eq!((loading, started), (1, 2), "run once, by one node: {job}");
+    }
+}
+
+#[actix_web::test]
+async fn stream_clients_of_a_killed_node_resume_on_the_other_and_lose_nothing() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db = std::sync::Arc::new(crate::testdb::TestDb::new(crate::BACKEND, dir.path()));
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let settings: Vec<(String, String)> = [
+        ("Database__Url", db.url.as_str()),
+        ("messaging__transport", "redis"),
+        ("Redis__Url", url.as_str()),
+        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut a = NodeProcess::start(&settings).await;
+    let b_settings: Vec<(&str, &str)> = settings[1..]
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let b = spawn_on(dir.clone(), db.clone(), &b_settings).await;
+    let (job, run, lease) = started_job(&b).await;
+    // Ten clients follow the run on A.
+    let mut followers = Vec::new();
+    for _ in 0..10 {
+        let res = reqwest::Client::new()
+            .get(format!("{}{ORCH}/stream/runs/{run}", a.address))
+            .header("X-Tenant-Id", TENANT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        followers.push(res.bytes_stream().eventsource());
+    }
+    progress_direct(&b, &job, &lease, 20, 0, 0, 0).await;
+    // Each reads up to the 20th progress event, then A is killed.
+    let mut last_ids = Vec::new();
+    for f in &mut followers {
+        let mut seen = 0;
+        let mut last = 0u64;
+        while seen < 20 {
+            let e = tokio::time::timeout(Duration::from_secs(30), f.next())
+                .await
+                .expect("an event within 30 s")
+                .unwrap()
+                .unwrap();
+            last = e.id.parse().unwrap();
+            if e.event == "progress" {
+                seen += 1;
+            }
+        }
+        last_ids.push(last);
+    }
+    a.kill();
+    for f in &mut followers {
+        // The stream ends (its node is gone).
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(_)) = f.next().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "a dead node's stream ends");
+    }
+    // Written while they reconnect.
+    progress_direct(&b, &job, &lease, 15, 0, 0, 0).await;
+    let mut readers = Vec::new();
+    for last in &last_ids {
+        let res = b
+            .get(&format!("{ORCH}/stream/runs/{run}"))
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        readers.push(actix_rt::spawn(read_to_completed(res)));
+    }
+    progress_direct(&b, &job, &lease, 5, 0, 0, 0).await;
+    assert_eq!(
+        b.worker(&job, "complete", json!({"leaseId": lease}))
+            .await
+            .status(),
+        200
+    );
+    let want: Vec<u64> = b
+        .timeline(&run)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "job.progress" && e["seq"].as_u64().unwrap() > last_ids[0])
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(want.len(), 20, "the 20 written after the kill");
+    for reader in readers {
+        let got = reader.await.unwrap();
+        assert_eq!(got.last().map(|(_, e)| e.as_str()), Some("completed"));
+        let have: Vec<u64> = got
+            .iter()
+            .filter(|(_, e)| e == "progress")
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            have, want,
+            "no progress event lost or repeated across the move"
+        );
+    }
+}
