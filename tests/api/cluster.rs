@@ -30,19 +30,44 @@ async fn two_nodes() -> Option<(TestApp, TestApp)> {
         .await
         .expect("RUNSIGNAL_TEST_REDIS_URL is set but Redis does not answer");
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
-    let settings = [
-        ("messaging__transport", "redis"),
-        ("Redis__Url", url.as_str()),
-        ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
-    ];
-    let a = spawn_with(&settings).await;
-    let b = a.another_node(&settings).await;
-    // Both subscribed before anything is written.
+    let prefix = key_prefix();
+    Some(
+        pair(&[
+            ("messaging__transport", "redis"),
+            ("Redis__Url", url.as_str()),
+            ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
+        ])
+        .await,
+    )
+}
+
+/// A Redis key prefix (and channel) of this test's own.
+fn key_prefix() -> String {
+    format!("test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Node A with `settings`, node B beside it, both ready (subscribed).
+async fn pair(settings: &[(&str, &str)]) -> (TestApp, TestApp) {
+    let a = spawn_with(settings).await;
+    let b = a.another_node(settings).await;
     for node in [&a, &b] {
         wait_ready(node).await;
     }
-    Some((a, b))
+    (a, b)
+}
+
+/// Follow `run` on `node` until `completed`, once its stream is attached.
+async fn follow_run(node: &TestApp, run: &str) -> actix_rt::task::JoinHandle<Vec<(u64, String)>> {
+    let stream = node
+        .get(&format!("{ORCH}/stream/runs/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let reader = actix_rt::spawn(read_to_completed(stream));
+    // Let the stream attach before anything is written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader
 }
 
 async fn wait_ready(node: &TestApp) {
@@ -77,15 +102,7 @@ async fn a_subscriber_on_b_sees_what_is_written_through_a_in_order_once() {
         return;
     };
     let (job, run, lease) = started_job(&a).await;
-    let stream = b
-        .get(&format!("{ORCH}/stream/runs/{run}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let reader = actix_rt::spawn(read_to_completed(stream));
-    // Let B's stream attach before writing through A.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reader = follow_run(&b, &run).await;
     progress_direct(&a, &job, &lease, 300, 0, 0, 0).await;
     let done = a.worker(&job, "complete", json!({"leaseId": lease})).await;
     assert_eq!(done.status(), 200);
@@ -251,7 +268,7 @@ async fn while_redis_is_cut_nodes_serve_and_then_catch_up_without_a_gap() {
         .to_owned();
     let proxy = Proxy::start(target).await;
     let via_proxy = format!("redis://127.0.0.1:{}", proxy.port);
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings = [
         ("messaging__transport", "redis"),
         ("Redis__Url", via_proxy.as_str()),
@@ -263,14 +280,7 @@ async fn while_redis_is_cut_nodes_serve_and_then_catch_up_without_a_gap() {
     wait_status(&b, "ready").await;
 
     let (job, run, lease) = started_job(&a).await;
-    let stream = b
-        .get(&format!("{ORCH}/stream/runs/{run}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let reader = actix_rt::spawn(read_to_completed(stream));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reader = follow_run(&b, &run).await;
     progress_direct(&a, &job, &lease, 10, 0, 0, 0).await;
 
     proxy.cut();
@@ -305,7 +315,7 @@ async fn while_redis_is_cut_nodes_serve_and_then_catch_up_without_a_gap() {
 /// Two nodes sharing the Redis first-signal cache (and the transport).
 async fn two_nodes_sharing_the_cache(extra: &[(&str, &str)]) -> Option<(TestApp, TestApp, String)> {
     let url = redis_url()?;
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let mut settings = vec![
         ("messaging__transport", "redis"),
         ("FirstSignal__Cache__Backend", "redis"),
@@ -313,10 +323,7 @@ async fn two_nodes_sharing_the_cache(extra: &[(&str, &str)]) -> Option<(TestApp,
         ("FirstSignal__Cache__KeyPrefix", prefix.as_str()),
     ];
     settings.extend_from_slice(extra);
-    let a = spawn_with(&settings).await;
-    let b = a.another_node(&settings).await;
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    let (a, b) = pair(&settings).await;
     Some((a, b, prefix))
 }
 
@@ -384,7 +391,7 @@ async fn a_stale_shared_entry_is_never_served() {
     let Some(url) = redis_url() else {
         return;
     };
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings = [
         ("FirstSignal__Cache__Backend", "redis"),
         ("Redis__Url", url.as_str()),
@@ -438,7 +445,7 @@ async fn sliding_expiration_renews_an_entry_read_from_redis() {
     let Some(url) = redis_url() else {
         return;
     };
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings = [
         ("FirstSignal__Cache__Backend", "redis"),
         ("Redis__Url", url.as_str()),
@@ -535,7 +542,7 @@ async fn a_killed_nodes_builtin_job_is_run_again_by_the_other_node() {
          "run": ["sh", "-c", "if [ -e \"$INPUT_MARK\" ]; then echo again; exit 0; fi; touch \"$INPUT_MARK\"; sleep 600"]}
     ]});
     std::fs::write(packs.join("once-hangs.json"), slow.to_string()).unwrap();
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings: Vec<(String, String)> = [
         ("Database__Url", db.url.as_str()),
         ("messaging__transport", "redis"),
@@ -730,7 +737,7 @@ async fn built_in_jobs_submitted_through_both_nodes_run_once_each() {
         {"name": "two", "stage": "report", "run": ["sh", "-c", "echo two"]}
     ]});
     std::fs::write(packs.join("quick.json"), quick.to_string()).unwrap();
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings = [
         ("messaging__transport", "redis"),
         ("Redis__Url", url.as_str()),
@@ -785,7 +792,7 @@ async fn stream_clients_of_a_killed_node_resume_on_the_other_and_lose_nothing() 
     };
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let db = std::sync::Arc::new(crate::testdb::TestDb::new(crate::BACKEND, dir.path()));
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = key_prefix();
     let settings: Vec<(String, String)> = [
         ("Database__Url", db.url.as_str()),
         ("messaging__transport", "redis"),
