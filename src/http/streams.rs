@@ -2,21 +2,29 @@
 //! `{prefix}/stream/jobs/{jobId}`, `{prefix}/stream/pack-runs/{jobId}`.
 //!
 //! Each request opens a [`Subscription`] and replays the stored range before
-//! it with [`Replay`] (both in `feed.rs`, shared with the WebSocket); a pump
-//! task then writes the live events, heartbeats and the final `timeout`.
+//! it with [`Replay`] (both in `feed.rs`, shared with the WebSocket); the
+//! response body ([`SseBody`]) then writes the live events, heartbeats and
+//! the final `timeout`, polled by the connection itself.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use prometheus::Histogram;
 use runsignal_actors::subscriber::sse_frame;
 use runsignal_actors::{Delivery, RunActor, StreamKind, Unsubscribe, Wire};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
 
 use super::errors::{ApiError, Problem};
 use super::extract::{job_id, parse_query, run_id, seq, CorrelationId, Tenant};
@@ -227,127 +235,178 @@ struct Slot {
     _held: HeldConnection,
 }
 
-/// Start the pump task and answer with its frames as the SSE body.
+/// Answer with the SSE body: the stream's head (the `retry:` line, its
+/// first frame, the stored replay), then its live deliveries.
 fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan, slot: Slot) -> HttpResponse {
-    // Small: the pump waits on a slow client here, while the subscriber's
-    // own queue (`Streams.BufferSize`) absorbs the run's bursts.
-    let (out, body) = mpsc::channel::<Bytes>(16);
-    let out = Out { tx: out };
-    actix_rt::spawn(pump(
-        state.clone().into_inner(),
-        sub.addr,
-        sub.id,
-        plan,
-        sub.live,
-        out,
-    ));
-    let stream = futures_util::stream::unfold((body, slot), |(mut rx, slot)| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, Infallible>(bytes), (rx, slot)))
-    });
+    let streams = &state.config.streams;
+    let period = Duration::from_secs(streams.heartbeat_interval_seconds.max(1));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut shutdown = state.shutdown.clone();
+    let body = SseBody {
+        phase: Phase::Head,
+        head: head(state.clone().into_inner(), plan, streams.retry_ms),
+        live: sub.live,
+        ready: VecDeque::new(),
+        ends: false,
+        heartbeat,
+        deadline: Box::pin(tokio::time::sleep(Duration::from_secs(
+            streams.max_duration_seconds,
+        ))),
+        shutdown: Box::pin(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }),
+        lag: state
+            .metrics
+            .stream_delivery_lag
+            .with_label_values(&["sse"]),
+        _unsubscribe: UnsubscribeOnDrop {
+            addr: sub.addr,
+            id: sub.id,
+        },
+        _slot: slot,
+    };
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream)
+        .streaming(body)
 }
 
-/// Why a stream ended.
-enum End {
-    /// The run or job completed, the subscriber was dropped, or the client left.
+/// One step of a stream's head: frames to write, and whether the stream
+/// ends after them (the stored replay reached the end, or the store failed).
+type HeadStep = (Vec<Bytes>, bool);
+
+/// The head as a stream of steps: the `retry:` line with the first frame,
+/// then one step per stored page.
+fn head(state: Arc<AppState>, plan: Plan, retry_ms: u64) -> BoxStream<'static, HeadStep> {
+    let mut opening = vec![Bytes::from(format!("retry: {retry_ms}\n\n"))];
+    opening.extend(plan.first);
+    let replay = plan.replay.filter(|r| !r.done());
+    let pages = futures_util::stream::unfold(replay, move |replay| {
+        let state = state.clone();
+        async move {
+            let mut replay = replay?;
+            let Ok(page) = replay.next_page(&state).await else {
+                return Some(((Vec::new(), true), None));
+            };
+            let mut frames = Vec::new();
+            let mut closes = false;
+            for delivery in page {
+                frames.extend(delivery.frames.iter().cloned());
+                closes |= delivery.closes;
+            }
+            let next = (!closes && !replay.done()).then_some(replay);
+            Some(((frames, closes), next))
+        }
+    });
+    futures_util::stream::once(async move { (opening, false) })
+        .chain(pages)
+        .boxed()
+}
+
+/// Where an SSE body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Writing the head.
+    Head,
+    /// Writing live deliveries, heartbeats, and at last `timeout`.
+    Live,
+    /// Nothing more: the stream ends once `ready` is written.
     Done,
-    /// `Streams.MaxDurationSeconds` or shutdown: tell the client to reconnect.
-    Timeout,
 }
 
-/// The pump's side of the response body.
-struct Out {
-    tx: mpsc::Sender<Bytes>,
+/// The response body of an SSE stream, polled by the connection's own task.
+///
+/// Live deliveries are taken straight off the subscriber's queue when the
+/// connection is ready to write: no task or channel of its own per stream,
+/// so a delivery costs one wake-up (of the connection) and one queue pop,
+/// and every frame queued meanwhile goes out in the same socket write
+/// (actix-http keeps polling the body until it is pending or its write
+/// buffer is full). A client that stops reading stops the polling, its
+/// queue fills, and the run actor drops it (ADR 0009). Dropping the body
+/// (the client left, or the stream ended) unsubscribes it from the actor.
+struct SseBody {
+    phase: Phase,
+    head: BoxStream<'static, HeadStep>,
+    live: mpsc::Receiver<Delivery>,
+    /// Frames to write before anything else.
+    ready: VecDeque<Bytes>,
+    /// The stream ends once `ready` is written.
+    ends: bool,
+    heartbeat: Interval,
+    /// `Streams.MaxDurationSeconds`.
+    deadline: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    lag: Histogram,
+    _unsubscribe: UnsubscribeOnDrop,
+    _slot: Slot,
 }
 
-impl Out {
-    /// Queue `bytes` for the client; `None`: the client left. A client that
-    /// stops reading blocks this; the run actor drops its subscriber when
-    /// its queue overflows, and the stream limits bound how many such
-    /// streams a tenant (and the server) can hold (ADR 0026).
-    async fn send(&self, bytes: Bytes) -> Option<()> {
-        self.tx.send(bytes).await.ok()
+const TIMEOUT_FRAME: &[u8] = b"event: timeout\ndata: {}\n\n";
+const HEARTBEAT_FRAME: &[u8] = b": heartbeat\n\n";
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.ends {
+                this.phase = Phase::Done;
+            }
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Head => match this.head.as_mut().poll_next(cx) {
+                    Poll::Ready(Some((frames, ends))) => {
+                        this.ready.extend(frames);
+                        this.ends = ends;
+                    }
+                    Poll::Ready(None) => this.phase = Phase::Live,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Live => match this.live.poll_recv(cx) {
+                    Poll::Ready(Some(delivery)) => {
+                        if let Some(at) = delivery.committed_at {
+                            this.lag.observe(at.elapsed().as_secs_f64());
+                        }
+                        this.ready.extend(delivery.frames.iter().cloned());
+                        this.ends = delivery.closes;
+                    }
+                    // Dropped by the run actor (its queue overflowed) or the
+                    // actor stopped: the client resumes with its last id.
+                    Poll::Ready(None) => this.phase = Phase::Done,
+                    Poll::Pending => {
+                        // Checked only when the queue is empty: a stream
+                        // that is writing will get here between bursts.
+                        if this.deadline.as_mut().poll(cx).is_ready()
+                            || this.shutdown.as_mut().poll(cx).is_ready()
+                        {
+                            this.ready.push_back(Bytes::from_static(TIMEOUT_FRAME));
+                            this.ends = true;
+                        } else if this.heartbeat.poll_tick(cx).is_ready() {
+                            return Poll::Ready(Some(Ok(Bytes::from_static(HEARTBEAT_FRAME))));
+                        } else {
+                            return Poll::Pending;
+                        }
+                    }
+                },
+            }
+        }
     }
 }
 
-async fn pump(
-    state: Arc<AppState>,
+/// Takes a stream's subscriber off its run actor when the body goes.
+struct UnsubscribeOnDrop {
     addr: Addr<RunActor>,
     id: u64,
-    plan: Plan,
-    mut live: mpsc::Receiver<Delivery>,
-    out: Out,
-) {
-    let streams = &state.config.streams;
-    let lag = state
-        .metrics
-        .stream_delivery_lag
-        .with_label_values(&["sse"]);
-    let end = async {
-        out.send(Bytes::from(format!("retry: {}\n\n", streams.retry_ms)))
-            .await?;
-        if let Some(first) = plan.first {
-            out.send(first).await?;
-        }
-        if let Some(mut stored) = plan.replay {
-            if replay(&state, &mut stored, &out).await? {
-                return Some(End::Done);
-            }
-        }
-        let mut heartbeat =
-            tokio::time::interval(Duration::from_secs(streams.heartbeat_interval_seconds));
-        heartbeat.tick().await;
-        let deadline = tokio::time::sleep(Duration::from_secs(streams.max_duration_seconds));
-        tokio::pin!(deadline);
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            tokio::select! {
-                delivery = live.recv() => {
-                    let Some(d) = delivery else { return Some(End::Done) };
-                    for frame in d.frames.iter() {
-                        out.send(frame.clone()).await?;
-                    }
-                    if let Some(at) = d.committed_at {
-                        lag.observe(at.elapsed().as_secs_f64());
-                    }
-                    if d.closes {
-                        return Some(End::Done);
-                    }
-                }
-                _ = heartbeat.tick() => out.send(Bytes::from_static(b": heartbeat\n\n")).await?,
-                _ = &mut deadline => return Some(End::Timeout),
-                _ = shutdown.wait_for(|stop| *stop) => return Some(End::Timeout),
-            }
-        }
-    }
-    .await;
-    if let Some(End::Timeout) = end {
-        let _ = out
-            .send(Bytes::from_static(b"event: timeout\ndata: {}\n\n"))
-            .await;
-    }
-    addr.do_send(Unsubscribe(id));
 }
 
-/// Send the stored events in `(after, upto]` that the stream carries.
-/// `Some(true)`: one of them ended the stream; `None`: the client left (or
-/// the store failed).
-async fn replay(state: &AppState, replay: &mut Replay, out: &Out) -> Option<bool> {
-    while !replay.done() {
-        for delivery in replay.next_page(state).await.ok()? {
-            for frame in delivery.frames.iter() {
-                out.send(frame.clone()).await?;
-            }
-            if delivery.closes {
-                return Some(true);
-            }
-        }
+impl Drop for UnsubscribeOnDrop {
+    fn drop(&mut self) {
+        self.addr.do_send(Unsubscribe(self.id));
     }
-    Some(false)
 }

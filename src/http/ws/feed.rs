@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::Addr;
 use bytes::Bytes;
 use futures_util::Stream;
+use prometheus::Histogram;
 use runsignal_actors::subscriber::ws_frames;
 use runsignal_actors::{Delivery, Filter, RunActor, RunKey, StreamKind, Wire};
 use tokio::sync::mpsc;
@@ -78,6 +79,10 @@ pub(super) async fn open(
         live_from,
         ..
     } = sub;
+    let lag = state
+        .metrics
+        .stream_delivery_lag
+        .with_label_values(&["websocket"]);
     let feed = Feed {
         state,
         replay: replay
@@ -92,6 +97,7 @@ pub(super) async fn open(
         live: Some(live),
         queue: VecDeque::new(),
         ended: false,
+        lag,
     };
     Ok(Opened {
         addr,
@@ -140,6 +146,9 @@ pub(super) struct Feed {
     /// Replayed frames not yet handed out.
     queue: VecDeque<FeedItem>,
     ended: bool,
+    /// `runsignal_stream_delivery_lag_seconds{wire="websocket"}`, looked up
+    /// once (a label lookup per delivery is a lock and a hash).
+    lag: Histogram,
 }
 
 impl Feed {
@@ -182,11 +191,7 @@ impl Feed {
                 Some(d) if d.seq <= self.resume_after => continue,
                 Some(d) => {
                     if let Some(at) = d.committed_at {
-                        self.state
-                            .metrics
-                            .stream_delivery_lag
-                            .with_label_values(&["websocket"])
-                            .observe(at.elapsed().as_secs_f64());
+                        self.lag.observe(at.elapsed().as_secs_f64());
                     }
                     self.push(d)
                 }

@@ -15,6 +15,7 @@ use actix_web::body::{BodyStream, BoxBody, MessageBody};
 use bytes::Bytes;
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::http::limits::Connection;
 
@@ -48,6 +49,13 @@ pub(super) fn spawn(
                 }
                 // The session stopped: the body ends after the queued bytes.
                 None => break,
+            };
+            // The queue has room nearly always: only a full one arms the
+            // stall timer (a timer per chunk would cost more than the send).
+            let chunk = match tx.try_send(chunk) {
+                Ok(()) => continue,
+                Err(TrySendError::Closed(_)) => break,
+                Err(TrySendError::Full(chunk)) => chunk,
             };
             match tokio::time::timeout(stall, tx.send(chunk)).await {
                 Ok(Ok(())) => {}
