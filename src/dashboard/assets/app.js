@@ -867,6 +867,7 @@ function openRunView(runId) {
   $('jobs').replaceChildren();
   $('run-actions').replaceChildren();
   setText($('run-title'), runLabel(run));
+  document.title = `${runLabel(run)} · runsignal`;
   renderRunHead(run);
   // Not followed yet (opened by link, or just submitted): replay the run
   // from its start, so its signal history shows (queued → … → now).
@@ -895,7 +896,11 @@ async function loadRun(runId) {
     if (!run.packs || !run.packs.length) run.packs = [...new Set(jobs.jobs.map((j) => j.pack))];
     if (info.lastSeq > run.listSeq) run.status = info.status;
     setText($('run-title'), runLabel(run));
+    document.title = `${runLabel(run)} · runsignal`;
     for (const j of jobs.jobs) addJob(j);
+    // The stage a stream signal names only as a phase number.
+    const decider = jobs.jobs.find((j) => j.job_id === run.jobId) || jobs.jobs[jobs.jobs.length - 1];
+    if (decider && decider.progress && decider.progress.stage) run.stageHint = decider.progress.stage;
     if (run.kind == null) pollRun(run);
     markRun(run);
   } catch (e) {
@@ -1206,9 +1211,12 @@ function route() {
     else pendingRoute = m[1].toLowerCase();
     $('run-title').focus({ preventScroll: true });
   } else {
+    const from = view;
     closeRunView();
     $('run-view').hidden = true;
     $('runs-view').hidden = false;
+    document.title = 'Runs · runsignal';
+    if (from) $('runs-title').focus({ preventScroll: true });
     if (newLimit !== listLimit) { listLimit = newLimit; relist(); }
   }
 }
