@@ -474,7 +474,16 @@ function release(stream, id, owner) {
   const w = wants.get(key);
   if (!w) return;
   w.owners.delete(owner);
-  if (owner === 'view') w.prio = 0;
+  if (owner === 'view') {
+    w.prio = 0;
+    // Fallback: the list polls; only the run view holds EventSources.
+    if (w.es && w.owners.size) {
+      w.es.close();
+      w.es = null;
+      if (w.state !== 'done') w.state = 'idle';
+      updateCount();
+    }
+  }
   if (w.owners.size) return;
   wants.delete(key);
   transport.close(w);
@@ -755,12 +764,19 @@ const transport = {
         updateCount();
         return;
       }
-      // Refused (401, 404, …) or ended with a 204: ask REST what is wrong.
+      // Refused (a 401 surfaces through checkReachable; 404, 429, 503) or
+      // ended with a 204: retry with backoff, give up after 5 in a row.
       es.close();
       if (w.es === es) w.es = null;
       if (w.state === 'done' || !wants.has(w.key)) return;
+      w.failures = (w.failures || 0) + 1;
+      if (w.failures > 5) {
+        w.state = 'done';
+        updateCount();
+        return;
+      }
       w.state = 'limited';
-      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** (w.failures = (w.failures || 0) + 1)));
+      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** w.failures));
       updateCount();
       setTimeout(() => this.pump(), w.retryAt - Date.now() + 50);
     };
@@ -1186,6 +1202,9 @@ async function submitJob(e) {
     const body = await api('/jobs', { method: 'POST', body: { pack, inputs } });
     announce(`job ${body.job_id} queued`);
     location.hash = `#/runs/${body.run_id}`;
+    // Open the run now (not on the later hashchange), before the re-list
+    // follows it from the list: the view replays it from its start.
+    route();
     relist();
   } catch (err) {
     if (!(err instanceof Problem) || err.status !== 401) showError(err.message);
