@@ -213,7 +213,11 @@ function statusFromKind(kind, current) {
 // Every kind the page learns is shown for at least one frame, in order,
 // even when several arrive within one (a replay, a quick job).
 function setKind(run, kind) {
-  if (kind !== run.kind) run.trail.push(kind);
+  if (kind !== run.kind) {
+    run.trail.push(kind);
+    // Bounded while the tab is hidden (no frames): the last few suffice.
+    if (run.trail.length > 8) run.trail.shift();
+  }
   run.kind = kind;
 }
 
@@ -524,6 +528,8 @@ const transport = {
   attempt: 0,
   cap: Infinity, // subscriptions one socket may hold (learned from the server)
   timer: 0,
+  pinger: 0,
+  awaitingPong: false,
   pumpQueued: false,
 
   start() {
@@ -533,6 +539,8 @@ const transport = {
 
   stop() {
     clearTimeout(this.timer);
+    clearInterval(this.pinger);
+    this.awaitingPong = false;
     if (this.ws) { this.ws.onclose = null; this.ws.close(1000); this.ws = null; }
     this.ready = false;
     for (const w of wants.values()) {
@@ -571,11 +579,29 @@ const transport = {
     this.attempt = 0;
     setConn('websocket');
     this.pump();
+    this.heartbeat();
+  },
+
+  // A socket can die without a close (a cut network, a sleeping laptop):
+  // a ping every 10 s; one still unanswered at the next ends the socket,
+  // and the usual reconnect resumes every stream.
+  heartbeat() {
+    clearInterval(this.pinger);
+    const ws = this.ws;
+    this.pinger = setInterval(() => {
+      if (this.ws !== ws || !this.ready) { clearInterval(this.pinger); return; }
+      if (this.awaitingPong) { ws.close(4000, 'no pong'); this.onClose({ code: 4000 }); return; }
+      this.awaitingPong = true;
+      this.send({ op: 'ping' });
+    }, 10000);
   },
 
   onClose(ev) {
+    if (this.ws) this.ws.onclose = null;
     this.ws = null;
     this.ready = false;
+    this.awaitingPong = false;
+    clearInterval(this.pinger);
     for (const w of wants.values()) if (w.state === 'open' || w.state === 'pending') w.state = 'idle';
     updateCount();
     if (ev.code === 4401 || ev.code === 4403) {
@@ -617,6 +643,7 @@ const transport = {
       return;
     }
     if (f.op === 'authenticated') return this.onReady();
+    if (f.op === 'pong') { this.awaitingPong = false; return; }
     if (f.op === 'subscribed') {
       const w = wants.get(`${f.stream}:${f.id}`);
       if (!w) { this.send({ op: 'unsubscribe', stream: f.stream, id: f.id }); return; }
