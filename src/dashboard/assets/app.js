@@ -669,9 +669,7 @@ const transport = {
         w.state = 'limited';
         break;
       case 'too_many_streams':
-        w.state = 'limited';
-        w.retryAt = Date.now() + 5000;
-        setTimeout(() => this.pump(), 5100);
+        this.later(w, 5000);
         break;
       case 'subscription_dropped':
         // Fell behind: resume right after the last seq the server sent.
@@ -682,9 +680,7 @@ const transport = {
         w.state = 'open';
         break;
       case 'store_unavailable':
-        w.state = 'limited';
-        w.retryAt = Date.now() + 2000;
-        setTimeout(() => this.pump(), 2100);
+        this.later(w, 2000);
         break;
       default:
         // An unknown run or job: nothing will ever come.
@@ -693,6 +689,13 @@ const transport = {
     }
     updateCount();
     this.pump();
+  },
+
+  // Open `w` again in `ms` (meanwhile a list run is polled).
+  later(w, ms) {
+    w.state = 'limited';
+    w.retryAt = Date.now() + ms;
+    setTimeout(() => this.pump(), ms + 50);
   },
 
   active() {
@@ -802,10 +805,8 @@ const transport = {
         updateCount();
         return;
       }
-      w.state = 'limited';
-      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** w.failures));
+      this.later(w, jitter(Math.min(10000, 1000 * 2 ** w.failures)));
       updateCount();
-      setTimeout(() => this.pump(), w.retryAt - Date.now() + 50);
     };
     updateCount();
   },
