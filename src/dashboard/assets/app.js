@@ -132,7 +132,7 @@ function setConn(state) {
   stats.transport = state;
   const node = $('conn-state');
   setAttr(node, 'data-state', state);
-  setText(node, state === 'websocket' ? 'live (WebSocket)' : state === 'sse' ? 'live (SSE)' : state);
+  setText(node, state);
 }
 
 let countQueued = false;
@@ -145,7 +145,7 @@ function updateCount() {
     for (const w of wants.values()) if (w.state === 'open') n++;
     const node = $('stream-count');
     setAttr(node, 'data-count', String(n));
-    setText(node, `${n} ${n === 1 ? 'stream' : 'streams'}`);
+    setText(node, String(n));
   });
 }
 
@@ -945,7 +945,10 @@ async function loadRun(runId) {
     // The stage a stream signal names only as a phase number.
     const decider = jobs.jobs.find((j) => j.job_id === run.jobId) || jobs.jobs[jobs.jobs.length - 1];
     if (decider && decider.progress && decider.progress.stage) run.stageHint = decider.progress.stage;
-    if (run.kind == null) pollRun(run);
+    // No signal and no stream that will bring one (past the socket's limit).
+    const w = wants.get(`run:${runId}`);
+    const streaming = w && (w.state === 'open' || w.state === 'pending' || w.es);
+    if (run.kind == null && !streaming) pollRun(run);
     markRun(run);
   } catch (e) {
     if (e instanceof Problem && e.status === 404) showError(`run ${runId} not found: ${e.message}`);
