@@ -235,6 +235,10 @@ function applyStreamSignal(run, data) {
   run.jobId = s.jobId ?? run.jobId;
   run.etag = data.etag || run.etag;
   run.status = statusFromKind(run.kind, run.status);
+  // The stream names the stage by phase number only: a `phase` signal of
+  // a stage outside SPEC's phases reads its stage string once (see
+  // `fetchStage`); the run's progress events keep it current after that.
+  if (s.stage == null && run.kind === 'phase' && run.phase === 'unknown' && !run.stageTried) run.stageWanted = true;
   markRun(run);
 }
 
@@ -266,7 +270,7 @@ function etaText(run) {
 // stage string when it reported one that is not a known phase.
 function stageText(run) {
   if (run.stage == null) return '—';
-  if (run.phase === 'unknown' && run.stageHint) return run.stageHint;
+  if (run.phase === 'unknown' && run.stageHint && !TERMINAL.has(run.kind)) return run.stageHint;
   return run.stage;
 }
 
@@ -849,10 +853,18 @@ async function pollLoop() {
     }
     // Runs without any signal yet first, then top to bottom; a pool of
     // POLL_PARALLEL requests.
+    const stages = [];
+    for (const id of runOrder) {
+      const run = runs.get(id);
+      if (run && run.stageWanted && !run.polling) stages.push(run);
+    }
+    if (view && view.run.stageWanted && !view.run.polling && !view.run.listed) stages.unshift(view.run);
     const queue = fresh.concat(due);
     let next = 0;
+    let nextStage = 0;
     const worker = async () => {
-      while (next < queue.length && started) await pollRun(queue[next++]);
+      while (started && next < queue.length) await pollRun(queue[next++]);
+      while (started && nextStage < stages.length) await fetchStage(stages[nextStage++]);
     };
     await Promise.all(Array.from({ length: POLL_PARALLEL }, worker));
   }
@@ -878,6 +890,28 @@ async function pollRun(run) {
   } finally {
     run.polling = false;
     run.nextPoll = Date.now() + jitter(POLL_MS);
+  }
+}
+
+// A stream `phase` signal whose phase is `unknown` may still have a stage
+// string (a stage outside SPEC's phases): REST has it. Taken only when the
+// answer is the same signal (same ETag) as the stream's.
+async function fetchStage(run) {
+  run.stageWanted = false;
+  run.stageTried = true;
+  run.polling = true;
+  try {
+    const res = await api(`${API}/runs/${run.id}/first-signal`, { raw: true });
+    if (res.status !== 200) return;
+    const body = await res.json();
+    if (res.headers.get('ETag') === run.etag && body.firstSignal) {
+      run.stageHint = body.firstSignal.stage;
+      markRun(run);
+    }
+  } catch {
+    // A later signal asks again.
+  } finally {
+    run.polling = false;
   }
 }
 
