@@ -58,6 +58,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub auth: crate::auth::AuthConfig,
     pub metrics: MetricsConfig,
+    pub dashboard: DashboardConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +85,13 @@ pub struct CorsConfig {
 pub struct MetricsConfig {
     /// `/metrics` without the `admin` scope.
     pub public: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DashboardConfig {
+    /// Serve the dashboard at `GET /` (ADR 0038).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod blocked;
 pub mod cache;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod executor;
 pub mod http;
@@ -234,6 +235,11 @@ impl Application {
                 .wrap(http::auth::cors(&app_state.config.server.cors))
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
+                .configure(|cfg| {
+                    if app_state.config.dashboard.enabled {
+                        dashboard::routes(cfg);
+                    }
+                })
                 // Here, not in `http::routes`: the document is assembled
                 // from the handlers, which never refer to it.
                 .service(web::resource("/openapi.json").get(openapi::serve))

@@ -6,8 +6,9 @@
 //! - [`authenticate`] (app middleware, before routing) reads the credential
 //!   (`Authorization: Bearer`, or `?access_token=` on stream and WebSocket
 //!   routes), answers 401 when it is missing or wrong, and stores the
-//!   principal. Only `/healthz`, `/readyz`, `/openapi.json` (and `/metrics`
-//!   with `Metrics.Public`) pass without one, and a WebSocket handshake
+//!   principal. Only `/healthz`, `/readyz`, `/openapi.json`, the dashboard's
+//!   files (`crate::dashboard::ROUTES`: the page asks for a credential
+//!   itself) and `/metrics` with `Metrics.Public` pass without one, and a WebSocket handshake
 //!   without any credential, which authenticates with its first frame.
 //! - [`authorize`] (called by the `Tenant` extractor and `/metrics`, after
 //!   routing, so on the route actix actually matched) checks the route's
@@ -150,7 +151,9 @@ pub async fn authenticate(
     }
     let pattern = req.match_pattern();
     let public = pattern.as_deref().is_some_and(|p| {
-        PUBLIC_ROUTES.contains(&p) || (p == "/metrics" && state.config.metrics.public)
+        PUBLIC_ROUTES.contains(&p)
+            || crate::dashboard::ROUTES.contains(&p)
+            || (p == "/metrics" && state.config.metrics.public)
     });
     if public {
         return next

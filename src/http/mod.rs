@@ -111,6 +111,7 @@ fn allowed_methods(pattern: &str) -> Option<&'static str> {
     Some(match route {
         "/runs" | "/jobs" => "GET, POST",
         "/runs/{runId}/first-signal" => "GET, HEAD",
+        _ if crate::dashboard::ROUTES.contains(&route) => "GET, HEAD",
         "/workers/lease"
         | "/jobs/{jobId}/progress"
         | "/jobs/{jobId}/complete"

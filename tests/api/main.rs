@@ -8,3 +8,6 @@ include!("suite.rs");
 
 /// Node's `EventSource` against the server: once, on SQLite only.
 mod eventsource;
+
+/// The dashboard's embedded files: once, on SQLite only (no store involved).
+mod dashboard;
