@@ -84,7 +84,7 @@ fn the_dashboard_works_in_chromium() {
     let scenarios = std::env::var("RUNSIGNAL_BROWSER_SCENARIOS").unwrap_or_default();
     let mut cmd = Command::new("node");
     cmd.arg(dir().join("run.mjs"))
-        .args(["--bin", BIN])
+        .args(["--bin", BIN, "--parent-pipe"])
         .args(scenarios.split([' ', ',']).filter(|s| !s.is_empty()))
         .current_dir(dir())
         // The runner stops (and kills its servers) when this pipe closes.

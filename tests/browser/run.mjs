@@ -2,8 +2,10 @@
 // each against a server process of its own, and prints PASS or FAIL per
 // scenario; exits 1 when any failed. tests/browser.rs runs it.
 //
-// Usage: node run.mjs --bin <path to runsignal> [scenario ...]
+// Usage: node run.mjs --bin <path to runsignal> [--parent-pipe] [scenario ...]
 // (default: every scenario). Screenshots: ci-artifacts/screenshots/.
+// `--parent-pipe`: stop when standard input closes (tests/browser.rs keeps
+// a pipe open while it waits).
 import { SHOTS, launch } from "./lib/page.mjs";
 
 import live from "./scenarios/live.mjs";
@@ -24,7 +26,8 @@ if (at < 0 || !args[at + 1]) {
   process.exit(64);
 }
 const bin = args[at + 1];
-const wanted = args.filter((_, i) => i !== at && i !== at + 1);
+const parentPipe = args.includes("--parent-pipe");
+const wanted = args.filter((a, i) => i !== at && i !== at + 1 && a !== "--parent-pipe");
 const unknown = wanted.filter((w) => !ALL.some((s) => s.name === w));
 if (unknown.length) {
   console.error(`unknown scenario(s) ${unknown.join(", ")}; known: ${ALL.map((s) => s.name).join(", ")}`);
@@ -34,8 +37,10 @@ const chosen = wanted.length ? ALL.filter((s) => wanted.includes(s.name)) : ALL;
 
 // The parent (cargo test) closes our stdin when it goes away: stop then,
 // and the `exit` handler in lib/server.mjs kills the servers we started.
-process.stdin.on("end", () => process.exit(2));
-process.stdin.resume();
+if (parentPipe) {
+  process.stdin.on("end", () => process.exit(2));
+  process.stdin.resume();
+}
 
 const browser = await launch();
 let passed = 0;

@@ -83,7 +83,7 @@ export async function waitAttr(locator, name, value, timeout = WAIT) {
  * Record, in the page, every value the attribute `attr` of the first element
  * matching `selector` takes (a MutationObserver on the whole document: the
  * element may be replaced). `seen(page, key)` reads the values back,
- * consecutive repeats dropped.
+ * consecutive repeats and empty values dropped.
  */
 export async function record(page, key, selector, attr) {
   await page.evaluate(
@@ -92,7 +92,7 @@ export async function record(page, key, selector, attr) {
       const seen = (window.__e2e[key] = []);
       const note = () => {
         const v = document.querySelector(selector)?.getAttribute(attr);
-        if (v != null && seen[seen.length - 1] !== v) seen.push(v);
+        if (v && seen[seen.length - 1] !== v) seen.push(v);
       };
       note();
       new MutationObserver(note).observe(document.documentElement, {
@@ -191,7 +191,7 @@ export function logLines(page) {
 export async function shot(page, name) {
   mkdirSync(SHOTS, { recursive: true });
   const path = join(SHOTS, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
+  await page.screenshot({ path, fullPage: true, animations: "disabled" });
   return path;
 }
 
