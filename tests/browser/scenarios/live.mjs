@@ -50,9 +50,9 @@ export default {
         await record(page, "kind", '[data-testid="run-signal"]', "data-kind");
         await record(page, "step0", '[data-testid="step"][data-step-index="0"]', "data-status");
         await waitAttr(signal, "data-kind", "queued");
-        // The run, job and pack-run streams of the open run (at least).
+        // At least the open run's stream and its job's (pack-run) stream.
         const streams = Number(await byTestId(page, "stream-count").getAttribute("data-count"));
-        assert.ok(streams >= 3, `open streams are counted: ${streams}`);
+        assert.ok(streams >= 2, `open streams are counted: ${streams}`);
 
         // Free the slot: the demo job runs.
         await server.api("POST", `/jobs/${blocker.job_id}/cancel`);
