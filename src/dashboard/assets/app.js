@@ -166,9 +166,15 @@ function markJob(job) { dirtyJobs.add(job); schedule(); }
 function render() {
   frameQueued = false;
   stats.renders++;
-  for (const run of dirtyRuns) renderRow(run);
+  const again = [];
+  for (const run of dirtyRuns) {
+    run.shownKind = run.trail.length ? run.trail.shift() : run.kind;
+    if (run.trail.length) again.push(run);
+    renderRow(run);
+  }
   if (view && dirtyRuns.has(view.run)) renderRunHead(view.run);
   dirtyRuns.clear();
+  for (const run of again) markRun(run);
   if (orderDirty) renderOrder();
   for (const job of dirtyJobs) renderJob(job);
   dirtyJobs.clear();
@@ -189,7 +195,7 @@ function runModel(id) {
   if (!run) {
     run = {
       id, name: null, status: 'pending', packs: null, listed: false, listSeq: 0,
-      kind: null, phase: null, stage: null, message: null, eta: null, etaAt: 0,
+      kind: null, trail: [], shownKind: null, phase: null, stage: null, message: null, eta: null, etaAt: 0,
       outcome: null, actions: null, jobId: null, etag: null, stageHint: null,
       nextPoll: 0, polling: false, row: null, cells: null,
     };
@@ -204,12 +210,19 @@ function statusFromKind(kind, current) {
   return 'running';
 }
 
+// Every kind the page learns is shown for at least one frame, in order,
+// even when several arrive within one (a replay, a quick job).
+function setKind(run, kind) {
+  if (kind !== run.kind) run.trail.push(kind);
+  run.kind = kind;
+}
+
 // A signal from a stream (`first_signal` data, SPEC §4.3).
 function applyStreamSignal(run, data) {
   const s = data.signal || {};
-  run.kind = KINDS[s.kind] || 'unavailable';
+  setKind(run, typeof s.kind === 'string' ? s.kind : KINDS[s.kind] || 'unavailable');
   run.phase = PHASES[s.phase] || 'unknown';
-  run.stage = run.phase;
+  run.stage = s.stage ?? run.phase;
   run.message = s.summary ?? null;
   run.eta = s.etaSeconds ?? null;
   run.etaAt = Date.now();
@@ -224,7 +237,7 @@ function applyStreamSignal(run, data) {
 // A signal from `GET …/first-signal` (SPEC §4.2).
 function applyRestSignal(run, body, etag) {
   const fs = body.firstSignal || {};
-  run.kind = fs.type || 'unavailable';
+  setKind(run, fs.type || 'unavailable');
   run.stage = fs.stage ?? null;
   run.phase = null;
   run.message = fs.message ?? null;
@@ -266,26 +279,27 @@ function renderRow(run) {
     const sub = el('span', { class: 'sub', text: run.id.slice(0, 8) });
     const kind = el('span', { class: 'kind' });
     const cells = {
-      name: el('td', { 'data-field': 'name', 'data-label': 'Run' }, link, sub),
-      kind: el('td', { 'data-field': 'kind', 'data-label': 'Signal' }, kind),
-      stage: el('td', { 'data-field': 'stage', 'data-label': 'Stage' }),
-      message: el('td', { 'data-field': 'message', 'data-label': 'Message' }),
-      eta: el('td', { 'data-field': 'eta', 'data-label': 'ETA' }),
-      outcome: el('td', { 'data-field': 'outcome', 'data-label': 'Last outcome' }),
+      name: el('td', { role: 'cell', 'data-field': 'name', 'data-label': 'Run' }, el('div', {}, link, sub)),
+      kind: el('td', { role: 'cell', 'data-field': 'kind', 'data-label': 'Signal' }, kind),
+      stage: el('td', { role: 'cell', 'data-field': 'stage', 'data-label': 'Stage' }),
+      message: el('td', { role: 'cell', 'data-field': 'message', 'data-label': 'Message' }),
+      eta: el('td', { role: 'cell', 'data-field': 'eta', 'data-label': 'ETA' }),
+      outcome: el('td', { role: 'cell', 'data-field': 'outcome', 'data-label': 'Last outcome' }),
     };
-    run.row = el('tr', { 'data-testid': 'run-row', 'data-run-id': run.id, 'data-kind': '' },
+    run.row = el('tr', { role: 'row', 'data-testid': 'run-row', 'data-run-id': run.id, 'data-kind': '' },
       cells.name, cells.kind, cells.stage, cells.message, cells.eta, cells.outcome);
     run.cells = { ...cells, link, kindBadge: kind };
     orderDirty = true;
   }
   const c = run.cells;
-  const kind = run.kind || '';
+  const kind = run.shownKind || '';
   setAttr(run.row, 'data-kind', kind);
   setAttr(run.row, 'data-status', run.status);
   setText(c.link, runLabel(run));
   setText(c.kindBadge, kind || 'no signal');
   setText(c.stage, stageText(run));
   setText(c.message, run.message ?? '—');
+  setAttr(c.message, 'title', run.message ?? '');
   setText(c.eta, etaText(run));
   setText(c.outcome, run.outcome ? run.outcome.status : '—');
   if (run.outcome) setAttr(c.outcome, 'title', `run ${run.outcome.runId} finished ${run.outcome.finishedAt}`);
@@ -382,6 +396,7 @@ function reconcile(list) {
   }
   list.forEach((r, i) => {
     const run = runModel(r.runId);
+    const before = `${run.listed}|${run.name}|${run.status}`;
     run.listed = true;
     run.rank = i;
     run.name = r.name;
@@ -395,7 +410,7 @@ function reconcile(list) {
       run.listSeq = r.lastSeq;
     }
     want('run', run.id, 'list', 0);
-    markRun(run);
+    if (`${run.listed}|${run.name}|${run.status}` !== before) markRun(run);
   });
   runOrder = ids;
   orderDirty = true;
@@ -459,7 +474,16 @@ function release(stream, id, owner) {
   const w = wants.get(key);
   if (!w) return;
   w.owners.delete(owner);
-  if (owner === 'view') w.prio = 0;
+  if (owner === 'view') {
+    w.prio = 0;
+    // Fallback: the list polls; only the run view holds EventSources.
+    if (w.es && w.owners.size) {
+      w.es.close();
+      w.es = null;
+      if (w.state !== 'done') w.state = 'idle';
+      updateCount();
+    }
+  }
   if (w.owners.size) return;
   wants.delete(key);
   transport.close(w);
@@ -614,7 +638,7 @@ const transport = {
     switch (f.code) {
       case 'subscription_limit':
         // The socket holds what it may: learn the cap, poll the rest.
-        this.cap = Math.max(1, this.active());
+        this.cap = Math.max(1, this.active() - 1);
         w.state = 'limited';
         break;
       case 'too_many_streams':
@@ -733,20 +757,27 @@ const transport = {
       });
     }
     es.onerror = () => {
+      checkReachable();
       if (es.readyState !== EventSource.CLOSED) {
         // The browser reconnects by itself with Last-Event-ID.
         w.state = 'pending';
         updateCount();
         return;
       }
-      // Refused (401, 404, …) or ended with a 204: ask REST what is wrong.
+      // Refused (a 401 surfaces through checkReachable; 404, 429, 503) or
+      // ended with a 204: retry with backoff, give up after 5 in a row.
       es.close();
       if (w.es === es) w.es = null;
       if (w.state === 'done' || !wants.has(w.key)) return;
+      w.failures = (w.failures || 0) + 1;
+      if (w.failures > 5) {
+        w.state = 'done';
+        updateCount();
+        return;
+      }
       w.state = 'limited';
-      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** (w.failures = (w.failures || 0) + 1)));
+      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** w.failures));
       updateCount();
-      api(`${API}/runs?limit=1`).then(() => setConn('sse'), (e) => { if (!(e instanceof Problem)) setConn('offline'); });
       setTimeout(() => this.pump(), w.retryAt - Date.now() + 50);
     };
     updateCount();
@@ -767,22 +798,35 @@ const transport = {
   },
 };
 
+// Fallback: a stream broke. Is the server there (a 401 also surfaces here)?
+let lastCheck = 0;
+function checkReachable() {
+  if (Date.now() - lastCheck < 1000) return;
+  lastCheck = Date.now();
+  api(`${API}/runs?limit=1`).then(() => setConn('sse'), (e) => { if (!(e instanceof Problem)) setConn('offline'); });
+}
+
 // The runs list without a live stream (fallback, or past the socket's
 // subscription limit): poll each run's first signal with If-None-Match.
 async function pollLoop() {
   for (;;) {
-    await sleep(1000);
+    await sleep(500);
     if (!started) continue;
     const now = Date.now();
+    const fresh = [];
     const due = [];
     for (const id of runOrder) {
       const run = runs.get(id);
-      if (run && !run.polling && run.nextPoll <= now && needsPoll(run)) due.push(run);
+      if (run && !run.polling && run.nextPoll <= now && needsPoll(run)) (run.kind == null ? fresh : due).push(run);
     }
-    for (let i = 0; i < due.length; i += POLL_PARALLEL) {
-      await Promise.all(due.slice(i, i + POLL_PARALLEL).map(pollRun));
-      if (!started) break;
-    }
+    // Runs without any signal yet first, then top to bottom; a pool of
+    // POLL_PARALLEL requests.
+    const queue = fresh.concat(due);
+    let next = 0;
+    const worker = async () => {
+      while (next < queue.length && started) await pollRun(queue[next++]);
+    };
+    await Promise.all(Array.from({ length: POLL_PARALLEL }, worker));
   }
 }
 
@@ -833,14 +877,17 @@ function openRunView(runId) {
   if (view && view.run.id === runId) return;
   closeRunView();
   const run = runModel(runId);
-  view = { run, jobs: new Map(), actionsKey: null };
+  view = { run, jobs: new Map(), fetching: new Set(), actionsKey: null };
   const section = $('run-view');
   section.setAttribute('data-run-id', runId);
   $('jobs').replaceChildren();
   $('run-actions').replaceChildren();
   setText($('run-title'), runLabel(run));
+  document.title = `${runLabel(run)} · runsignal`;
   renderRunHead(run);
-  want('run', runId, 'view', 1);
+  // Not followed yet (opened by link, or just submitted): replay the run
+  // from its start, so its signal history shows (queued → … → now).
+  want('run', runId, 'view', 1, wants.has(`run:${runId}`) ? null : 0);
   loadRun(runId);
 }
 
@@ -865,7 +912,11 @@ async function loadRun(runId) {
     if (!run.packs || !run.packs.length) run.packs = [...new Set(jobs.jobs.map((j) => j.pack))];
     if (info.lastSeq > run.listSeq) run.status = info.status;
     setText($('run-title'), runLabel(run));
+    document.title = `${runLabel(run)} · runsignal`;
     for (const j of jobs.jobs) addJob(j);
+    // The stage a stream signal names only as a phase number.
+    const decider = jobs.jobs.find((j) => j.job_id === run.jobId) || jobs.jobs[jobs.jobs.length - 1];
+    if (decider && decider.progress && decider.progress.stage) run.stageHint = decider.progress.stage;
     if (run.kind == null) pollRun(run);
     markRun(run);
   } catch (e) {
@@ -876,8 +927,8 @@ async function loadRun(runId) {
 
 function renderRunHead(run) {
   const sig = $('run-signal');
-  setAttr(sig, 'data-kind', run.kind || '');
-  setText(sig, run.kind || 'no signal');
+  setAttr(sig, 'data-kind', run.shownKind || '');
+  setText(sig, run.shownKind || 'no signal');
   setText($('run-stage'), stageText(run));
   setText($('run-message'), run.message ?? '—');
   setText($('run-eta'), etaText(run));
@@ -938,11 +989,19 @@ async function download(href) {
   }
 }
 
+// A job the view learns of from an event (a retry, a second submit).
+function fetchJob(jobId) {
+  if (view.fetching.has(jobId)) return;
+  const v = view;
+  v.fetching.add(jobId);
+  api(`/jobs/${jobId}`).then(addJob, () => {}).finally(() => v.fetching.delete(jobId));
+}
+
 function onViewRunEvent(event, data) {
   if (event === 'job' || event === 'completed') {
     if (!data.jobId) return;
     const job = view.jobs.get(data.jobId);
-    if (!job) { api(`/jobs/${data.jobId}`).then(addJob, () => {}); return; }
+    if (!job) { fetchJob(data.jobId); return; }
     const state = (data.type || '').replace(/^job\./, '');
     if (['queued', 'loading', 'working', 'done', 'failed', 'canceled'].includes(state)) setJobState(job, state);
     if (state === 'blocked') { job.blocked = data.payload && data.payload.blocked ? data.payload.reason : null; markJob(job); }
@@ -1143,6 +1202,9 @@ async function submitJob(e) {
     const body = await api('/jobs', { method: 'POST', body: { pack, inputs } });
     announce(`job ${body.job_id} queued`);
     location.hash = `#/runs/${body.run_id}`;
+    // Open the run now (not on the later hashchange), before the re-list
+    // follows it from the list: the view replays it from its start.
+    route();
     relist();
   } catch (err) {
     if (!(err instanceof Problem) || err.status !== 401) showError(err.message);
@@ -1168,9 +1230,12 @@ function route() {
     else pendingRoute = m[1].toLowerCase();
     $('run-title').focus({ preventScroll: true });
   } else {
+    const from = view;
     closeRunView();
     $('run-view').hidden = true;
     $('runs-view').hidden = false;
+    document.title = 'Runs · runsignal';
+    if (from) $('runs-title').focus({ preventScroll: true });
     if (newLimit !== listLimit) { listLimit = newLimit; relist(); }
   }
 }
