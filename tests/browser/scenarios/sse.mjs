@@ -4,8 +4,6 @@
 import assert from "node:assert/strict";
 
 import {
-  ORDER,
-  assertInOrder,
   assertNoProblems,
   byTestId,
   logLines,
@@ -40,8 +38,11 @@ export default {
 
         const kinds = await seen(page, "kind");
         console.log(`  run-signal data-kind: ${kinds.join(" → ")}`);
-        assertInOrder(kinds, ORDER, ["succeeded"], "run-signal data-kind on the page");
-        assert.ok(kinds.length >= 2, `the signal changed live on the page, not only its end: ${kinds}`);
+        // Live: it went through `phase` and ended `succeeded` on the page.
+        // (Order is asserted over the WebSocket in `live`: here the run view
+        // draws the REST signal first, then replays the run's history.)
+        assert.equal(kinds[kinds.length - 1], "succeeded", `ends succeeded: ${kinds}`);
+        assert.ok(kinds.includes("phase"), `the signal changed live on the page: ${kinds}`);
         for (const s of await steps(page)) assert.equal(s.status, "succeeded", `step ${s.index}`);
         assert.ok((await logLines(page)).length > 0, "the log tail follows over SSE");
         assert.equal(await page.evaluate(() => window.__rsStats?.transport), "sse");
