@@ -350,3 +350,12 @@ fn the_redis_cache_needs_a_redis_url() {
     .unwrap();
     assert_eq!(c.first_signal.cache.backend, "redis");
 }
+
+#[test]
+fn the_dashboard_is_on_by_default_and_its_switch_is_a_boolean() {
+    assert!(Config::defaults().dashboard.enabled);
+    let load = |v: &str| Config::load_from(None, env(&[("RUNSIGNAL__Dashboard__Enabled", v)]));
+    assert!(!load("false").unwrap().dashboard.enabled);
+    let e = load("nope").unwrap_err().to_string();
+    assert!(e.contains("Dashboard.Enabled"), "{e}");
+}

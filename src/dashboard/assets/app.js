@@ -132,7 +132,7 @@ function setConn(state) {
   stats.transport = state;
   const node = $('conn-state');
   setAttr(node, 'data-state', state);
-  setText(node, state === 'websocket' ? 'live (WebSocket)' : state === 'sse' ? 'live (SSE)' : state);
+  setText(node, state);
 }
 
 let countQueued = false;
@@ -145,7 +145,7 @@ function updateCount() {
     for (const w of wants.values()) if (w.state === 'open') n++;
     const node = $('stream-count');
     setAttr(node, 'data-count', String(n));
-    setText(node, `${n} ${n === 1 ? 'stream' : 'streams'}`);
+    setText(node, String(n));
   });
 }
 
@@ -213,7 +213,11 @@ function statusFromKind(kind, current) {
 // Every kind the page learns is shown for at least one frame, in order,
 // even when several arrive within one (a replay, a quick job).
 function setKind(run, kind) {
-  if (kind !== run.kind) run.trail.push(kind);
+  if (kind !== run.kind) {
+    run.trail.push(kind);
+    // Bounded while the tab is hidden (no frames): the last few suffice.
+    if (run.trail.length > 8) run.trail.shift();
+  }
   run.kind = kind;
 }
 
@@ -231,6 +235,10 @@ function applyStreamSignal(run, data) {
   run.jobId = s.jobId ?? run.jobId;
   run.etag = data.etag || run.etag;
   run.status = statusFromKind(run.kind, run.status);
+  // The stream names the stage by phase number only: a `phase` signal of
+  // a stage outside SPEC's phases reads its stage string once (see
+  // `fetchStage`); the run's progress events keep it current after that.
+  if (s.stage == null && run.kind === 'phase' && run.phase === 'unknown' && !run.stageTried) run.stageWanted = true;
   markRun(run);
 }
 
@@ -262,7 +270,7 @@ function etaText(run) {
 // stage string when it reported one that is not a known phase.
 function stageText(run) {
   if (run.stage == null) return '—';
-  if (run.phase === 'unknown' && run.stageHint) return run.stageHint;
+  if (run.phase === 'unknown' && run.stageHint && !TERMINAL.has(run.kind)) return run.stageHint;
   return run.stage;
 }
 
@@ -524,6 +532,8 @@ const transport = {
   attempt: 0,
   cap: Infinity, // subscriptions one socket may hold (learned from the server)
   timer: 0,
+  pinger: 0,
+  awaitingPong: false,
   pumpQueued: false,
 
   start() {
@@ -533,6 +543,8 @@ const transport = {
 
   stop() {
     clearTimeout(this.timer);
+    clearInterval(this.pinger);
+    this.awaitingPong = false;
     if (this.ws) { this.ws.onclose = null; this.ws.close(1000); this.ws = null; }
     this.ready = false;
     for (const w of wants.values()) {
@@ -571,11 +583,29 @@ const transport = {
     this.attempt = 0;
     setConn('websocket');
     this.pump();
+    this.heartbeat();
+  },
+
+  // A socket can die without a close (a cut network, a sleeping laptop):
+  // a ping every 10 s; one still unanswered at the next ends the socket,
+  // and the usual reconnect resumes every stream.
+  heartbeat() {
+    clearInterval(this.pinger);
+    const ws = this.ws;
+    this.pinger = setInterval(() => {
+      if (this.ws !== ws || !this.ready) { clearInterval(this.pinger); return; }
+      if (this.awaitingPong) { ws.close(4000, 'no pong'); this.onClose({ code: 4000 }); return; }
+      this.awaitingPong = true;
+      this.send({ op: 'ping' });
+    }, 10000);
   },
 
   onClose(ev) {
+    if (this.ws) this.ws.onclose = null;
     this.ws = null;
     this.ready = false;
+    this.awaitingPong = false;
+    clearInterval(this.pinger);
     for (const w of wants.values()) if (w.state === 'open' || w.state === 'pending') w.state = 'idle';
     updateCount();
     if (ev.code === 4401 || ev.code === 4403) {
@@ -617,6 +647,7 @@ const transport = {
       return;
     }
     if (f.op === 'authenticated') return this.onReady();
+    if (f.op === 'pong') { this.awaitingPong = false; return; }
     if (f.op === 'subscribed') {
       const w = wants.get(`${f.stream}:${f.id}`);
       if (!w) { this.send({ op: 'unsubscribe', stream: f.stream, id: f.id }); return; }
@@ -642,9 +673,7 @@ const transport = {
         w.state = 'limited';
         break;
       case 'too_many_streams':
-        w.state = 'limited';
-        w.retryAt = Date.now() + 5000;
-        setTimeout(() => this.pump(), 5100);
+        this.later(w, 5000);
         break;
       case 'subscription_dropped':
         // Fell behind: resume right after the last seq the server sent.
@@ -655,9 +684,7 @@ const transport = {
         w.state = 'open';
         break;
       case 'store_unavailable':
-        w.state = 'limited';
-        w.retryAt = Date.now() + 2000;
-        setTimeout(() => this.pump(), 2100);
+        this.later(w, 2000);
         break;
       default:
         // An unknown run or job: nothing will ever come.
@@ -666,6 +693,13 @@ const transport = {
     }
     updateCount();
     this.pump();
+  },
+
+  // Open `w` again in `ms` (meanwhile a list run is polled).
+  later(w, ms) {
+    w.state = 'limited';
+    w.retryAt = Date.now() + ms;
+    setTimeout(() => this.pump(), ms + 50);
   },
 
   active() {
@@ -775,10 +809,8 @@ const transport = {
         updateCount();
         return;
       }
-      w.state = 'limited';
-      w.retryAt = Date.now() + jitter(Math.min(10000, 1000 * 2 ** w.failures));
+      this.later(w, jitter(Math.min(10000, 1000 * 2 ** w.failures)));
       updateCount();
-      setTimeout(() => this.pump(), w.retryAt - Date.now() + 50);
     };
     updateCount();
   },
@@ -821,10 +853,18 @@ async function pollLoop() {
     }
     // Runs without any signal yet first, then top to bottom; a pool of
     // POLL_PARALLEL requests.
+    const stages = [];
+    for (const id of runOrder) {
+      const run = runs.get(id);
+      if (run && run.stageWanted && !run.polling) stages.push(run);
+    }
+    if (view && view.run.stageWanted && !view.run.polling && !view.run.listed) stages.unshift(view.run);
     const queue = fresh.concat(due);
     let next = 0;
+    let nextStage = 0;
     const worker = async () => {
-      while (next < queue.length && started) await pollRun(queue[next++]);
+      while (started && next < queue.length) await pollRun(queue[next++]);
+      while (started && nextStage < stages.length) await fetchStage(stages[nextStage++]);
     };
     await Promise.all(Array.from({ length: POLL_PARALLEL }, worker));
   }
@@ -850,6 +890,28 @@ async function pollRun(run) {
   } finally {
     run.polling = false;
     run.nextPoll = Date.now() + jitter(POLL_MS);
+  }
+}
+
+// A stream `phase` signal whose phase is `unknown` may still have a stage
+// string (a stage outside SPEC's phases): REST has it. Taken only when the
+// answer is the same signal (same ETag) as the stream's.
+async function fetchStage(run) {
+  run.stageWanted = false;
+  run.stageTried = true;
+  run.polling = true;
+  try {
+    const res = await api(`${API}/runs/${run.id}/first-signal`, { raw: true });
+    if (res.status !== 200) return;
+    const body = await res.json();
+    if (res.headers.get('ETag') === run.etag && body.firstSignal) {
+      run.stageHint = body.firstSignal.stage;
+      markRun(run);
+    }
+  } catch {
+    // A later signal asks again.
+  } finally {
+    run.polling = false;
   }
 }
 
@@ -917,7 +979,10 @@ async function loadRun(runId) {
     // The stage a stream signal names only as a phase number.
     const decider = jobs.jobs.find((j) => j.job_id === run.jobId) || jobs.jobs[jobs.jobs.length - 1];
     if (decider && decider.progress && decider.progress.stage) run.stageHint = decider.progress.stage;
-    if (run.kind == null) pollRun(run);
+    // No signal and no stream that will bring one (past the socket's limit).
+    const w = wants.get(`run:${runId}`);
+    const streaming = w && (w.state === 'open' || w.state === 'pending' || w.es);
+    if (run.kind == null && !streaming) pollRun(run);
     markRun(run);
   } catch (e) {
     if (e instanceof Problem && e.status === 404) showError(`run ${runId} not found: ${e.message}`);
