@@ -44,10 +44,10 @@ export default {
         const busyRow = page.locator(`[data-testid="run-row"][data-run-id="${blocker.run_id}"]`);
         await waitAttr(busyRow, "data-kind", "phase");
 
+        await record(page, "kind", '[data-testid="run-signal"]', "data-kind");
         const runId = await submitFromForm(page, "demo", { name: "Ada" });
         assert.equal(await byTestId(page, "run-view").getAttribute("data-run-id"), runId);
         const signal = byTestId(page, "run-signal");
-        await record(page, "kind", '[data-testid="run-signal"]', "data-kind");
         await record(page, "step0", '[data-testid="step"][data-step-index="0"]', "data-status");
         await waitAttr(signal, "data-kind", "queued");
         // At least the open run's stream and its job's (pack-run) stream.
