@@ -13,7 +13,9 @@
 // the runs. How to run it: load/README.md; decisions: docs/adr/0039.
 //
 // Usage: node run.mjs --bin <runsignal> [--runs 1000] [--rate 10]
-//        [--seconds 20] [--idle 5] [--connections 32]
+//        [--seconds 20] [--idle 5] [--connections 32] [--page 0|1]
+// `--page 0`: no browser, the publisher alone (what the server achieves
+// without the page's subscriptions and Chromium's share of the CPU).
 import http from "node:http";
 import { loadavg } from "node:os";
 
@@ -21,12 +23,12 @@ import { launch, loggedIn, open } from "../../tests/browser/lib/page.mjs";
 import { ORCH, TENANT, sleep, withServer } from "../../tests/browser/lib/server.mjs";
 
 function options() {
-  const o = { runs: 1000, rate: 10, seconds: 20, idle: 5, connections: 32, bin: null };
+  const o = { runs: 1000, rate: 10, seconds: 20, idle: 5, connections: 32, page: 1, bin: null };
   const args = process.argv.slice(2);
   for (let i = 0; i < args.length; i += 2) {
     const key = args[i].replace(/^--/, "");
     if (!(key in o) || args[i + 1] === undefined) {
-      console.error("usage: node run.mjs --bin <runsignal> [--runs N] [--rate N] [--seconds N] [--idle N] [--connections N]");
+      console.error("usage: node run.mjs --bin <runsignal> [--runs N] [--rate N] [--seconds N] [--idle N] [--connections N] [--page 0|1]");
       process.exit(64);
     }
     o[key] = key === "bin" ? args[i + 1] : Number(args[i + 1]);
@@ -185,6 +187,15 @@ async function publish(port, jobs, { rate, seconds, connections }) {
 
 const f1 = (x) => x.toFixed(1);
 
+function printPublisher(sent) {
+  console.log(
+    `publisher: offered ${sent.offered} reports in ${f1(sent.offeredFor)} s (${f1(sent.offered / sent.offeredFor)}/s); ` +
+      `sent ${sent.sent}, skipped ${sent.skipped} (client cap reached); ` +
+      `answered 2xx ${sent.ok} in ${f1(sent.elapsed)} s = ${f1(sent.ok / sent.elapsed)}/s achieved; errors ${sent.failed}` +
+      (sent.firstError === null ? "" : ` (first status ${sent.firstError})`),
+  );
+}
+
 function printPage(label, s, seconds) {
   console.log(
     `${label.padEnd(6)} long tasks: ${s.longtasks} (total ${f1(s.longtaskTotal)} ms, max ${f1(s.longtaskMax)} ms); ` +
@@ -208,6 +219,12 @@ await withServer(o.bin, settings, async (server) => {
   const jobs = await seed(server, o.runs);
   console.log(`seeded and leased ${jobs.length} jobs in ${f1((performance.now() - t0) / 1000)} s`);
 
+  if (!o.page) {
+    const sent = await publish(server.port, jobs, o);
+    console.log(`load average after: ${loadavg().map(f1).join(" ")}`);
+    printPublisher(sent);
+    return;
+  }
   const browser = await launch();
   try {
     const page = await open(browser, server, { hash: `#/runs?limit=${o.runs}` });
@@ -227,12 +244,7 @@ await withServer(o.bin, settings, async (server) => {
     const sent = await publish(server.port, jobs, o);
     const loaded = await stopMeasuring(page);
     console.log(`load average after: ${loadavg().map(f1).join(" ")}`);
-    console.log(
-      `publisher: offered ${sent.offered} reports in ${f1(sent.offeredFor)} s (${f1(sent.offered / sent.offeredFor)}/s); ` +
-        `sent ${sent.sent}, skipped ${sent.skipped} (client cap reached); ` +
-        `answered 2xx ${sent.ok} in ${f1(sent.elapsed)} s = ${f1(sent.ok / sent.elapsed)}/s achieved; errors ${sent.failed}` +
-        (sent.firstError === null ? "" : ` (first status ${sent.firstError})`),
-    );
+    printPublisher(sent);
     printPage("idle", idle, o.idle);
     printPage("load", loaded, sent.elapsed);
   } finally {
