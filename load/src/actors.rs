@@ -194,17 +194,22 @@ pub async fn run(args: ActorsArgs) -> anyhow::Result<()> {
             }
         }
     }));
-    let samples = std::cell::RefCell::new(Vec::<(f64, u64, f64)>::new());
+    let samples = std::cell::RefCell::new(Vec::<(f64, Option<u64>, f64)>::new());
+    // Its own connection, so a sample never waits behind the readers' pool.
+    let sampler_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     println!(
         "{:>8} {:>10} {:>10} {:>10}",
         "secs", "touched", "resident", "rss_MiB"
     );
     let sample = || async {
-        let res = resident(&client, &base).await.unwrap_or(0);
+        let res = resident(&sampler_client, &base).await;
         let rss = target.mem().map_or(0.0, |m| m.rss_kib as f64 / 1024.0);
         let secs = started.elapsed().as_secs_f64();
         let touched = next.load(Ordering::Relaxed).min(args.runs);
-        println!("{secs:>8.1} {touched:>10} {res:>10} {rss:>10.1}");
+        let shown = res.map_or("-".to_owned(), |r| r.to_string());
+        println!("{secs:>8.1} {touched:>10} {shown:>10} {rss:>10.1}");
         samples.borrow_mut().push((secs, res, rss));
     };
     let sampler = async {
@@ -222,7 +227,8 @@ pub async fn run(args: ActorsArgs) -> anyhow::Result<()> {
     sample().await;
     let touched = next.load(Ordering::Relaxed).min(args.runs);
     let samples = samples.into_inner();
-    let max_res = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let max_res = samples.iter().filter_map(|s| s.1).max().unwrap_or(0);
+    let missed = samples.iter().filter(|s| s.1.is_none()).count();
     let max_rss = samples.iter().map(|s| s.2).fold(0.0, f64::max);
     println!(
         "touched {touched} of {} runs in {:.1}s ({:.0}/s); answers other than 200/204: {}{}",
@@ -237,14 +243,18 @@ pub async fn run(args: ActorsArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "max resident actors sampled: {max_res} (cap {}); max RSS sampled: {max_rss:.1} MiB",
-        args.max_resident
+        "max resident actors sampled: {max_res} (cap {}; {} samples, {missed} without an answer from /metrics); max RSS sampled: {max_rss:.1} MiB",
+        args.max_resident,
+        samples.len()
     );
     if let Some(dir) = &args.svg {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("actors.svg");
         let rss: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.2)).collect();
-        let res: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.1 as f64 / 1000.0)).collect();
+        let res: Vec<(f64, f64)> = samples
+            .iter()
+            .filter_map(|s| Some((s.0, s.1? as f64 / 1000.0)))
+            .collect();
         std::fs::write(
             &path,
             svg::line_chart(
