@@ -52,11 +52,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Only loopback targets: the tool never loads a remote host.
 pub fn check_loopback(url: &str) -> anyhow::Result<()> {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or("");
+    let rest = url.split("://").nth(1).unwrap_or("");
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map_or("", |h| &rest[..h.len() + 2]),
+        None => rest.split(['/', ':']).next().unwrap_or(""),
+    };
     ensure!(
         matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
         "--url must point at loopback (127.0.0.1, localhost or [::1]), not {host:?}"
@@ -445,6 +445,30 @@ impl NchanArgs {
                 println!("nchan: skipped: {why}");
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_loopback;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1/x",
+            "http://[::1]:8080/",
+        ] {
+            assert!(check_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "http://127.0.0.1.example.com:80",
+            "http://[::2]:80",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
         }
     }
 }
