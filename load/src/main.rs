@@ -21,13 +21,18 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod actors;
 mod cluster;
 mod common;
 mod fanout;
 mod lifecycle;
 mod longpoll;
+mod procs;
 mod progress;
+mod streams;
 mod submit;
+mod svg;
+mod ttfs;
 use hdrhistogram::Histogram;
 use runsignal::config::Config;
 use runsignal::Application;
@@ -50,6 +55,18 @@ enum Cli {
     Longpoll(longpoll::LongpollArgs),
     /// Fan-out on one node and on two nodes joined by Redis, in one run.
     ClusterFanout(cluster::ClusterFanoutArgs),
+    /// S SSE subscribers over R runs, events at a set rate per run through
+    /// the worker progress API; `--vs-nchan` runs the same against nginx+nchan.
+    SseFanout(streams::FanoutArgs),
+    /// As `sse-fanout`, over WebSocket (one socket per subscriber).
+    WsFanout(streams::FanoutArgs),
+    /// Idle SSE subscribers: how many one server holds, memory per subscriber.
+    Idle(streams::IdleArgs),
+    /// Time to first signal: subscribe, `POST /jobs` at a set rate, time to
+    /// the first `first_signal` event.
+    Ttfs(ttfs::TtfsArgs),
+    /// Touch many runs with `Actors.MaxResident`: resident actors and RSS over time.
+    Actors(actors::ActorsArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -365,5 +382,10 @@ fn main() -> anyhow::Result<()> {
         Cli::Progress(args) => on_system(progress::run(args)),
         Cli::Lifecycle(args) => on_system(lifecycle::run(args)),
         Cli::Longpoll(args) => on_system(longpoll::run(args)),
+        Cli::SseFanout(args) => on_system(streams::run(args, streams::Proto::Sse)),
+        Cli::WsFanout(args) => on_system(streams::run(args, streams::Proto::Ws)),
+        Cli::Idle(args) => on_system(streams::idle(args)),
+        Cli::Ttfs(args) => on_system(ttfs::run(args)),
+        Cli::Actors(args) => on_system(actors::run(args)),
     }
 }
