@@ -9,7 +9,7 @@
 //! does no I/O: the actor loads itself after it starts).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -62,14 +62,25 @@ pub struct SupervisorInner {
     generations: AtomicU64,
     clock: AtomicU64,
     spawned: AtomicU64,
+    /// Held while making room for and inserting a new actor (see `lookup`).
+    spawning: Mutex<()>,
+    /// Actors in `map`: raised only under `spawning`, after room was made;
+    /// lowered by every removal. (`DashMap::len` sums its shards one by one,
+    /// so a read racing a removal and an insert can count one actor twice.)
+    resident: AtomicUsize,
 }
 
 impl SupervisorInner {
     /// Remove `key` only while it still belongs to `generation`: a stopping
     /// actor must not remove its successor.
     pub(crate) fn remove_if(&self, key: &RunKey, generation: u64) {
-        self.map
-            .remove_if(key, |_, slot| slot.generation == generation);
+        if self
+            .map
+            .remove_if(key, |_, slot| slot.generation == generation)
+            .is_some()
+        {
+            self.resident.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -96,6 +107,8 @@ impl Supervisor {
                 generations: AtomicU64::new(1),
                 clock: AtomicU64::new(1),
                 spawned: AtomicU64::new(0),
+                spawning: Mutex::new(()),
+                resident: AtomicUsize::new(0),
             }),
         }
     }
@@ -115,7 +128,17 @@ impl Supervisor {
                 };
             }
         }
-        let handle = match self.inner.map.entry(key.clone()) {
+        // One spawn at a time, room made first: the map never holds more
+        // than `MaxResident` actors, not even for a moment (unless every
+        // actor in it has subscribers: those are never evicted). Lookups of
+        // resident actors above never take this lock.
+        let _spawning = self
+            .inner
+            .spawning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.make_room();
+        match self.inner.map.entry(key.clone()) {
             Entry::Occupied(slot) if slot.get().addr.connected() => {
                 let slot = slot.get();
                 slot.shared.last_used.store(now, Ordering::Relaxed);
@@ -134,12 +157,10 @@ impl Supervisor {
                 let slot = self.spawn(key, now);
                 let addr = slot.addr.clone();
                 vacant.insert(slot);
+                self.inner.resident.fetch_add(1, Ordering::AcqRel);
                 ActorHandle { addr, warm: false }
             }
-        };
-        // Outside the entry's shard lock: eviction walks the whole map.
-        self.evict_over_limit();
-        handle
+        }
     }
 
     fn spawn(&self, key: &RunKey, now: u64) -> Slot {
@@ -169,17 +190,19 @@ impl Supervisor {
         }
     }
 
-    /// Past `MaxResident`, stop the least-recently-used actors that have no
-    /// subscribers. Evicted runs reload from the store on their next read.
-    fn evict_over_limit(&self) {
+    /// Before a spawn at `MaxResident`, stop the least-recently-used actors
+    /// that have no subscribers, so that the new one fits. Evicted runs
+    /// reload from the store on their next read. Called with no shard lock
+    /// held: it walks the whole map.
+    fn make_room(&self) {
         let max = self.inner.config.max_resident;
-        let len = self.inner.map.len();
-        if len <= max {
+        let len = self.inner.resident.load(Ordering::Acquire);
+        if len < max {
             return;
         }
         // Evict a little more than needed so a full runtime does not walk
         // the map on every spawn.
-        let excess = len - max + (max / 100);
+        let excess = len + 1 - max + (max / 100);
         let mut idle: Vec<(u64, RunKey, u64)> = self
             .inner
             .map
@@ -200,6 +223,7 @@ impl Supervisor {
                 .map
                 .remove_if(&key, |_, s| s.generation == generation)
             {
+                self.inner.resident.fetch_sub(1, Ordering::AcqRel);
                 slot.addr.do_send(Evict);
             }
         }
@@ -215,7 +239,14 @@ impl Supervisor {
             // The actor cannot keep up: retire it rather than block the
             // writer or drop the event; the next reader reloads the run.
             tracing::warn!(run_id = %key.run_id, "run actor mailbox full, retiring it");
-            self.inner.map.remove_if(key, |_, s| s.addr == addr);
+            if self
+                .inner
+                .map
+                .remove_if(key, |_, s| s.addr == addr)
+                .is_some()
+            {
+                self.inner.resident.fetch_sub(1, Ordering::AcqRel);
+            }
             addr.do_send(Evict);
         }
     }
@@ -231,6 +262,7 @@ impl Supervisor {
     /// Stop the run's actor, if resident (the run was deleted).
     pub fn forget(&self, key: &RunKey) {
         if let Some((_, slot)) = self.inner.map.remove(key) {
+            self.inner.resident.fetch_sub(1, Ordering::AcqRel);
             slot.addr.do_send(Evict);
         }
     }
@@ -242,11 +274,11 @@ impl Supervisor {
 
     /// Number of resident run actors.
     pub fn len(&self) -> usize {
-        self.inner.map.len()
+        self.inner.resident.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.map.is_empty()
+        self.len() == 0
     }
 
     /// Actors spawned since start (a metric and a test probe).

@@ -172,6 +172,61 @@ async fn max_resident_evicts_least_recently_used() {
     }
 }
 
+/// Two threads spawning actors for many runs while a third counts them:
+/// the count never passes `MaxResident`, not even between a spawn and the
+/// eviction that makes room for it.
+#[test]
+fn the_resident_count_never_passes_max_resident_under_concurrent_spawns() {
+    const MAX: usize = 20;
+    let runs: Vec<String> = (0..400).map(|i| format!("r{i}")).collect();
+    let names: Vec<&str> = runs.iter().map(String::as_str).collect();
+    let (sup, _) = setup(
+        ActorConfig {
+            max_resident: MAX,
+            ..Default::default()
+        },
+        &names,
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (sup, done) = (sup.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                most = most.max(sup.len());
+            }
+            most
+        })
+    };
+    let spawners: Vec<_> = (0..2)
+        .map(|t| {
+            let (sup, runs) = (sup.clone(), runs.clone());
+            std::thread::spawn(move || {
+                actix::System::new().block_on(async move {
+                    for round in 0..5 {
+                        for (i, run) in runs.iter().enumerate() {
+                            if (i + round + t) % 2 == 0 {
+                                sup.lookup(&RunKey::new("t", run));
+                                // Let the new actor start (and evicted
+                                // ones stop) on this thread's system.
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                });
+            })
+        })
+        .collect();
+    for s in spawners {
+        s.join().expect("spawner thread");
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let most = sampler.join().expect("sampler thread");
+    assert!(sup.spawned() > 400, "actors were spawned and evicted");
+    assert!(most <= MAX, "at most {MAX} resident, saw {most}");
+}
+
 #[actix_rt::test]
 async fn panicked_actor_restarts_from_the_loader() {
     let (sup, loader) = setup(ActorConfig::default(), &["r1"]);
