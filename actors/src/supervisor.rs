@@ -142,10 +142,10 @@ impl Supervisor {
             Entry::Occupied(slot) if slot.get().addr.connected() => {
                 let slot = slot.get();
                 slot.shared.last_used.store(now, Ordering::Relaxed);
-                return ActorHandle {
+                ActorHandle {
                     addr: slot.addr.clone(),
                     warm: slot.shared.ready.load(Ordering::Acquire),
-                };
+                }
             }
             Entry::Occupied(mut stale) => {
                 let slot = self.spawn(key, now);
