@@ -246,6 +246,10 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .on_connect(move |io, ext| connections.on_connect(io, ext))
+        // Streams write small frames one by one: with Nagle's algorithm on
+        // (the OS default actix keeps), a frame waits for the ACK of the
+        // previous one, which a client may delay by up to 40 ms (ADR 0043).
+        .tcp_nodelay(true)
         .listen(listener)?
         // Signals are ours (see `run_until_stopped`): streams must end first.
         .disable_signals()
