@@ -61,6 +61,7 @@
 //! of the server's streaming connections (a 429 at the handshake past it).
 
 mod feed;
+mod feeds;
 mod guard;
 mod protocol;
 mod session;

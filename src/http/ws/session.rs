@@ -11,8 +11,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytes::Bytes;
+use futures_util::stream::AbortHandle;
 use runsignal_actors::{RunActor, StreamKind, Unsubscribe};
 
+use super::feeds::FeedSet;
 use super::protocol::{AuthArgs, ClientFrame, ServerFrame};
 use super::MAX_FRAME_BYTES;
 use crate::auth::Scope;
@@ -48,6 +50,8 @@ pub struct WsSession {
     pub(super) correlation_id: String,
     /// Subscriptions by token (a token is never reused within a socket).
     pub(super) subs: HashMap<u64, Sub>,
+    /// Every subscription's feed, one stream in the context.
+    pub(super) feeds: FeedSet,
     pub(super) next_token: u64,
     missed_pongs: u32,
     /// Set by the frame guard when a client frame exceeds the limit.
@@ -71,8 +75,8 @@ pub(super) struct Sub {
 pub(super) struct Live {
     pub addr: Addr<RunActor>,
     pub subscriber: u64,
-    /// The stream feeding this subscription's frames into the session.
-    pub feed: SpawnHandle,
+    /// Ends the feed of this subscription's frames (in `feeds`).
+    pub feed: AbortHandle,
 }
 
 impl WsSession {
@@ -98,6 +102,7 @@ impl WsSession {
             credential,
             correlation_id,
             subs: HashMap::new(),
+            feeds: FeedSet::default(),
             next_token: 1,
             missed_pongs: 0,
             oversize,
@@ -111,6 +116,7 @@ impl Actor for WsSession {
     type Context = Ctx;
 
     fn started(&mut self, ctx: &mut Ctx) {
+        ctx.add_stream(self.feeds.stream());
         let every = Duration::from_secs(self.state.config.streams.heartbeat_interval_seconds);
         ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
         let mut shutdown = self.state.shutdown.clone();

@@ -117,7 +117,7 @@ impl WsSession {
         if let Some(first) = opened.first {
             self.send_frame(ctx, first);
         }
-        let handle = ctx.add_stream(feed.into_stream(token));
+        let handle = self.feeds.add(feed.into_stream(token));
         if let Some(sub) = self.subs.get_mut(&token) {
             sub.live = Some(Live {
                 addr: opened.addr,
@@ -134,7 +134,7 @@ impl WsSession {
         };
         match self.find(kind, &id) {
             Some(token) => {
-                self.end(token, ctx);
+                self.end(token);
                 let stream = kind.as_str();
                 self.send(ctx, ServerFrame::Unsubscribed { stream, id: &id });
             }
@@ -157,10 +157,10 @@ impl WsSession {
     }
 
     /// End one subscription (its feed, its registration at the run actor).
-    fn end(&mut self, token: u64, ctx: &mut Ctx) -> Option<Sub> {
+    fn end(&mut self, token: u64) -> Option<Sub> {
         let sub = self.subs.remove(&token)?;
         if let Some(live) = &sub.live {
-            ctx.cancel_future(live.feed);
+            live.feed.abort();
             live.addr.do_send(Unsubscribe(live.subscriber));
         }
         Some(sub)
@@ -176,14 +176,14 @@ impl StreamHandler<FeedEvent> for WsSession {
             FeedItem::Frame { bytes, closes } => {
                 self.send_frame(ctx, bytes);
                 if closes {
-                    self.end(event.token, ctx);
+                    self.end(event.token);
                 }
             }
             FeedItem::Completed => {
-                self.end(event.token, ctx);
+                self.end(event.token);
             }
             FeedItem::Dropped { last_seq } => {
-                if let Some(sub) = self.end(event.token, ctx) {
+                if let Some(sub) = self.end(event.token) {
                     let detail = format!(
                         "the subscription fell behind and was dropped; subscribe again with \"after\": {last_seq}"
                     );
@@ -198,7 +198,7 @@ impl StreamHandler<FeedEvent> for WsSession {
                 }
             }
             FeedItem::Failed => {
-                if let Some(sub) = self.end(event.token, ctx) {
+                if let Some(sub) = self.end(event.token) {
                     let e = ApiError::new(
                         ErrorCode::StoreUnavailable,
                         "the stream's stored events could not be read; subscribe again",
