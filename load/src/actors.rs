@@ -205,7 +205,7 @@ pub async fn run(args: ActorsArgs) -> anyhow::Result<()> {
     );
     let sample = || async {
         let res = resident(&sampler_client, &base).await;
-        let rss = target.mem().map_or(0.0, |m| m.rss_kib as f64 / 1024.0);
+        let rss = target.mem().map_or(0.0, |m| m.rss_mib());
         let secs = started.elapsed().as_secs_f64();
         let touched = next.load(Ordering::Relaxed).min(args.runs);
         let shown = res.map_or("-".to_owned(), |r| r.to_string());

@@ -71,6 +71,18 @@ pub struct Mem {
     pub pss_kib: u64,
 }
 
+impl Mem {
+    /// RSS in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.rss_kib as f64 / 1024.0
+    }
+
+    /// RSS in MiB as a table cell, `-` when not read.
+    pub fn cell(m: Option<Mem>) -> String {
+        m.map_or("-".to_owned(), |m| format!("{:.1}", m.rss_mib()))
+    }
+}
+
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -446,6 +458,28 @@ impl NchanArgs {
                 None
             }
         }
+    }
+}
+
+/// Wait for `readers` to finish, or stop them: 10 s after `writers` are done
+/// (for the last deliveries to arrive), or at `deadline`, whichever is first.
+pub async fn stop_readers_after<R, W>(
+    readers: impl std::future::Future<Output = R>,
+    writers: impl std::future::Future<Output = W>,
+    deadline: tokio::time::Instant,
+    stop: &tokio::sync::watch::Sender<bool>,
+) {
+    let watchdog = async {
+        tokio::select! {
+            _ = writers => tokio::time::sleep(std::time::Duration::from_secs(10)).await,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let _ = stop.send(true);
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = readers => {}
+        _ = watchdog => {}
     }
 }
 

@@ -362,15 +362,11 @@ impl Row {
 
     /// Server memory (RSS, MiB) with every subscriber connected.
     pub fn rss_mib(&self) -> Option<f64> {
-        self.after.map(|m| m.rss_kib as f64 / 1024.0)
+        self.after.map(|m| m.rss_mib())
     }
 
     fn print(&self) {
-        let mib = |m: Option<Mem>| {
-            m.map_or("-".to_owned(), |m| {
-                format!("{:.1}", m.rss_kib as f64 / 1024.0)
-            })
-        };
+        let mib = Mem::cell;
         println!(
             "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>6} {:>6}",
             self.target,
@@ -524,18 +520,7 @@ async fn measure(
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs_f64(args.events as f64 / args.rate.max(0.001))
         + timeout;
-    let watchdog = async {
-        tokio::select! {
-            _ = publishers => tokio::time::sleep(Duration::from_secs(10)).await,
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-        let _ = stop_tx.send(true);
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = readers => {}
-        _ = watchdog => {}
-    }
+    procs::stop_readers_after(readers, publishers, deadline, &stop_tx).await;
     let after = plan.target.mem();
     let errors = errors.into_inner();
     let mut first_errors: Vec<String> = failed.iter().take(3).cloned().collect();
@@ -800,11 +785,7 @@ impl IdleRow {
 
     fn print(&self) {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        let mib = |m: Option<Mem>| {
-            m.map_or("-".to_owned(), |m| {
-                format!("{:.1}", m.rss_kib as f64 / 1024.0)
-            })
-        };
+        let mib = Mem::cell;
         println!(
             "{:<10} {:>7} {:>7} {:>10} {:>10} {:>14} {:>14}",
             self.target,
@@ -929,7 +910,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         let pts = |nchan: bool| -> Vec<(f64, f64)> {
             rows.iter()
                 .filter_map(|(o, t)| if nchan { t.as_ref() } else { Some(o) })
-                .filter_map(|r| Some((r.subs as f64, r.after?.rss_kib as f64 / 1024.0)))
+                .filter_map(|r| Some((r.subs as f64, r.after?.rss_mib())))
                 .collect()
         };
         let path = dir.join("idle-rss.svg");

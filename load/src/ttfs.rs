@@ -169,18 +169,7 @@ async fn once(args: &TtfsArgs, rep: usize) -> anyhow::Result<()> {
         }
     }));
     let deadline = started + period.mul_f64(args.jobs as f64) + args.server.timeout();
-    let watchdog = async {
-        tokio::select! {
-            _ = submits => tokio::time::sleep(Duration::from_secs(10)).await,
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-        let _ = stop_tx.send(true);
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = readers => {}
-        _ = watchdog => {}
-    }
+    procs::stop_readers_after(readers, submits, deadline, &stop_tx).await;
     let offered = args.rate;
     let h = m.hist.borrow().clone();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
