@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use runsignal_actors::RunKey;
 
@@ -52,6 +52,40 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// Runs with an accepted job waiting for their next signal change.
     pending: Mutex<PendingFirstSignals>,
+    /// The first-signal read's series, resolved once: a hit is the hottest
+    /// route, and a label lookup hashes its values on every call.
+    pub first_signal: FirstSignalSeries,
+}
+
+/// `first_signal_cache{result}` and `first_signal_request{cache_status}`
+/// children, looked up once at start-up.
+pub struct FirstSignalSeries {
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    pub request_hit: Histogram,
+    pub request_miss: Histogram,
+    pub request_none: Histogram,
+}
+
+impl FirstSignalSeries {
+    fn new(cache: &IntCounterVec, request: &HistogramVec) -> FirstSignalSeries {
+        FirstSignalSeries {
+            cache_hit: cache.with_label_values(&["hit"]),
+            cache_miss: cache.with_label_values(&["miss"]),
+            request_hit: request.with_label_values(&["hit"]),
+            request_miss: request.with_label_values(&["miss"]),
+            request_none: request.with_label_values(&["none"]),
+        }
+    }
+
+    /// The cache counter for a served signal.
+    pub fn cache(&self, hit: bool) -> &IntCounter {
+        if hit {
+            &self.cache_hit
+        } else {
+            &self.cache_miss
+        }
+    }
 }
 
 #[derive(Default)]
@@ -172,7 +206,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let first_signal = FirstSignalSeries::new(&first_signal_cache, &first_signal_request);
         Metrics {
+            first_signal,
             registry,
             http_requests,
             resident_actors,

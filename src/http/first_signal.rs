@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use actix::MailboxError;
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use runsignal_actors::signal::Signal;
 use runsignal_actors::{FirstSignalReply, GetFirstSignal, RunKey, SignalView};
@@ -46,7 +46,10 @@ pub async fn ask(state: &AppState, key: &RunKey) -> Result<Option<FirstSignalRep
 
 /// Weak comparison of `If-None-Match` against `etag` (RFC 9110 §13.1.2).
 pub fn if_none_match_hits(req: &HttpRequest, etag: &str) -> bool {
-    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    fn opaque(t: &str) -> &str {
+        let t = t.trim();
+        t.strip_prefix("W/").unwrap_or(t)
+    }
     let ours = opaque(etag);
     req.headers()
         .get_all(header::IF_NONE_MATCH)
@@ -58,21 +61,34 @@ pub fn if_none_match_hits(req: &HttpRequest, etag: &str) -> bool {
         })
 }
 
-fn signal_response(req: &HttpRequest, view: &SignalView, hit: bool, source: &str) -> HttpResponse {
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static SOURCE: HeaderName = HeaderName::from_static("x-firstsignal-source");
+static PRIVATE_60: HeaderValue = HeaderValue::from_static("private, max-age=60");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+fn signal_response(
+    req: &HttpRequest,
+    view: &SignalView,
+    hit: bool,
+    source: &'static str,
+) -> HttpResponse {
     let not_modified = if_none_match_hits(req, &view.etag);
     let mut resp = if not_modified {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
     };
+    // Static names and values: `insert_header` with strings parses them
+    // again on every request.
+    let cache_status = HeaderValue::from_static(if hit { "hit" } else { "miss" });
     resp.insert_header((header::ETAG, view.etag.as_str()))
-        .insert_header((header::CACHE_CONTROL, "private, max-age=60"))
-        .insert_header(("Cache-Status", if hit { "hit" } else { "miss" }))
-        .insert_header(("X-FirstSignal-Source", source));
+        .insert_header((header::CACHE_CONTROL, PRIVATE_60.clone()))
+        .insert_header((CACHE_STATUS.clone(), cache_status))
+        .insert_header((SOURCE.clone(), HeaderValue::from_static(source)));
     if not_modified {
         return resp.finish();
     }
-    resp.content_type("application/json")
+    resp.insert_header((header::CONTENT_TYPE, JSON.clone()))
         .body(view.body.clone())
 }
 
@@ -124,7 +140,7 @@ pub async fn get_first_signal(
 ) -> Result<HttpResponse, ApiError> {
     let run_id = run_id(&path)?;
     let key = RunKey::new(&tenant.0, &run_id);
-    let cache = &state.metrics.first_signal_cache;
+    let cache = &state.metrics.first_signal;
     match ask(&state, &key).await? {
         None => {
             // Out of time, but whether the run exists is settled first (SPEC
@@ -143,7 +159,7 @@ pub async fn get_first_signal(
                     "the store did not answer in time",
                 )
             })??;
-            cache.with_label_values(&["miss"]).inc();
+            cache.cache_miss.inc();
             let view = SignalView::new(Signal::unavailable(&run_id, rfc3339(now_ms())), 0);
             Ok(HttpResponse::Ok()
                 .insert_header((header::ETAG, view.etag.as_str()))
@@ -165,9 +181,7 @@ pub async fn get_first_signal(
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .finish()),
         Some(FirstSignalReply::Signal { view, hit, source }) => {
-            cache
-                .with_label_values(&[if hit { "hit" } else { "miss" }])
-                .inc();
+            cache.cache(hit).inc();
             Ok(signal_response(&req, &view, hit, source.as_str()))
         }
     }

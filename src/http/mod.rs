@@ -36,17 +36,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in PREFIXES {
         cfg.service(
             web::scope(prefix)
+                // First: the router tries resources in order, and this is
+                // the hottest route (each pattern tried costs a regex match).
+                .service(
+                    web::resource("/runs/{runId}/first-signal")
+                        .get(first_signal::get_first_signal)
+                        .head(first_signal::get_first_signal),
+                )
                 .service(
                     web::resource("/runs")
                         .post(runs::create_run)
                         .get(runs::list_runs),
                 )
                 .service(web::resource("/runs/{runId}").get(runs::get_run))
-                .service(
-                    web::resource("/runs/{runId}/first-signal")
-                        .get(first_signal::get_first_signal)
-                        .head(first_signal::get_first_signal),
-                )
                 .service(web::resource("/runs/{runId}/timeline").get(runs::timeline))
                 .service(web::resource("/workers/lease").post(workers::lease))
                 .service(web::resource("/jobs/{jobId}/progress").post(workers::progress))
@@ -170,16 +172,13 @@ pub async fn observe(
             .with_label_values(&[&route, &method, &status])
             .inc();
         if route.ends_with("/first-signal") {
-            let cache_status = match res.headers().get("cache-status").map(|v| v.as_bytes()) {
-                Some(b"hit") => "hit",
-                Some(b"miss") => "miss",
-                _ => "none",
+            let series = &state.metrics.first_signal;
+            let histogram = match res.headers().get("cache-status").map(|v| v.as_bytes()) {
+                Some(b"hit") => &series.request_hit,
+                Some(b"miss") => &series.request_miss,
+                _ => &series.request_none,
             };
-            state
-                .metrics
-                .first_signal_request
-                .with_label_values(&[cache_status])
-                .observe(started.elapsed().as_secs_f64());
+            histogram.observe(started.elapsed().as_secs_f64());
         }
     }
     Ok(res)
