@@ -6,7 +6,10 @@
 //! cache are empty), then measures over HTTP on loopback:
 //! - `cold`: the first read of each run (derived from its jobs),
 //! - `hit`:  repeated reads served from the run actors' memory,
-//! - `304`:  conditional reads with `If-None-Match`.
+//! - `304`:  conditional reads with `If-None-Match`,
+//! - `trivial`: `GET /healthz` on the same server (the yardstick: hit and
+//!   304 rates are reported as ratios of it, over `--rounds` interleaved
+//!   rounds of trivial, hit, 304).
 //!
 //! Compare ratios within one run: the machines are shared and noisy.
 
@@ -33,6 +36,7 @@ mod streams;
 mod submit;
 mod svg;
 mod ttfs;
+mod wrk;
 use hdrhistogram::Histogram;
 use runsignal::config::Config;
 use runsignal::Application;
@@ -83,6 +87,28 @@ struct Args {
     /// HTTP worker threads of the server.
     #[arg(long, default_value_t = 1)]
     server_workers: usize,
+    /// Rounds of (trivial, hit, 304), interleaved so that drift in the
+    /// machine's load touches all three alike; ratios are per round, and
+    /// the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Drive the timed phases (trivial, hit, 304) with this `wrk` binary
+    /// (Debian: `wrk`, one thread, `--concurrency` connections) instead of
+    /// this tool's client, which on two cores saturates before the server
+    /// does. The cold phase and the checks stay in this tool.
+    #[arg(long)]
+    wrk: Option<std::path::PathBuf>,
+}
+
+/// What a timed phase reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// `GET /healthz`: a route that does nothing (the yardstick).
+    Trivial,
+    /// First signals served from memory (200).
+    Hit,
+    /// Conditional first-signal reads (304).
+    NotModified,
 }
 
 pub(crate) const T: &str = "bench";
@@ -95,14 +121,17 @@ struct Phase {
 }
 
 impl Phase {
+    fn rate(&self) -> f64 {
+        self.hist.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn print(&self) {
         let n = self.hist.len();
-        let rps = n as f64 / self.elapsed.as_secs_f64();
         println!(
-            "{:<6} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "{:<7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>11}",
             self.name,
             n,
-            rps,
+            self.rate(),
             self.hist.value_at_quantile(0.50),
             self.hist.value_at_quantile(0.90),
             self.hist.value_at_quantile(0.99),
@@ -261,40 +290,48 @@ async fn read_each(
     ))
 }
 
-/// `concurrency` loops of GETs for `seconds`; `conditional` sends If-None-Match.
+/// `concurrency` loops of GETs of `target` for `seconds`.
 async fn hammer(
     client: &reqwest::Client,
     base: &str,
     runs: &[String],
     etags: &[String],
     args: &Args,
-    conditional: bool,
+    target: Target,
 ) -> anyhow::Result<Phase> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
-    let want = if conditional { 304 } else { 200 };
+    let want = if target == Target::NotModified {
+        304
+    } else {
+        200
+    };
     let loops = (0..args.concurrency).map(|worker| async move {
         let mut hist = Histogram::<u64>::new(3)?;
         let mut unexpected = 0;
         let mut i = worker * 7919;
         while Instant::now() < deadline {
             i = (i * 1_103_515_245 + 12_345) % runs.len().max(1);
-            let mut req = client
-                .get(format!(
-                    "{base}/api/v1/orchestrator/runs/{}/first-signal",
-                    runs[i]
-                ))
-                .header("X-Tenant-Id", T);
-            if conditional {
+            let mut req = match target {
+                Target::Trivial => client.get(format!("{base}/healthz")),
+                _ => client
+                    .get(format!(
+                        "{base}/api/v1/orchestrator/runs/{}/first-signal",
+                        runs[i]
+                    ))
+                    .header("X-Tenant-Id", T),
+            };
+            if target == Target::NotModified {
                 req = req.header("If-None-Match", &etags[i]);
             }
             let t = Instant::now();
             let res = req.send().await?;
             let status = res.status().as_u16();
-            let hit = res
-                .headers()
-                .get("cache-status")
-                .is_some_and(|v| v == "hit");
+            let hit = target == Target::Trivial
+                || res
+                    .headers()
+                    .get("cache-status")
+                    .is_some_and(|v| v == "hit");
             let _ = res.bytes().await?;
             hist.record((t.elapsed().as_micros() as u64).max(1))?;
             unexpected += usize::from(status != want || !hit);
@@ -309,7 +346,11 @@ async fn hammer(
         unexpected += u;
     }
     Ok(Phase {
-        name: if conditional { "304" } else { "hit" },
+        name: match target {
+            Target::Trivial => "trivial",
+            Target::Hit => "hit",
+            Target::NotModified => "304",
+        },
         hist,
         elapsed: started.elapsed(),
         unexpected,
@@ -338,27 +379,117 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     actix_rt::spawn(app.run_until_stopped());
     let (cold, etags) = read_each(&client, &base, &runs, args.concurrency, "cold_start").await?;
     let calls_before = state.queries.get();
-    let hit = hammer(&client, &base, &runs, &etags, &args, false).await?;
-    let not_modified = hammer(&client, &base, &runs, &etags, &args, true).await?;
+    if let Some(wrk) = &args.wrk {
+        return with_wrk(wrk, &args, &base, &runs, &etags, &cold, || {
+            state.queries.get() - calls_before
+        })
+        .await;
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let trivial = hammer(&client, &base, &runs, &etags, &args, Target::Trivial).await?;
+        let hit = hammer(&client, &base, &runs, &etags, &args, Target::Hit).await?;
+        let not_modified =
+            hammer(&client, &base, &runs, &etags, &args, Target::NotModified).await?;
+        rounds.push((trivial, hit, not_modified));
+    }
     let hot_calls = state.queries.get() - calls_before;
 
-    println!(
-        "runs={} concurrency={} server_workers={} seconds={}",
-        args.runs, args.concurrency, args.server_workers, args.seconds
-    );
-    println!(
-        "{:<6} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11}",
-        "phase", "requests", "req/s", "p50_us", "p90_us", "p99_us", "max_us", "unexpected"
-    );
-    for phase in [&cold, &hit, &not_modified] {
-        phase.print();
+    print_head(&args, "reqwest", &cold);
+    let mut hit_ratios = Vec::new();
+    let mut nm_ratios = Vec::new();
+    for (trivial, hit, not_modified) in &rounds {
+        for phase in [trivial, hit, not_modified] {
+            phase.print();
+        }
+        hit_ratios.push(hit.rate() / trivial.rate().max(f64::MIN_POSITIVE));
+        nm_ratios.push(not_modified.rate() / trivial.rate().max(f64::MIN_POSITIVE));
     }
     println!("store calls during hit+304 phases: {hot_calls}");
+    let hit = &rounds[0].1;
     println!(
         "p50 ratio cold/hit: {:.1}x",
         cold.hist.value_at_quantile(0.5) as f64 / hit.hist.value_at_quantile(0.5).max(1) as f64
     );
+    print_ratios(&hit_ratios, &nm_ratios);
     ensure!(hot_calls == 0, "hits must not touch the store");
+    Ok(())
+}
+
+/// The run's settings, the table's head and the cold phase.
+fn print_head(args: &Args, client: &str, cold: &Phase) {
+    println!(
+        "runs={} connections={} server_workers={} seconds={} rounds={} client={client}",
+        args.runs, args.concurrency, args.server_workers, args.seconds, args.rounds
+    );
+    println!(
+        "{:<7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "phase", "requests", "req/s", "p50_us", "p90_us", "p99_us", "max_us", "unexpected"
+    );
+    cold.print();
+}
+
+/// `req/s of trivial: hit 0.90x (rounds …), 304 0.95x (rounds …)`.
+fn print_ratios(hit: &[f64], not_modified: &[f64]) {
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "req/s of trivial: hit {:.2}x (rounds {}), 304 {:.2}x (rounds {})",
+        common::median(hit.to_vec()),
+        show(hit),
+        common::median(not_modified.to_vec()),
+        show(not_modified)
+    );
+}
+
+/// The timed phases through wrk (`--wrk`), rounds of trivial, hit, 304.
+async fn with_wrk(
+    wrk: &std::path::Path,
+    args: &Args,
+    base: &str,
+    runs: &[String],
+    etags: &[String],
+    cold: &Phase,
+    hot_calls: impl Fn() -> u64,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths: Vec<String> = runs
+        .iter()
+        .map(|r| format!("/api/v1/orchestrator/runs/{r}/first-signal"))
+        .collect();
+    let trivial = wrk::script(dir.path(), "trivial", &["/healthz".to_owned()], None, T)?;
+    let hit = wrk::script(dir.path(), "hit", &paths, None, T)?;
+    let not_modified = wrk::script(dir.path(), "304", &paths, Some(etags), T)?;
+    print_head(args, "wrk", cold);
+    let (mut hit_ratios, mut nm_ratios, mut bad) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..args.rounds.max(1) {
+        // Off this thread: it also runs the in-process server's own tasks.
+        let phase = |name, script: &std::path::Path| {
+            let (wrk, base, script) = (wrk.to_owned(), base.to_owned(), script.to_owned());
+            let (connections, seconds) = (args.concurrency, args.seconds);
+            tokio::task::spawn_blocking(move || {
+                wrk::run(&wrk, name, &base, &script, connections, seconds)
+            })
+        };
+        let t = phase("trivial", &trivial).await??;
+        let h = phase("hit", &hit).await??;
+        let n = phase("304", &not_modified).await??;
+        for p in [&t, &h, &n] {
+            p.print();
+            bad += p.bad;
+        }
+        hit_ratios.push(h.rate / t.rate.max(f64::MIN_POSITIVE));
+        nm_ratios.push(n.rate / t.rate.max(f64::MIN_POSITIVE));
+    }
+    let calls = hot_calls();
+    println!("store calls during hit+304 phases: {calls}");
+    print_ratios(&hit_ratios, &nm_ratios);
+    ensure!(calls == 0, "hits must not touch the store");
+    ensure!(bad == 0, "{bad} answers were neither 2xx nor 3xx");
     Ok(())
 }
 
