@@ -758,6 +758,11 @@ pub struct IdleArgs {
     /// Write a chart (memory per subscriber against subscribers) here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Also hold as many plain keep-alive connections (one `GET /healthz`
+    /// answered on each, then idle) on a fresh server: what the HTTP layer
+    /// costs per connection before any stream.
+    #[arg(long)]
+    baseline: bool,
     #[command(flatten)]
     server: ServerArgs,
     #[command(flatten)]
@@ -846,6 +851,45 @@ async fn idle_one(plan: &Plan<'_>, args: &IdleArgs, subs: usize) -> anyhow::Resu
     })
 }
 
+/// `subs` plain keep-alive connections, each after one answered
+/// `GET /healthz`, held idle for `--settle` seconds.
+async fn idle_keepalive(target: &Target, args: &IdleArgs, subs: usize) -> anyhow::Result<IdleRow> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = target
+        .base
+        .strip_prefix("http://")
+        .context("a base URL without http://")?
+        .to_owned();
+    let before = target.mem();
+    let gate = tokio::sync::Semaphore::new(200);
+    let opened = futures_util::future::join_all((0..subs).map(|_| {
+        let (addr, gate) = (&addr, &gate);
+        async move {
+            let _permit = gate.acquire().await.ok()?;
+            let mut conn = tokio::net::TcpStream::connect(addr.as_str()).await.ok()?;
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).await.ok()?;
+            buf[..n].starts_with(b"HTTP/1.1 200").then_some(conn)
+        }
+    }))
+    .await;
+    let conns: Vec<_> = opened.into_iter().flatten().collect();
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let after = target.mem();
+    let held = conns.len();
+    drop(conns);
+    Ok(IdleRow {
+        target: "keepalive",
+        subs,
+        held,
+        before,
+        after,
+    })
+}
+
 pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let limit = procs::raise_nofile()?;
     let max_subs = args.subscribers.iter().copied().max().unwrap_or(0);
@@ -877,6 +921,15 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         let ours = idle_one(&plan, &args, subs).await?;
         ours.print();
         target.stop().await;
+        if args.baseline {
+            let target = args
+                .server
+                .start(&control, &[procs::bind_setting()?])
+                .await?;
+            let row = idle_keepalive(&target, &args, subs).await?;
+            row.print();
+            target.stop().await;
+        }
         let theirs = match &nchan {
             Some(module) => {
                 let workers = args
