@@ -38,7 +38,11 @@ impl SqliteBackend {
             // only an OS crash or power loss can drop the last commits.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row upsert may need to undo
+            // itself) spill past 64 KiB to temporary files: created,
+            // written and deleted per batch. Kept in memory instead.
+            .pragma("temp_store", "memory");
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
