@@ -148,7 +148,11 @@ pub fn canonical_json<T: Serialize>(value: &T) -> String {
 /// bytes are written straight from a [`Value`] ([`write_jcs`]), about four
 /// times faster. Anything else goes to the canonicalizer. A property test
 /// (`canonical_json_matches_the_canonicalizer`) holds the two to the same
-/// output.
+/// output for JSON values. Other `Serialize` inputs go through
+/// `serde_json::to_value` first, so they are canonicalized as the JSON value
+/// they serialize to (an `f32` as its shortest decimal, a non-finite double
+/// as `null`); the hashed inputs (envelopes, `json!` signal material) are
+/// strings, integers, `f64`s and `Value`s, where the two agree.
 pub fn try_canonical_json<T: Serialize>(value: &T) -> Result<String, String> {
     let value = serde_json::to_value(value).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(256);

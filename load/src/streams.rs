@@ -854,7 +854,6 @@ async fn idle_one(plan: &Plan<'_>, args: &IdleArgs, subs: usize) -> anyhow::Resu
 /// `subs` plain keep-alive connections, each after one answered
 /// `GET /healthz`, held idle for `--settle` seconds.
 async fn idle_keepalive(target: &Target, args: &IdleArgs, subs: usize) -> anyhow::Result<IdleRow> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = target
         .base
         .strip_prefix("http://")
@@ -867,19 +866,19 @@ async fn idle_keepalive(target: &Target, args: &IdleArgs, subs: usize) -> anyhow
         async move {
             let _permit = gate.acquire().await.ok()?;
             let mut conn = tokio::net::TcpStream::connect(addr.as_str()).await.ok()?;
-            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
-                .await
-                .ok()?;
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.ok()?;
-            buf[..n].starts_with(b"HTTP/1.1 200").then_some(conn)
+            healthz(&mut conn).await.then_some(conn)
         }
     }))
     .await;
-    let conns: Vec<_> = opened.into_iter().flatten().collect();
+    let mut conns: Vec<_> = opened.into_iter().flatten().collect();
+    // The server closes a connection idle for its keep-alive (actix: 5 s).
+    // Opening 10,000 takes a while: ask once more on each, so that every
+    // one was last used just before the settle.
+    ask_all(&mut conns, &gate).await;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = target.mem();
-    let held = conns.len();
+    // Held: the connections that still answer after the measurement.
+    let held = ask_all(&mut conns, &gate).await;
     drop(conns);
     Ok(IdleRow {
         target: "keepalive",
@@ -888,6 +887,32 @@ async fn idle_keepalive(target: &Target, args: &IdleArgs, subs: usize) -> anyhow
         before,
         after,
     })
+}
+
+/// `GET /healthz` on an open connection: answered 200?
+async fn healthz(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if conn
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    matches!(conn.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+/// Ask on every connection; how many answered.
+async fn ask_all(conns: &mut [tokio::net::TcpStream], gate: &tokio::sync::Semaphore) -> usize {
+    futures_util::future::join_all(conns.iter_mut().map(|conn| async move {
+        let _permit = gate.acquire().await.ok()?;
+        healthz(conn).await.then_some(())
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .count()
 }
 
 pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {

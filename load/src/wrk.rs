@@ -19,7 +19,8 @@ pub struct WrkPhase {
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
-    /// Answers that were neither 2xx nor 3xx.
+    /// Answers that were neither 2xx nor 3xx, and socket errors (the
+    /// caller adds what the server's counters find wrong).
     pub bad: u64,
 }
 
@@ -112,7 +113,13 @@ fn parse(name: &'static str, text: &str) -> anyhow::Result<WrkPhase> {
             ["50%", v] => phase.p50_us = micros(v)?,
             ["90%", v] => phase.p90_us = micros(v)?,
             ["99%", v] => phase.p99_us = micros(v)?,
-            ["Non-2xx", "or", "3xx", "responses:", n] => phase.bad = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => phase.bad += n.parse::<u64>()?,
+            // `Socket errors: connect 0, read 0, write 0, timeout 0`
+            ["Socket", "errors:", counts @ ..] => {
+                for n in counts.iter().skip(1).step_by(2) {
+                    phase.bad += n.trim_end_matches(',').parse::<u64>()?;
+                }
+            }
             _ => {}
         }
     }
@@ -147,6 +154,7 @@ mod tests {
         let text = "Running 5s test @ http://127.0.0.1:1\n  1 threads and 32 connections\n\
             \x20 Latency Distribution\n     50%  376.00us\n     75%  400.00us\n     90%    1.25ms\n\
             \x20    99%    2.00s\n  450000 requests in 5.00s, 100.00MB read\n\
+            \x20 Socket errors: connect 0, read 1, write 0, timeout 2\n\
             \x20 Non-2xx or 3xx responses: 3\nRequests/sec:  90000.12\nTransfer/sec:     20.00MB\n";
         let p = parse("hit", text).unwrap();
         assert_eq!(p.requests, 450_000);
@@ -154,7 +162,7 @@ mod tests {
         assert_eq!(p.p50_us, 376.0);
         assert_eq!(p.p90_us, 1250.0);
         assert_eq!(p.p99_us, 2_000_000.0);
-        assert_eq!(p.bad, 3);
+        assert_eq!(p.bad, 6);
         assert!(parse("hit", "Requests/sec: 1\n").is_err());
     }
 }
