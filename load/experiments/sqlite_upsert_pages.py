@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""How many WAL pages 32 job updates write in SQLite: a whole-row upsert
-(what the writer's flush does: `INSERT … ON CONFLICT DO UPDATE SET` every
-column) against an UPDATE of only the changed columns. A table shaped like
+"""How many WAL pages 32 job updates write in SQLite: an upsert shaped like
+the writer's flush (`INSERT … ON CONFLICT DO UPDATE SET` every column a job
+can change) against an UPDATE of only the columns that changed. A table shaped like
 `jobs` (20,000 rows, five secondary indexes). Run: python3 sqlite_upsert_pages.py
 """
 import os
@@ -48,12 +48,12 @@ def frames(sql, params):
     return round((os.path.getsize(path + "-wal") - before) / PAGE_FRAME)
 
 
+# As the writer's `upsert_jobs`: every column but the key and the ones a job
+# never changes (tenant, run, pack, created) is in the SET list.
 upsert = (
     "insert into jobs(job_id,tenant,run,state,pack,lease_until,created,msg,finished)"
-    " values(?,?,?,?,?,?,?,?,?) on conflict(job_id) do update set tenant=excluded.tenant,"
-    " run=excluded.run, state=excluded.state, pack=excluded.pack,"
-    " lease_until=excluded.lease_until, created=excluded.created, msg=excluded.msg,"
-    " finished=excluded.finished"
+    " values(?,?,?,?,?,?,?,?,?) on conflict(job_id) do update set state=excluded.state,"
+    " lease_until=excluded.lease_until, msg=excluded.msg, finished=excluded.finished"
 )
 same = frames(upsert, [(j, "bench", rows[j][2], "working", "external", 1000, rows[j][6],
                         "y" * 200, None) for j in random.sample(ids, 32)])
@@ -63,5 +63,5 @@ msg = frames("update jobs set msg=? where job_id=?",
              [("z" * 200, j) for j in random.sample(ids, 32)])
 msg_lease = frames("update jobs set msg=?, lease_until=? where job_id=?",
                    [("z" * 200, 3000 + k, j) for k, j in enumerate(random.sample(ids, 32))])
-print(f"WAL pages for 32 job updates: whole-row upsert {same} (indexed values unchanged), "
+print(f"WAL pages for 32 job updates: upsert as the flush writes it {same} (indexed values unchanged), "
       f"{lease} (new lease); UPDATE of the message only {msg}; message and lease {msg_lease}")
