@@ -9,6 +9,7 @@
 //! savepoint leaves the rows. What a write committed is handed to the
 //! writer, which publishes it after the batch commits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use runsignal_actors::envelope::{types, NewEnvelope};
@@ -37,6 +38,11 @@ pub struct Pending {
     /// Artifact rows of completions (read only for a done job's
     /// `download_artifact` actions).
     artifacts: Vec<ArtifactRecord>,
+    /// Job rows as the transaction has them now, by id: the jobs this batch
+    /// read or wrote. A job written back that is here has only its changed
+    /// columns set (ADR 0048); one that is not is upserted whole. Forgotten
+    /// whenever a write changes rows some other way.
+    stored: HashMap<String, JobRecord>,
     /// The writer's per-(tenant, pack) history (`etaSeconds`,
     /// `lastKnownOutcome`).
     history: Arc<PackHistory>,
@@ -78,11 +84,41 @@ impl Pending {
     /// Write the jobs only: before a read that selects jobs by state
     /// (leases, the expiry sweep), which must see them.
     pub async fn flush_jobs(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
-        if !self.jobs.is_empty() {
-            tx.upsert_jobs(&self.jobs).await?;
-            self.jobs.clear();
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        // Rows known to the transaction: grouped by the columns that
+        // changed (one statement a group; a progress batch is one group).
+        let mut narrow: Vec<(u32, &JobRecord)> = Vec::new();
+        let mut whole: Vec<JobRecord> = Vec::new();
+        for job in &self.jobs {
+            let changed = self
+                .stored
+                .get(&job.job_id)
+                .and_then(|stored| job.changed_columns(stored));
+            match changed {
+                Some(0) => {}
+                Some(columns) => narrow.push((columns, job)),
+                None => whole.push(job.clone()),
+            }
+        }
+        narrow.sort_by_key(|(columns, _)| *columns);
+        for group in narrow.chunk_by(|a, b| a.0 == b.0) {
+            let jobs: Vec<&JobRecord> = group.iter().map(|(_, j)| *j).collect();
+            tx.update_jobs(group[0].0, &jobs).await?;
+        }
+        if !whole.is_empty() {
+            tx.upsert_jobs(&whole).await?;
+        }
+        for job in self.jobs.drain(..) {
+            self.stored.insert(job.job_id.clone(), job);
         }
         Ok(())
+    }
+
+    /// Remember a job row as read from the transaction.
+    fn saw(&mut self, job: &JobRecord) {
+        self.stored.insert(job.job_id.clone(), job.clone());
     }
 
     /// Read the runs of these jobs ahead, in one query.
@@ -96,6 +132,7 @@ impl Pending {
     /// Forget what was read ahead (rows changed behind the batch's back).
     pub fn forget_prefetched(&mut self) {
         self.prefetched.clear();
+        self.stored.clear();
     }
 
     fn job(&self, tenant: &str, job_id: &str) -> Option<&JobRecord> {
@@ -137,10 +174,16 @@ pub async fn apply(
     declared: &DeclaredSteps,
     cmd: &Cmd,
 ) -> StoreResult<(Done, Committed)> {
+    let writes_before = tx.writes();
     let mut op = Op::new(tx, pending, declared, cmd.correlation_id());
     let result = op.apply(cmd).await;
     if result.is_err() {
         op.undo();
+    }
+    if op.tx.writes() != writes_before {
+        // It wrote rows itself (or a savepoint took such writes back):
+        // what `stored` says may be wrong now.
+        op.pending.stored.clear();
     }
     result.map(|done| (done, op.committed))
 }
@@ -283,6 +326,7 @@ impl<'t> Op<'t> {
             .find(|j| j.job_id == job_id)
             .cloned()
             .ok_or(StoreError::JobNotFound)?;
+        self.pending.saw(&job);
         let key = RunKey::new(tenant, &job.run_id);
         if !self.pending.runs.iter().any(|(k, _, _)| *k == key) {
             self.pending.runs.push((key.clone(), row, false));
@@ -326,6 +370,9 @@ impl<'t> Op<'t> {
             .into_iter()
             .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
             .collect();
+        for job in &jobs {
+            self.pending.saw(job);
+        }
         jobs.extend(self.pending.jobs.iter().filter(|j| wanted(j)).cloned());
         jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
         jobs.truncate(req.max as usize);
@@ -942,6 +989,9 @@ impl<'t> Op<'t> {
     /// Requeue or fail every job whose lease ended before `now`.
     async fn sweep(&mut self, now: i64) -> StoreResult<usize> {
         let expired = self.tx.expired_jobs(now, 500).await?;
+        for job in &expired {
+            self.pending.saw(job);
+        }
         for mut job in expired.iter().cloned() {
             let message = format!(
                 "lease held by {} expired",

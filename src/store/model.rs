@@ -107,7 +107,88 @@ pub struct JobRecord {
     pub retry_of: Option<String>,
 }
 
+/// The columns of a job row a write can change, in the order of the bits
+/// of [`JobRecord::changed_columns`] (the others are fixed at insert).
+pub const JOB_UPDATE_COLUMNS: [&str; 24] = [
+    "state",
+    "blocked_reason",
+    "attempt",
+    "lease_id",
+    "lease_worker",
+    "lease_until",
+    "lease_seconds",
+    "stage",
+    "step",
+    "step_index",
+    "message",
+    "percent",
+    "log_lines",
+    "result",
+    "error_code",
+    "error_message",
+    "failure_start",
+    "failure_end",
+    "idempotency_key",
+    "updated_at",
+    "state_changed_at",
+    "started_at",
+    "finished_at",
+    "step_started_at",
+];
+
 impl JobRecord {
+    /// Which of [`JOB_UPDATE_COLUMNS`] differ between `self` and `stored`
+    /// (bit `i` for column `i`), so that a write sets only those (ADR 0048);
+    /// `None` when a column fixed at insert differs (not the same job).
+    pub fn changed_columns(&self, stored: &JobRecord) -> Option<u32> {
+        let fixed = self.job_id == stored.job_id
+            && self.tenant_id == stored.tenant_id
+            && self.run_id == stored.run_id
+            && self.pack == stored.pack
+            && self.inputs == stored.inputs
+            && self.max_attempts == stored.max_attempts
+            && self.correlation_id == stored.correlation_id
+            && self.webhook_url == stored.webhook_url
+            && self.created_at == stored.created_at
+            && self.retry_of == stored.retry_of;
+        if !fixed {
+            return None;
+        }
+        let same = [
+            self.state == stored.state,
+            self.blocked_reason == stored.blocked_reason,
+            self.attempt == stored.attempt,
+            self.lease_id == stored.lease_id,
+            self.lease_worker == stored.lease_worker,
+            self.lease_until == stored.lease_until,
+            self.lease_seconds == stored.lease_seconds,
+            self.stage == stored.stage,
+            self.step == stored.step,
+            self.step_index == stored.step_index,
+            self.message == stored.message,
+            // Bitwise: a NaN is never stored, and -0.0 is not 0.0 on disk.
+            self.percent.map(f64::to_bits) == stored.percent.map(f64::to_bits),
+            self.log_lines == stored.log_lines,
+            self.result == stored.result,
+            self.error_code == stored.error_code,
+            self.error_message == stored.error_message,
+            self.failure_start == stored.failure_start,
+            self.failure_end == stored.failure_end,
+            self.idempotency_key == stored.idempotency_key,
+            self.updated_at == stored.updated_at,
+            self.state_changed_at == stored.state_changed_at,
+            self.started_at == stored.started_at,
+            self.finished_at == stored.finished_at,
+            self.step_started_at == stored.step_started_at,
+        ];
+        Some(
+            same.iter()
+                .enumerate()
+                .filter(|(_, same)| !**same)
+                .fold(0, |mask, (i, _)| mask | 1 << i),
+        )
+    }
+
     /// A job just accepted by `POST /jobs`.
     pub fn queued(tenant: &str, run_id: &str, new: &NewJob, now: i64) -> JobRecord {
         JobRecord {

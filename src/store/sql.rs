@@ -336,6 +336,73 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
+            async fn update_jobs(&mut self, columns: u32, jobs: &[&JobRecord]) -> StoreResult<()> {
+                self.writes += 1;
+                let set: Vec<usize> = (0..$crate::store::JOB_UPDATE_COLUMNS.len())
+                    .filter(|i| columns & (1 << i) != 0)
+                    .collect();
+                if set.is_empty() {
+                    return Ok(());
+                }
+                // `UPDATE … FROM (VALUES …)`: both backends name the
+                // columns of an unaliased VALUES list column1, column2, …
+                let mut head = String::from("UPDATE jobs SET ");
+                for (n, i) in set.iter().enumerate() {
+                    if n > 0 {
+                        head.push_str(", ");
+                    }
+                    head.push_str($crate::store::JOB_UPDATE_COLUMNS[*i]);
+                    head.push_str(" = v.column");
+                    head.push_str(&(n + 2).to_string());
+                }
+                head.push_str(" FROM (");
+                let per_row = set.len() + 1;
+                for chunk in jobs.chunks(16_000 / per_row) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(&head);
+                    q.push_values(chunk, |mut b, j| {
+                        b.push_bind(j.job_id.clone());
+                        for i in &set {
+                            match i {
+                                0 => b.push_bind(j.state.clone()),
+                                1 => b.push_bind(j.blocked_reason.clone()),
+                                2 => b.push_bind(j.attempt),
+                                3 => b.push_bind(j.lease_id.clone()),
+                                4 => b.push_bind(j.lease_worker.clone()),
+                                5 => b.push_bind(j.lease_until),
+                                6 => b.push_bind(j.lease_seconds),
+                                7 => b.push_bind(j.stage.clone()),
+                                8 => b.push_bind(j.step.clone()),
+                                9 => b.push_bind(j.step_index),
+                                10 => b.push_bind(j.message.clone()),
+                                11 => b.push_bind(j.percent),
+                                12 => b.push_bind(j.log_lines),
+                                13 => b.push_bind(j.result.clone()),
+                                14 => b.push_bind(j.error_code.clone()),
+                                15 => b.push_bind(j.error_message.clone()),
+                                16 => b.push_bind(j.failure_start),
+                                17 => b.push_bind(j.failure_end),
+                                18 => b.push_bind(j.idempotency_key.clone()),
+                                19 => b.push_bind(j.updated_at),
+                                20 => b.push_bind(j.state_changed_at),
+                                21 => b.push_bind(j.started_at),
+                                22 => b.push_bind(j.finished_at),
+                                _ => b.push_bind(j.step_started_at),
+                            };
+                        }
+                    });
+                    q.push(") AS v WHERE jobs.job_id = v.column1");
+                    let updated = q.build().execute(&mut *self.tx).await?.rows_affected();
+                    if updated != chunk.len() as u64 {
+                        return Err(StoreError::NotCommitted(format!(
+                            "{} of {} job rows to update were missing",
+                            chunk.len() as u64 - updated.min(chunk.len() as u64),
+                            chunk.len()
+                        )));
+                    }
+                }
+                Ok(())
+            }
+
             async fn queued_jobs(
                 &mut self,
                 tenant: Option<&str>,

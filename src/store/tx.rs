@@ -93,6 +93,10 @@ pub trait WriteTx: Send {
     /// Insert the jobs that are new, write back every column of the others
     /// (one statement).
     async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()>;
+    /// Set the columns of `columns` (bits of [`super::JOB_UPDATE_COLUMNS`])
+    /// of jobs whose rows exist, from these versions (one statement). Fails
+    /// when a row is missing.
+    async fn update_jobs(&mut self, columns: u32, jobs: &[&JobRecord]) -> StoreResult<()>;
     /// Up to `limit` queued jobs of `packs` (of one tenant, or all), oldest
     /// first, locked and skipped by concurrent lessees.
     async fn queued_jobs(

@@ -516,3 +516,98 @@ async fn workers_on_jobs_that_share_runs_lease_and_finish_without_failing() {
     let retried = f.store.writer().stats().retried.load(Ordering::Relaxed);
     assert!(retried <= 25, "{retried} writes lost a race (a deadlock) and were retried");
 }
+
+/// ADR 0048: a batch sets only the columns its writes changed. Jobs changed
+/// in different ways in the same batches (two progress reports, a
+/// completion, a failure, a retryable failure) read back exactly as their
+/// last write left them, and the jobs no write named are as they were.
+#[actix_web::test]
+async fn jobs_changed_in_different_ways_in_one_batch_read_back_exactly() {
+    let f = fixture().await;
+    join_all((0..80).map(|_| f.store.submit_job(T, new_job(None)))).await;
+    let leased = f.store.lease_jobs(T, &lease_req("w", 60, 600)).await.unwrap();
+    assert_eq!(leased.len(), 60);
+    let failure = |lease: &str, retryable: bool| Failure {
+        lease_id: lease.into(),
+        retryable,
+        code: if retryable { "flaky" } else { "boom" }.into(),
+        message: "it broke".into(),
+        log_range: None,
+        exit_code: Some(3),
+        correlation_id: "c".into(),
+    };
+    let writes = leased.iter().enumerate().map(|(i, job)| {
+        let store = f.store.clone();
+        let (id, lease) = (job.job_id.clone(), job.lease_id.clone());
+        let failure = failure(&lease, i % 4 == 3);
+        async move {
+            match i % 4 {
+                0 => {
+                    store.report_progress(T, &id, &report(&lease, i as f64)).await.unwrap();
+                    let mut second = report(&lease, 50.0 + i as f64);
+                    second.stage = Some("render".into());
+                    second.step = Some("frame".into());
+                    second.step_index = Some(2);
+                    store.report_progress(T, &id, &second).await.unwrap();
+                }
+                1 => {
+                    let done = Completion {
+                        lease_id: lease,
+                        result: Some(json!({ "i": i })),
+                        correlation_id: "c".into(),
+                        artifacts: vec![],
+                    };
+                    store.complete_job(T, &id, &done).await.unwrap();
+                }
+                _ => {
+                    store.fail_job(T, &id, &failure).await.unwrap();
+                }
+            }
+        }
+    });
+    join_all(writes).await;
+    for (i, job) in leased.iter().enumerate() {
+        let got = f.store.get_job(T, &job.job_id).await.unwrap();
+        match i % 4 {
+            0 => {
+                assert_eq!(got.state, "working", "job {i}");
+                assert_eq!(got.percent, Some(50.0 + i as f64), "job {i}");
+                assert_eq!(got.message.as_deref(), Some(format!("{}%", 50 + i).as_str()));
+                assert_eq!(got.stage.as_deref(), Some("render"));
+                assert_eq!(got.step.as_deref(), Some("frame"));
+                assert_eq!(got.step_index, Some(2));
+                assert_eq!(got.lease_id.as_deref(), Some(job.lease_id.as_str()));
+                assert!(got.lease_until.unwrap() > got.updated_at, "job {i}: lease");
+            }
+            1 => {
+                assert_eq!(got.state, "done", "job {i}");
+                assert_eq!(got.result.as_deref(), Some(format!(r#"{{"i":{i}}}"#).as_str()));
+                assert!(got.finished_at.is_some(), "job {i}");
+                assert_eq!(got.state_changed_at, got.finished_at.unwrap(), "job {i}");
+            }
+            2 => {
+                assert_eq!(got.state, "failed", "job {i}");
+                assert_eq!(got.error_code.as_deref(), Some("boom"));
+                assert_eq!(got.error_message.as_deref(), Some("it broke"));
+                assert!(got.finished_at.is_some(), "job {i}");
+            }
+            _ => {
+                assert_eq!(got.state, "queued", "job {i}: retried");
+                assert_eq!(got.attempt, 1, "job {i}");
+                assert_eq!(got.lease_id, None, "job {i}");
+                assert_eq!(got.finished_at, None, "job {i}");
+            }
+        }
+    }
+    let leased_ids: HashSet<&str> = leased.iter().map(|j| j.job_id.as_str()).collect();
+    let untouched = f.store.lease_jobs(T, &lease_req("x", 100, 600)).await.unwrap();
+    let fresh: Vec<_> = untouched
+        .iter()
+        .filter(|j| !leased_ids.contains(j.job_id.as_str()))
+        .collect();
+    assert_eq!(fresh.len(), 20, "the 20 jobs never leased are still queued");
+    assert!(
+        f.store.writer().stats().largest.load(Ordering::Relaxed) > 1,
+        "the writes were committed in batches"
+    );
+}
