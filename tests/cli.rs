@@ -105,8 +105,15 @@ fn serves_on_embedded_defaults_from_any_directory_and_keeps_jobs_across_sigkill(
 #[test]
 fn migrate_creates_the_database_and_exits() {
     let dir = tempfile::tempdir().unwrap();
+    migrate(dir.path());
+    assert!(dir.path().join("data/runsignal.db").exists());
+    migrate(dir.path()); // idempotent
+}
+
+/// `runsignal migrate` in `dir`, which must succeed.
+fn migrate(dir: &Path) {
     let out = Command::new(BIN)
-        .current_dir(dir.path())
+        .current_dir(dir)
         .arg("migrate")
         .output()
         .unwrap();
@@ -115,13 +122,86 @@ fn migrate_creates_the_database_and_exits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dir.path().join("data/runsignal.db").exists());
-    let again = Command::new(BIN)
-        .current_dir(dir.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(again.status.success(), "migrate is idempotent");
+}
+
+/// ADR 0049: a database made by the previous schema keeps its jobs through
+/// `migrate`, and a job's run key is then checked at commit: a job may
+/// precede its run inside a transaction, and cannot commit without it.
+#[test]
+fn migrate_upgrades_a_database_of_the_previous_schema_keeping_its_jobs() {
+    use sqlx::{Connection, SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    let current = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(current).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0006" {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let url = format!(
+        "sqlite://{}/data/runsignal.db?mode=rwc",
+        dir.path().display()
+    );
+    async fn job(conn: &mut SqliteConnection, id: &str, run: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO jobs (job_id, tenant_id, run_id, pack, state, max_attempts, correlation_id, \
+             created_at, updated_at, state_changed_at, message) \
+             VALUES (?, 'acme', ?, 'external', 'queued', 3, 'c', 1, 1, 1, 'kept')",
+        )
+        .bind(id)
+        .bind(run)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+    async fn run(conn: &mut SqliteConnection, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO runs (tenant_id, run_id, created_at, updated_at) VALUES ('acme', ?, 1, 1)",
+        )
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+        migrator.run(&mut conn).await.unwrap();
+        run(&mut conn, "r1").await.unwrap();
+        job(&mut conn, "01JOLD", "r1").await.unwrap();
+        conn.close().await.unwrap();
+    });
+    migrate(dir.path());
+    rt.block_on(async {
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("PRAGMA foreign_keys = ON")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (message,): (String,) =
+            sqlx::query_as("SELECT message FROM jobs WHERE job_id = '01JOLD'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("the job made before the upgrade is still there");
+        assert_eq!(message, "kept");
+        let mut tx = conn.begin().await.unwrap();
+        job(&mut tx, "01JNEW", "r2").await.unwrap();
+        run(&mut tx, "r2").await.unwrap();
+        tx.commit()
+            .await
+            .expect("a job written before its run commits with it");
+        let mut tx = conn.begin().await.unwrap();
+        job(&mut tx, "01JBAD", "r3").await.unwrap();
+        assert!(
+            tx.commit().await.is_err(),
+            "a job whose run does not exist does not commit"
+        );
+    });
 }
 
 #[test]

@@ -116,12 +116,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         // Runs a submit creates are inserted at the end of the batch, after
-        // their jobs: foreign keys are checked at commit (reset by it).
-        sqlx::raw_sql("PRAGMA defer_foreign_keys = ON")
-            .execute(&mut *tx)
-            .await?;
+        // their jobs: the key is `DEFERRABLE INITIALLY DEFERRED` (checked at
+        // commit). Not `PRAGMA defer_foreign_keys`: it expires every
+        // prepared statement of the connection (ADR 0049).
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx { tx, writes: 0 }))
     }
 }
