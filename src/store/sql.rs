@@ -7,6 +7,10 @@
 //! and lets concurrent lessees skip each other's (`SKIP LOCKED`); SQLite's
 //! single writer needs neither. A macro rather than generics: sqlx's
 //! executor bounds over two databases would say less than the SQL does.
+//!
+//! `LIMIT`s are integer literals written by the code, never bound
+//! parameters: SQLite plans with a bound `LIMIT`'s value and then
+//! re-prepares the statement every time that parameter is bound (ADR 0050).
 
 use super::{StoreError, StoreResult};
 
@@ -239,31 +243,35 @@ macro_rules! sql_backend {
                 pack: &str,
             ) -> StoreResult<$crate::store::history::PackRecord> {
                 use $crate::store::history::{Outcome, PackRecord, OUTCOMES, WINDOW};
-                let samples: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT job_id, finished_at, finished_at - started_at FROM jobs
-                      WHERE tenant_id = $1 AND pack = $2 AND state = 'done'
-                        AND started_at IS NOT NULL AND finished_at IS NOT NULL
-                      ORDER BY finished_at DESC, job_id DESC LIMIT $3",
-                )
-                .bind(tenant)
-                .bind(pack)
-                .bind(WINDOW as i64)
-                .fetch_all(&mut *self.tx)
-                .await?;
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT job_id, finished_at, finished_at - started_at FROM jobs WHERE tenant_id = ",
+                );
+                q.push_bind(tenant.to_owned())
+                    .push(" AND pack = ")
+                    .push_bind(pack.to_owned())
+                    .push(
+                        " AND state = 'done' AND started_at IS NOT NULL AND finished_at IS NOT NULL
+                          ORDER BY finished_at DESC, job_id DESC LIMIT ",
+                    )
+                    .push(WINDOW);
+                let samples: Vec<(String, i64, i64)> =
+                    q.build_query_as().fetch_all(&mut *self.tx).await?;
                 // A finished run is written last by the write that
                 // finished it (`updated_at` is then its end).
-                let outcomes: Vec<(String, String, i64)> = sqlx::query_as(
-                    "SELECT run_id, status, updated_at FROM runs r
-                      WHERE tenant_id = $1 AND status IN ('succeeded', 'failed', 'canceled')
-                        AND EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = r.tenant_id
-                                      AND j.run_id = r.run_id AND j.pack = $2)
-                      ORDER BY updated_at DESC, run_id DESC LIMIT $3",
-                )
-                .bind(tenant)
-                .bind(pack)
-                .bind(OUTCOMES as i64)
-                .fetch_all(&mut *self.tx)
-                .await?;
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT run_id, status, updated_at FROM runs r WHERE tenant_id = ",
+                );
+                q.push_bind(tenant.to_owned())
+                    .push(
+                        " AND status IN ('succeeded', 'failed', 'canceled')
+                          AND EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = r.tenant_id
+                                        AND j.run_id = r.run_id AND j.pack = ",
+                    )
+                    .push_bind(pack.to_owned())
+                    .push(") ORDER BY updated_at DESC, run_id DESC LIMIT ")
+                    .push(OUTCOMES);
+                let outcomes: Vec<(String, String, i64)> =
+                    q.build_query_as().fetch_all(&mut *self.tx).await?;
                 Ok(PackRecord {
                     samples,
                     outcomes: outcomes
@@ -425,7 +433,7 @@ macro_rules! sql_backend {
                 for pack in packs {
                     list.push_bind(pack.clone());
                 }
-                q.push(") ORDER BY j.job_id LIMIT ").push_bind(i64::from(limit));
+                q.push(") ORDER BY j.job_id LIMIT ").push(limit);
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF r SKIP LOCKED");
                 }
@@ -440,7 +448,7 @@ macro_rules! sql_backend {
                 );
                 q.push_bind(now)
                     .push(" ORDER BY j.job_id LIMIT ")
-                    .push_bind(i64::from(limit));
+                    .push(limit);
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF r SKIP LOCKED");
                 }
@@ -583,7 +591,7 @@ macro_rules! sql_backend {
                 q.push(", CASE WHEN d.tenant_id > ")
                     .push_bind(share.after.clone().unwrap_or_default())
                     .push(" THEN 0 ELSE 1 END, d.tenant_id, r.rn LIMIT ")
-                    .push_bind(i64::from(limit));
+                    .push(limit);
                 // The window function is in the subquery: lock only `d`.
                 // `d.status = 'pending'` above is what makes this safe across
                 // nodes: PostgreSQL rechecks only the locked table's own
@@ -678,16 +686,13 @@ macro_rules! sql_backend {
             }
 
             async fn prunable_runs(&mut self, cutoff: i64, limit: u32) -> StoreResult<Vec<(String, String)>> {
-                Ok(sqlx::query_as(
+                let mut q = sqlx::QueryBuilder::<$db>::new(
                     "SELECT tenant_id, run_id FROM jobs GROUP BY tenant_id, run_id
                      HAVING SUM(CASE WHEN state IN ('done', 'failed', 'canceled') THEN 0 ELSE 1 END) = 0
-                        AND MAX(finished_at) < $1
-                     LIMIT $2",
-                )
-                .bind(cutoff)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *self.tx)
-                .await?)
+                        AND MAX(finished_at) < ",
+                );
+                q.push_bind(cutoff).push(" LIMIT ").push(limit);
+                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
             }
 
             async fn delete_run(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<String>> {
@@ -739,7 +744,7 @@ macro_rules! sql_backend {
                     q.push(" AND (created_at < ").push_bind(at);
                     q.push(" OR (created_at = ").push_bind(at).push(" AND run_id < ").push_bind(id).push("))");
                 }
-                q.push(" ORDER BY created_at DESC, run_id DESC LIMIT ").push_bind(i64::from(query.limit) + 1);
+                q.push(" ORDER BY created_at DESC, run_id DESC LIMIT ").push(i64::from(query.limit) + 1);
                 let mut items: Vec<RunRecord> = q.build_query_as().fetch_all(&self.reader).await?;
                 let next = (items.len() > query.limit as usize).then(|| {
                     items.truncate(query.limit as usize);
@@ -834,7 +839,7 @@ macro_rules! sql_backend {
                 if let Some(cursor) = &query.cursor {
                     q.push(" AND job_id < ").push_bind(cursor.clone());
                 }
-                q.push(" ORDER BY job_id DESC LIMIT ").push_bind(i64::from(query.limit) + 1);
+                q.push(" ORDER BY job_id DESC LIMIT ").push(i64::from(query.limit) + 1);
                 let mut items: Vec<JobRecord> = q.build_query_as().fetch_all(&self.reader).await?;
                 let next = (items.len() > query.limit as usize).then(|| {
                     items.truncate(query.limit as usize);
@@ -874,15 +879,15 @@ macro_rules! sql_backend {
                 after_job_id: &str,
                 limit: u32,
             ) -> StoreResult<Vec<JobRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM jobs WHERE state = 'queued' AND (state_changed_at <= $1 OR blocked_reason IS NOT NULL)
-                     AND job_id > $2 ORDER BY job_id LIMIT $3",
-                )
-                .bind(cutoff_ms)
-                .bind(after_job_id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?)
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT * FROM jobs WHERE state = 'queued' AND (state_changed_at <= ",
+                );
+                q.push_bind(cutoff_ms)
+                    .push(" OR blocked_reason IS NOT NULL) AND job_id > ")
+                    .push_bind(after_job_id.to_owned())
+                    .push(" ORDER BY job_id LIMIT ")
+                    .push(limit);
+                Ok(q.build_query_as().fetch_all(&self.reader).await?)
             }
 
             async fn any_queued(&self, packs: &[String]) -> StoreResult<bool> {
@@ -942,7 +947,7 @@ macro_rules! sql_backend {
                 if let Some(corr) = &query.correlation_id {
                     q.push(" AND correlation_id = ").push_bind(corr.clone());
                 }
-                q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+                q.push(" ORDER BY seq LIMIT ").push(query.limit);
                 let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await?;
                 rows.iter().map(|json| $crate::store::sql::decode_event(json)).collect()
             }
@@ -1019,7 +1024,7 @@ macro_rules! sql_backend {
                 if let Some(t) = tenant {
                     q.push(" AND tenant_id = ").push_bind(t.to_owned());
                 }
-                q.push(" ORDER BY updated_at DESC LIMIT ").push_bind(i64::from(max));
+                q.push(" ORDER BY updated_at DESC LIMIT ").push(max);
                 Ok(q.build_query_as().fetch_all(&self.reader).await?)
             }
         }
