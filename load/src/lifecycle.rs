@@ -1,9 +1,12 @@
 //! `lifecycle`: C clients, each looping for S seconds over a whole remote
 //! job: submit → lease (max 1, its own workerId) → 3 progress reports →
 //! complete. Another client may lease "this" client's job first; each
-//! client completes whatever it leased, so every lease finds a job (each
-//! lease follows its own committed submit). Afterwards every submitted job
-//! is checked to have ended `done` (the tenant's jobs are listed page by page).
+//! client completes whatever it leased, so a job is there for every lease
+//! (each lease follows its own committed submit). On PostgreSQL a lease
+//! can still come back empty while another write lane holds the candidates'
+//! rows (`SKIP LOCKED`); the client then asks again, long-polling, as a
+//! worker would. Afterwards every submitted job is checked to have ended
+//! `done` (the tenant's jobs are listed page by page).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -24,6 +27,10 @@ pub struct LifecycleArgs {
     common: CommonArgs,
 }
 
+/// Lease requests a client makes for one cycle before it gives up (each
+/// long-polls up to a second).
+const LEASE_TRIES: usize = 10;
+
 /// One client's loop: cycle latencies, errors, completed jobs, submitted ids,
 /// and leases that came back empty.
 async fn client_loop(
@@ -43,7 +50,7 @@ async fn client_loop(
     };
     let mut submitted = Vec::new();
     let mut empty = 0;
-    let lease_body = json!({"workerId": format!("bench-{worker}"), "packs": ["external"], "max": 1, "leaseSeconds": 300});
+    let lease_body = json!({"workerId": format!("bench-{worker}"), "packs": ["external"], "max": 1, "leaseSeconds": 300, "waitSeconds": 1});
     while Instant::now() < deadline {
         let t = Instant::now();
         let req = client
@@ -56,18 +63,28 @@ async fn client_loop(
         if let Some(id) = v["job_id"].as_str() {
             submitted.push(id.to_owned());
         }
-        let req = client
-            .post(format!("{base}/api/v1/orchestrator/workers/lease"))
-            .header("X-Tenant-Id", tenant)
-            .json(&lease_body);
-        let Some(v) = call(req, "lease", &mut m.errors).await else {
-            continue;
-        };
-        let (Some(job), Some(lease)) = (
-            v["jobs"][0]["jobId"].as_str(),
-            v["jobs"][0]["leaseId"].as_str(),
-        ) else {
+        // A lease may come back empty while jobs are queued: on PostgreSQL
+        // a lane skips the rows another lane has locked (SKIP LOCKED). A
+        // worker asks again (long-polling) rather than leave a job queued.
+        let mut leased = None;
+        for _ in 0..LEASE_TRIES {
+            let req = client
+                .post(format!("{base}/api/v1/orchestrator/workers/lease"))
+                .header("X-Tenant-Id", tenant)
+                .json(&lease_body);
+            let Some(v) = call(req, "lease", &mut m.errors).await else {
+                break;
+            };
+            if let (Some(job), Some(lease)) = (
+                v["jobs"][0]["jobId"].as_str(),
+                v["jobs"][0]["leaseId"].as_str(),
+            ) {
+                leased = Some((job.to_owned(), lease.to_owned()));
+                break;
+            }
             empty += 1;
+        }
+        let Some((job, lease)) = leased else {
             continue;
         };
         let mut cycle_ok = true;
