@@ -167,14 +167,19 @@ fn migrate_upgrades_a_database_of_the_previous_schema_keeping_its_jobs() {
         .await
         .map(drop)
     }
+    const INDEXES: &str =
+        "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'jobs' AND type = 'index' ORDER BY name";
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let before = rt.block_on(async {
         let mut conn = SqliteConnection::connect(&url).await.unwrap();
         let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
         migrator.run(&mut conn).await.unwrap();
         run(&mut conn, "r1").await.unwrap();
         job(&mut conn, "01JOLD", "r1").await.unwrap();
+        let indexes: Vec<(String, Option<String>)> =
+            sqlx::query_as(INDEXES).fetch_all(&mut conn).await.unwrap();
         conn.close().await.unwrap();
+        indexes
     });
     migrate(dir.path());
     rt.block_on(async {
@@ -201,6 +206,9 @@ fn migrate_upgrades_a_database_of_the_previous_schema_keeping_its_jobs() {
             tx.commit().await.is_err(),
             "a job whose run does not exist does not commit"
         );
+        let after: Vec<(String, Option<String>)> =
+            sqlx::query_as(INDEXES).fetch_all(&mut conn).await.unwrap();
+        assert_eq!(after, before, "the same indexes as before the upgrade");
     });
 }
 

@@ -131,8 +131,9 @@ impl Pending {
 
     /// Forget what was read ahead (rows changed behind the batch's back).
     pub fn forget_prefetched(&mut self) {
+        // `stored` stays: until the barrier's own write (which clears it,
+        // as every write outside the flush does) it matches the rows.
         self.prefetched.clear();
-        self.stored.clear();
     }
 
     fn job(&self, tenant: &str, job_id: &str) -> Option<&JobRecord> {

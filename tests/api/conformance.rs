@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use futures_util::future::join_all;
 use runsignal::store::{
     BlockedChange, ClaimShare, Completion, Failure, LeaseRequest, NewJob, NewRun, ProgressReport,
-    Store, StoreError, TimelineQuery,
+    Store, StoreError, TimelineQuery, JOB_UPDATE_COLUMNS,
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -536,6 +536,11 @@ async fn jobs_changed_in_different_ways_in_one_batch_read_back_exactly() {
         exit_code: Some(3),
         correlation_id: "c".into(),
     };
+    let stats = f.store.writer().stats();
+    let (writes_before, batches_before) = (
+        stats.writes.load(Ordering::Relaxed),
+        stats.batches.load(Ordering::Relaxed),
+    );
     let writes = leased.iter().enumerate().map(|(i, job)| {
         let store = f.store.clone();
         let (id, lease) = (job.job_id.clone(), job.lease_id.clone());
@@ -566,6 +571,9 @@ async fn jobs_changed_in_different_ways_in_one_batch_read_back_exactly() {
         }
     });
     join_all(writes).await;
+    let writes = stats.writes.load(Ordering::Relaxed) - writes_before;
+    let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
+    assert!(writes > batches, "{writes} writes in {batches} batches: some were batched");
     for (i, job) in leased.iter().enumerate() {
         let got = f.store.get_job(T, &job.job_id).await.unwrap();
         match i % 4 {
@@ -606,8 +614,51 @@ async fn jobs_changed_in_different_ways_in_one_batch_read_back_exactly() {
         .filter(|j| !leased_ids.contains(j.job_id.as_str()))
         .collect();
     assert_eq!(fresh.len(), 20, "the 20 jobs never leased are still queued");
-    assert!(
-        f.store.writer().stats().largest.load(Ordering::Relaxed) > 1,
-        "the writes were committed in batches"
-    );
+}
+
+/// ADR 0048: an `UPDATE` of one column writes exactly that column, for each
+/// column a write can change (the column list, the change mask and the
+/// statement's binds agree).
+#[actix_web::test]
+async fn each_job_column_is_written_alone_by_an_update_of_that_column() {
+    let f = fixture().await;
+    let (job, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let base = f.store.get_job(T, &job.job_id).await.unwrap();
+    for (i, column) in JOB_UPDATE_COLUMNS.iter().enumerate() {
+        let mut changed = base.clone();
+        let s = |v: &str| Some(v.to_owned());
+        match i {
+            0 => changed.state = "working".into(),
+            1 => changed.blocked_reason = s("waiting"),
+            2 => changed.attempt = 7,
+            3 => changed.lease_id = s("lease"),
+            4 => changed.lease_worker = s("worker"),
+            5 => changed.lease_until = Some(123),
+            6 => changed.lease_seconds = Some(45),
+            7 => changed.stage = s("stage"),
+            8 => changed.step = s("step"),
+            9 => changed.step_index = Some(3),
+            10 => changed.message = s("message"),
+            11 => changed.percent = Some(12.5),
+            12 => changed.log_lines = 9,
+            13 => changed.result = s(r#"{"r":1}"#),
+            14 => changed.error_code = s("code"),
+            15 => changed.error_message = s("error"),
+            16 => changed.failure_start = Some(1),
+            17 => changed.failure_end = Some(2),
+            18 => changed.idempotency_key = s("key"),
+            19 => changed.updated_at += 1,
+            20 => changed.state_changed_at += 1,
+            21 => changed.started_at = Some(5),
+            22 => changed.finished_at = Some(6),
+            _ => changed.step_started_at = Some(7),
+        }
+        assert_eq!(changed.changed_columns(&base), Some(1 << i), "{column}");
+        let mut tx = f.store.begin(0).await.unwrap();
+        tx.update_jobs(1 << i, &[&changed]).await.unwrap();
+        let (_, jobs) = tx.job_and_run(T, &job.job_id).await.unwrap().unwrap();
+        tx.rollback().await.unwrap();
+        let got = jobs.into_iter().find(|j| j.job_id == job.job_id).unwrap();
+        assert_eq!(format!("{got:?}"), format!("{changed:?}"), "{column}");
+    }
 }
