@@ -444,7 +444,7 @@ fn print_ratios(hit: &[f64], not_modified: &[f64]) {
 }
 
 /// What the server says it served: first-signal cache results and statuses.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Served {
     hit: u64,
     miss: u64,
@@ -472,6 +472,22 @@ fn served(state: &runsignal::AppState) -> Served {
     }
 }
 
+/// What the server served once it has answered every request it read: when
+/// wrk stops, the server may still be answering the requests of its last
+/// moment, and those must count in that phase, not the next.
+async fn settled(state: &runsignal::AppState) -> Served {
+    let mut last = served(state);
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = served(state);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 /// The timed phases through wrk (`--wrk`), rounds of trivial, hit, 304.
 async fn with_wrk(
     wrk: &std::path::Path,
@@ -496,8 +512,7 @@ async fn with_wrk(
     // wrk does not look at answers: the server's own counters say what it
     // served in each phase (a 200 with `Cache-Status: hit` in `hit`, a
     // 304 in `304`, never a miss).
-    let check = |phase: &mut wrk::WrkPhase, before: Served, want_304: bool| {
-        let after = served(state);
+    let check = |phase: &mut wrk::WrkPhase, before: Served, after: Served, want_304: bool| {
         let (ok, not_modified) = (
             after.ok - before.ok,
             after.not_modified - before.not_modified,
@@ -520,12 +535,14 @@ async fn with_wrk(
             })
         };
         let t = phase("trivial", &trivial).await??;
-        let before = served(state);
+        let before = settled(state).await;
         let mut h = phase("hit", &hit).await??;
-        check(&mut h, before, false);
-        let before = served(state);
+        let after = settled(state).await;
+        check(&mut h, before, after, false);
+        let before = after;
         let mut n = phase("304", &not_modified).await??;
-        check(&mut n, before, true);
+        let after = settled(state).await;
+        check(&mut n, before, after, true);
         for p in [&t, &h, &n] {
             p.print();
             bad += p.bad;
