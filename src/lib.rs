@@ -227,6 +227,8 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                // Innermost: after authentication, before routing.
+                .wrap(from_fn(http::first_signal::hot))
                 .wrap(
                     ErrorHandlers::new()
                         .handler(StatusCode::METHOD_NOT_ALLOWED, http::method_not_allowed),

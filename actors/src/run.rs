@@ -128,6 +128,9 @@ pub struct RunActor {
     subscribers: Vec<Subscriber>,
     next_subscriber: u64,
     last_activity: Instant,
+    /// `shared.last_used` at the last idle check: a reader served without a
+    /// message (ADR 0051) still counts as activity.
+    seen_use: u64,
 }
 
 impl RunActor {
@@ -144,7 +147,6 @@ impl RunActor {
             generation,
             loader,
             supervisor,
-            shared,
             idle_evict,
             state: State::Loading,
             signal: None,
@@ -156,6 +158,8 @@ impl RunActor {
             subscribers: Vec::new(),
             next_subscriber: 1,
             last_activity: Instant::now(),
+            seen_use: shared.last_used.load(Ordering::Relaxed),
+            shared,
         }
     }
 
@@ -168,6 +172,7 @@ impl RunActor {
                 if newer(&run.signal, &self.signal) {
                     self.signal = run.signal;
                 }
+                self.shared.view.store(self.signal.clone());
                 self.state = State::Ready;
                 // Events published while loading: keep only the newer ones.
                 self.pending = self.pending.split_off(&(self.last_seq + 1));
@@ -244,6 +249,8 @@ impl RunActor {
         if let Some(view) = &event.signal {
             if self.signal.as_ref().is_none_or(|cur| view.seq > cur.seq) {
                 self.signal = Some(view.clone());
+                // Only loaded actors apply events (see `accept`).
+                self.shared.view.store(Some(view.clone()));
             }
         }
         match env.event_type.as_str() {
@@ -321,6 +328,11 @@ impl Actor for RunActor {
         ));
         let tick = (self.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         ctx.run_interval(tick, |act, ctx| {
+            let used = act.shared.last_used.load(Ordering::Relaxed);
+            if used != act.seen_use {
+                act.seen_use = used;
+                act.last_activity = Instant::now();
+            }
             act.subscribers.retain(|s| !s.tx.is_closed());
             act.shared
                 .subscribers
@@ -377,6 +389,8 @@ impl Handler<Apply> for RunActor {
     fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
         self.accept(&msg.0, ctx);
+        // After the view is stored: see `Supervisor::warm_signal`.
+        self.shared.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

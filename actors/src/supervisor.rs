@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
+use arc_swap::ArcSwapOption;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::loader::{Published, RunKey, RunLoader};
 use crate::run::{Apply, Evict, RunActor};
+use crate::signal::SignalView;
 
 /// Runtime limits (`Actors.*` in the configuration).
 #[derive(Debug, Clone)]
@@ -47,6 +49,15 @@ pub(crate) struct SlotShared {
     pub subscribers: AtomicUsize,
     /// LRU clock value of the last lookup.
     pub last_used: AtomicU64,
+    /// The actor's current signal, for readers that skip the mailbox
+    /// ([`Supervisor::warm_signal`], ADR 0051). Stored by the actor only
+    /// while it is loaded, before `ready` is set and before an `Apply` is
+    /// counted out of `in_flight`.
+    pub view: ArcSwapOption<SignalView>,
+    /// `Apply` messages sent to the actor and not yet handled. While any is
+    /// on its way, readers ask the actor: a read that follows a write's
+    /// answer must see that write.
+    pub in_flight: AtomicUsize,
 }
 
 struct Slot {
@@ -229,13 +240,45 @@ impl Supervisor {
         }
     }
 
+    /// The run's current signal, read without a message (ADR 0051): only
+    /// when its actor is resident, loaded, holds a signal and has no
+    /// committed event on its way to it. `None`: ask the actor.
+    pub fn warm_signal(&self, key: &RunKey) -> Option<Arc<SignalView>> {
+        let slot = self.inner.map.get(key)?;
+        let shared = &slot.shared;
+        // `in_flight` first: its Acquire pairs with the actor's Release
+        // after it stored the view of the events it counted out.
+        if shared.in_flight.load(Ordering::Acquire) != 0 || !shared.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let view = shared.view.load_full()?;
+        if !slot.addr.connected() {
+            return None;
+        }
+        let now = self.inner.clock.fetch_add(1, Ordering::Relaxed);
+        shared.last_used.store(now, Ordering::Relaxed);
+        Some(view)
+    }
+
     /// Forward committed events to the run's actor if it is resident. A run
     /// that is not resident loads them from the store when it next starts.
     pub fn publish(&self, key: &RunKey, events: Arc<[Arc<Published>]>) {
-        let Some(addr) = self.inner.map.get(key).map(|s| s.addr.clone()) else {
+        let Some((addr, shared)) = self
+            .inner
+            .map
+            .get(key)
+            .map(|s| (s.addr.clone(), s.shared.clone()))
+        else {
             return;
         };
-        if let Err(SendError::Full(_)) = addr.try_send(Apply(events)) {
+        // Counted before the send, so that a reader answered after this
+        // call returns goes through the mailbox, behind these events.
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let sent = addr.try_send(Apply(events));
+        if sent.is_err() {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Err(SendError::Full(_)) = sent {
             // The actor cannot keep up: retire it rather than block the
             // writer or drop the event; the next reader reloads the run.
             tracing::warn!(run_id = %key.run_id, "run actor mailbox full, retiring it");

@@ -1,18 +1,27 @@
-//! `GET|HEAD {prefix}/runs/{runId}/first-signal` (SPEC §4.2). A hit is one
-//! message to the run actor and pre-encoded bytes back: no store query, no
-//! serialization.
+//! `GET|HEAD {prefix}/runs/{runId}/first-signal` (SPEC §4.2). A hit is the
+//! resident run actor's published signal, read without a message, and
+//! pre-encoded bytes back: no store query, no serialization, no mailbox.
+//! [`hot`] answers hits before routing; everything else (cold, changing,
+//! missing runs, and every error) goes through the router to
+//! [`get_first_signal`], which asks the actor (ADR 0051).
 
 use std::time::Duration;
 
 use actix::MailboxError;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use runsignal_actors::signal::Signal;
-use runsignal_actors::{FirstSignalReply, GetFirstSignal, RunKey, SignalView};
+use runsignal_actors::{FirstSignalReply, GetFirstSignal, RunKey, SignalView, Source};
 use serde::Serialize;
 
+use super::auth::{authorize_scope, QueryCredential};
 use super::errors::{ApiError, ErrorCode, Problem};
-use super::extract::{run_id, Tenant, TenantHeader};
+use super::extract::{run_id, tenant_for, valid_tenant, Tenant, TenantHeader};
+use crate::auth::Scope;
 use crate::store::{now_ms, rfc3339};
 use crate::AppState;
 
@@ -42,6 +51,78 @@ pub async fn ask(state: &AppState, key: &RunKey) -> Result<Option<FirstSignalRep
         ErrorCode::StoreUnavailable,
         "the run's actor could not be reached",
     ))
+}
+
+/// The route pattern of a request [`hot`] answered, for the request metrics
+/// (which otherwise ask actix to match the path again).
+#[derive(Clone, Copy)]
+pub struct HotRoute(pub &'static str);
+
+/// The first-signal pattern under each API prefix, in `PREFIXES` order.
+const PATTERNS: [&str; 2] = [
+    "/api/v1/orchestrator/runs/{runId}/first-signal",
+    "/api/v1/jobengine/runs/{runId}/first-signal",
+];
+
+/// `{prefix}/runs/{runId}/first-signal` as written (no percent-encoding,
+/// nothing after the last segment): the run id segment and the pattern.
+fn hot_path(path: &str) -> Option<(&str, &'static str)> {
+    super::PREFIXES
+        .iter()
+        .zip(PATTERNS)
+        .find_map(|(prefix, pattern)| {
+            let rest = path.strip_prefix(prefix)?.strip_prefix("/runs/")?;
+            let id = rest.strip_suffix("/first-signal")?;
+            (!id.contains(['/', '%'])).then_some((id, pattern))
+        })
+}
+
+/// Middleware, inside authentication and before routing: answers a GET or
+/// HEAD of a first signal whose run actor is resident, loaded and has no
+/// event on its way (`Supervisor::warm_signal`), with the same answer the
+/// handler gives. Any other request, and any request the handler would
+/// refuse or answer otherwise, passes on to the router unchanged.
+pub async fn hot(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Some((res, pattern)) = hot_answer(&req) {
+        req.extensions_mut().insert(HotRoute(pattern));
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+fn hot_answer(req: &ServiceRequest) -> Option<(HttpResponse, &'static str)> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let (raw_id, pattern) = hot_path(req.path())?;
+    let state = req.app_data::<web::Data<AppState>>()?;
+    // What the `Tenant` extractor checks, for this route: a credential from
+    // `?access_token=` is for stream routes only, the scope is `read`, and
+    // the tenant comes from exactly one valid `X-Tenant-Id`.
+    if req.extensions().get::<QueryCredential>().is_some() {
+        return None;
+    }
+    let principal = authorize_scope(req.request(), Scope::Read).ok()?;
+    let mut tenants = req.headers().get_all("x-tenant-id");
+    let named = match (tenants.next(), tenants.next()) {
+        (Some(value), None) => Some(value.to_str().ok().filter(|t| valid_tenant(t))?.to_owned()),
+        (None, _) => None,
+        (Some(_), Some(_)) => return None,
+    };
+    let tenant = tenant_for(state.auth.enabled(), principal.as_ref(), named).ok()?;
+    let run_id = run_id(raw_id).ok()?;
+    let view = state
+        .engine
+        .supervisor
+        .warm_signal(&RunKey::new(&tenant.0, &run_id))?;
+    state.metrics.first_signal.cache(true).inc();
+    let res = signal_response(req.request(), &view, true, Source::Snapshot.as_str());
+    Some((res, pattern))
 }
 
 /// Weak comparison of `If-None-Match` against `etag` (RFC 9110 §13.1.2).
@@ -131,7 +212,9 @@ fn signal_response(
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(run_id = %path))]
+// Debug level: at the default `info` a span per hit costs more than the
+// hit itself (ADR 0051).
+#[tracing::instrument(level = "debug", skip_all, fields(run_id = %path))]
 pub async fn get_first_signal(
     req: HttpRequest,
     tenant: Tenant,

@@ -138,6 +138,7 @@ fn allowed_methods(pattern: &str) -> Option<&'static str> {
 }
 
 static CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Correlation id in (or generated) and echoed out; request metrics by
 /// route pattern (never the raw path: ids would explode the label set).
@@ -154,26 +155,35 @@ pub async fn observe(
         .unwrap_or_else(runsignal_actors::new_ulid);
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let started = std::time::Instant::now();
     let mut res = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(CORRELATION.clone(), value);
     }
     if let Some(state) = state {
-        let route = res
+        let hot = res
             .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
-        let status = res.status().as_u16().to_string();
+            .extensions()
+            .get::<first_signal::HotRoute>()
+            .copied();
+        let route: std::borrow::Cow<'_, str> = match hot {
+            Some(first_signal::HotRoute(pattern)) => pattern.into(),
+            None => res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into())
+                .into(),
+        };
+        let status = res.status();
         state
             .metrics
             .http_requests
-            .with_label_values(&[&route, &method, &status])
+            .with_label_values(&[route.as_ref(), method.as_str(), status.as_str()])
             .inc();
         if route.ends_with("/first-signal") {
             let series = &state.metrics.first_signal;
-            let histogram = match res.headers().get("cache-status").map(|v| v.as_bytes()) {
+            let histogram = match res.headers().get(&CACHE_STATUS).map(|v| v.as_bytes()) {
                 Some(b"hit") => &series.request_hit,
                 Some(b"miss") => &series.request_miss,
                 _ => &series.request_none,

@@ -271,20 +271,26 @@ async fn mode_none_keeps_every_route_open_and_trusts_the_tenant_header() {
     assert_eq!(res.status(), 200);
 }
 
-#[actix_web::test]
-async fn a_credential_acts_only_for_its_tenants_and_a_foreign_run_stays_404() {
-    let app = spawn_mode(Mode::Token, &[]).await;
-    let all = cred(Mode::Token, &SCOPES, &[TENANT]);
+/// `POST /jobs` with `token` and no `X-Tenant-Id` (the credential's only
+/// tenant): the accepted job.
+async fn submit_as(app: &TestApp, token: &str) -> Value {
     let res = app
         .client
         .post(format!("{}/jobs", app.address))
-        .bearer_auth(&all)
+        .bearer_auth(token)
         .json(&json!({"pack": "external"}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202, "no X-Tenant-Id: the credential's only tenant");
-    let job: Value = res.json().await.unwrap();
+    res.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn a_credential_acts_only_for_its_tenants_and_a_foreign_run_stays_404() {
+    let app = spawn_mode(Mode::Token, &[]).await;
+    let all = cred(Mode::Token, &SCOPES, &[TENANT]);
+    let job = submit_as(&app, &all).await;
     let job_id = job["job_id"].as_str().unwrap();
     // Beta's credential, acting for beta, does not see acme's job.
     let beta = cred(Mode::Token, &SCOPES, &["beta"]);
@@ -634,5 +640,75 @@ async fn a_bad_key_file_refuses_start_up_naming_the_key() {
         let config = runsignal::config::Config::load_from(None, env(&file)).unwrap();
         let err = runsignal::Application::build(config).await.err().expect("refused");
         assert!(format!("{err:#}").contains("Auth.Jwt.PublicKeyFile"), "{err:#}");
+    }
+}
+
+/// A warm run's first signal is answered before routing (ADR 0051): that
+/// answer must refuse exactly what the handler refuses.
+#[actix_web::test]
+async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
+    let app = spawn_mode(Mode::Token, &[]).await;
+    let all = cred(Mode::Token, &SCOPES, &[TENANT]);
+    let job = submit_as(&app, &all).await;
+    let run = job["run_id"].as_str().unwrap().to_owned();
+    let get = |path: String| app.client.get(format!("{}{path}", app.address));
+    for p in [ORCH, ENGINE] {
+        let path = format!("{p}/runs/{run}/first-signal");
+        // Warm: read once, then every read is a hit.
+        for _ in 0..2 {
+            let res = get(path.clone()).bearer_auth(&all).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert_eq!(header(&res, "cache-status"), "hit", "{path}");
+        }
+        let res = get(path.clone()).header("X-Tenant-Id", TENANT).send().await.unwrap();
+        assert_problem(res, 401, "unauthenticated").await;
+        let no_read = cred(Mode::Token, &["write", "worker", "admin"], &[TENANT]);
+        let res = get(path.clone()).bearer_auth(&no_read).send().await.unwrap();
+        assert_problem(res, 403, "insufficient_scope").await;
+        let beta = cred(Mode::Token, &SCOPES, &["beta"]);
+        let res = get(path.clone())
+            .bearer_auth(&beta)
+            .header("X-Tenant-Id", TENANT)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 403, "tenant_forbidden").await;
+        let res = get(path.clone()).bearer_auth(&beta).send().await.unwrap();
+        assert_problem(res, 404, "run_not_found").await;
+        let res = get(format!("{path}?access_token={all}&tenant={TENANT}"))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 401, "unauthenticated").await;
+        let star = cred(Mode::Token, &SCOPES, &["*"]);
+        let res = get(path.clone()).bearer_auth(&star).send().await.unwrap();
+        assert_problem(res, 400, "invalid_tenant").await;
+        let res = get(path.clone())
+            .bearer_auth(&star)
+            .header("X-Tenant-Id", TENANT)
+            .header("X-Tenant-Id", TENANT)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400, "invalid_tenant").await;
+        let res = get(path.clone())
+            .bearer_auth(&star)
+            .header("X-Tenant-Id", "bad tenant!")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400, "invalid_tenant").await;
+        // The same run named otherwise (upper case, a percent-encoded
+        // hyphen) is the same signal, whichever way it is answered.
+        let etag = header(&get(path.clone()).bearer_auth(&all).send().await.unwrap(), "etag");
+        for other in [
+            format!("{p}/runs/{}/first-signal", run.to_uppercase()),
+            format!("{p}/runs/{}/first-signal", run.replacen('-', "%2D", 1)),
+        ] {
+            let res = get(other.clone()).bearer_auth(&star).header("X-Tenant-Id", TENANT).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{other}");
+            assert_eq!(header(&res, "cache-status"), "hit", "{other}");
+            assert_eq!(header(&res, "etag"), etag, "{other}");
+        }
     }
 }

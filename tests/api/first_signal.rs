@@ -444,3 +444,29 @@ async fn concurrent_cold_reads_spawn_one_actor() {
     );
     assert!(results.iter().all(|r| r.status() == 200));
 }
+
+#[actix_web::test]
+async fn a_read_after_a_report_is_answered_always_sees_that_report() {
+    // Hits skip the actor's mailbox (ADR 0051); a read that follows a
+    // write's answer must still see the write, however fast it follows.
+    let app = spawn_app().await;
+    let (job, run) = app.submit_job(None).await;
+    let lease = app.lease_one().await;
+    let lease_id = lease["leaseId"].as_str().unwrap();
+    body(app.first_signal(&run).await).await;
+    for i in 0..60 {
+        let message = format!("step {i}");
+        let res = app
+            .worker(
+                &job,
+                "progress",
+                json!({"leaseId": lease_id, "stage": "analyze", "message": message}),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let res = app.first_signal(&run).await;
+        assert_eq!(header(&res, "cache-status"), "hit");
+        let fs = body(res).await;
+        assert_eq!(fs["firstSignal"]["message"], message.as_str());
+    }
+}

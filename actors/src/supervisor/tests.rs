@@ -245,23 +245,8 @@ async fn published_signal_changes_are_served_and_stale_ones_ignored() {
     let key = RunKey::new("t", "r1");
     let newer = view("r1", JobState::Working, 4);
     let older = view("r1", JobState::Loading, 3);
-    let event = |v: &Arc<SignalView>| {
-        let env = NewEnvelope {
-            event_id: new_ulid(),
-            event_type: types::SIGNAL_CHANGED,
-            tenant_id: "t",
-            run_id: "r1",
-            job_id: None,
-            seq: v.seq,
-            occurred_at: "2026-11-22T08:00:00.000Z".into(),
-            correlation_id: "c",
-            payload: serde_json::json!({}),
-        }
-        .seal();
-        Published::new(env, Some(v.clone()))
-    };
-    sup.publish(&key, vec![event(&newer)].into());
-    sup.publish(&key, vec![event(&older)].into());
+    sup.publish(&key, vec![signal_event(&newer)].into());
+    sup.publish(&key, vec![signal_event(&older)].into());
     assert_eq!(etag(&read(&sup, "r1").await), newer.etag);
     assert_eq!(
         loader.loads.load(Ordering::SeqCst),
@@ -480,4 +465,99 @@ async fn subscribers_keep_an_idle_actor_resident() {
     drop(rx);
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(sup.len(), 0, "evicted once its last subscriber left");
+}
+
+/// A `signal.changed` of run r1 carrying `v`.
+fn signal_event(v: &Arc<SignalView>) -> Arc<Published> {
+    let env = NewEnvelope {
+        event_id: new_ulid(),
+        event_type: types::SIGNAL_CHANGED,
+        tenant_id: "t",
+        run_id: "r1",
+        job_id: None,
+        seq: v.seq,
+        occurred_at: "2026-11-22T08:00:00.000Z".into(),
+        correlation_id: "c",
+        payload: serde_json::json!({}),
+    }
+    .seal();
+    Published::new(env, Some(v.clone()))
+}
+
+#[actix_rt::test]
+async fn a_loaded_actors_signal_is_read_without_a_message() {
+    let (sup, loader) = setup(ActorConfig::default(), &["r1"]);
+    let key = RunKey::new("t", "r1");
+    assert!(sup.warm_signal(&key).is_none(), "no actor yet");
+    let loaded = etag(&read(&sup, "r1").await);
+    let warm = sup
+        .warm_signal(&key)
+        .expect("a loaded run is read directly");
+    assert_eq!(warm.etag, loaded);
+    // A run that does not exist, or exists without a signal, is never
+    // answered from the published view.
+    loader
+        .runs
+        .lock()
+        .unwrap()
+        .insert(RunKey::new("t", "empty"), None);
+    assert!(matches!(
+        read(&sup, "empty").await,
+        FirstSignalReply::NoSignal
+    ));
+    assert!(sup.warm_signal(&RunKey::new("t", "empty")).is_none());
+    read(&sup, "nope").await;
+    assert!(sup.warm_signal(&RunKey::new("t", "nope")).is_none());
+}
+
+#[actix_rt::test]
+async fn a_read_after_publish_returns_never_sees_the_signal_before_it() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let key = RunKey::new("t", "r1");
+    read(&sup, "r1").await;
+    for seq in 3..200 {
+        let next = view(
+            "r1",
+            if seq % 2 == 0 {
+                JobState::Working
+            } else {
+                JobState::Loading
+            },
+            seq,
+        );
+        sup.publish(&key, vec![signal_event(&next)].into());
+        // Right after `publish` returned (a write's caller is answered
+        // then), a direct read either declines or has the new signal.
+        if let Some(warm) = sup.warm_signal(&key) {
+            assert_eq!(warm.seq, seq, "a stale signal was served directly");
+        }
+        // Through the actor, it is always the new one.
+        let FirstSignalReply::Signal { view: got, .. } = read(&sup, "r1").await else {
+            panic!("expected a signal");
+        };
+        assert_eq!(got.seq, seq);
+        // Once the actor has handled it, the direct read has it too.
+        assert_eq!(sup.warm_signal(&key).map(|v| v.seq), Some(seq));
+    }
+}
+
+#[actix_rt::test]
+async fn direct_reads_keep_a_read_run_resident() {
+    tokio::time::pause();
+    let config = ActorConfig {
+        idle_evict: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (sup, loader) = setup(config, &["r1"]);
+    let key = RunKey::new("t", "r1");
+    read(&sup, "r1").await;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(sup.warm_signal(&key).is_some());
+    }
+    assert_eq!(sup.len(), 1, "read every 5 s for 60 s: not idle");
+    assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(sup.len(), 0, "evicted once nobody read it");
+    assert!(sup.warm_signal(&key).is_none());
 }
