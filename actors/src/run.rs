@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::loader::{LoadError, LoadedRun, Published, RunKey, RunLoader, Source};
@@ -131,6 +132,10 @@ pub struct RunActor {
     /// `shared.last_used` at the last idle check: a reader served without a
     /// message (ADR 0051) still counts as activity.
     seen_use: u64,
+    /// Sends the signal readers may take without a message (ADR 0051).
+    view_tx: watch::Sender<Option<Arc<SignalView>>>,
+    /// A read of the store (`CatchUp`) is under way: events may be missing.
+    reading: bool,
 }
 
 impl RunActor {
@@ -140,6 +145,7 @@ impl RunActor {
         loader: Arc<dyn RunLoader>,
         supervisor: Weak<SupervisorInner>,
         shared: Arc<SlotShared>,
+        view_tx: watch::Sender<Option<Arc<SignalView>>>,
         idle_evict: Duration,
     ) -> RunActor {
         RunActor {
@@ -160,6 +166,8 @@ impl RunActor {
             last_activity: Instant::now(),
             seen_use: shared.last_used.load(Ordering::Relaxed),
             shared,
+            view_tx,
+            reading: false,
         }
     }
 
@@ -172,7 +180,6 @@ impl RunActor {
                 if newer(&run.signal, &self.signal) {
                     self.signal = run.signal;
                 }
-                self.shared.view.store(self.signal.clone());
                 self.state = State::Ready;
                 // Events published while loading: keep only the newer ones.
                 self.pending = self.pending.split_off(&(self.last_seq + 1));
@@ -211,6 +218,7 @@ impl RunActor {
             self.last_seq += 1;
             self.apply_one(&event);
         }
+        self.send_view();
         if self.pending.is_empty() {
             if let Some(handle) = self.gap_check.take() {
                 ctx.cancel_future(handle);
@@ -221,6 +229,26 @@ impl RunActor {
                 act.fill_gap(ctx);
             }));
         }
+    }
+
+    /// Send readers that skip the mailbox the signal they may serve: the
+    /// current one when every event given so far is applied, else none
+    /// (they ask the actor, whose reply waits for the missing events as it
+    /// always did). Sent only when it changes.
+    fn send_view(&self) {
+        let behind = self.reading || !self.pending.is_empty();
+        let servable = if behind { None } else { self.signal.clone() };
+        self.view_tx.send_if_modified(|current| {
+            let same = match (&*current, &servable) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                *current = servable;
+            }
+            !same
+        });
     }
 
     /// Read the events between `last_seq` and the first early one from the store.
@@ -249,8 +277,6 @@ impl RunActor {
         if let Some(view) = &event.signal {
             if self.signal.as_ref().is_none_or(|cur| view.seq > cur.seq) {
                 self.signal = Some(view.clone());
-                // Only loaded actors apply events (see `accept`).
-                self.shared.view.store(Some(view.clone()));
             }
         }
         match env.event_type.as_str() {
@@ -404,18 +430,24 @@ impl RunActor {
             return;
         }
         let (loader, key, after) = (self.loader.clone(), self.key.clone(), self.last_seq);
+        self.reading = true;
+        self.send_view();
         ctx.wait(
             async move { loader.events_after(&key, after, CATCH_UP_PAGE).await }
                 .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(events) => {
-                        let full = events.len() as u32 >= CATCH_UP_PAGE;
-                        act.accept(&events, ctx);
-                        if full {
-                            act.catch_up(ctx);
+                .map(|result, act, ctx| {
+                    act.reading = false;
+                    match result {
+                        Ok(events) => {
+                            let full = events.len() as u32 >= CATCH_UP_PAGE;
+                            act.accept(&events, ctx);
+                            if full {
+                                act.catch_up(ctx);
+                            }
                         }
+                        Err(e) => tracing::warn!(error = %e, "catching up from the store failed"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "catching up from the store failed"),
+                    act.send_view();
                 }),
         );
     }

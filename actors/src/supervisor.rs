@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
-use arc_swap::ArcSwapOption;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use crate::loader::{Published, RunKey, RunLoader};
 use crate::run::{Apply, Evict, RunActor};
@@ -40,8 +40,7 @@ impl Default for ActorConfig {
     }
 }
 
-/// State a slot shares with its actor, read without a message.
-#[derive(Default)]
+/// State a slot shares with its actor, read without a message to it.
 pub(crate) struct SlotShared {
     /// Set once the actor has loaded (later readers are warm hits).
     pub ready: AtomicBool,
@@ -49,15 +48,30 @@ pub(crate) struct SlotShared {
     pub subscribers: AtomicUsize,
     /// LRU clock value of the last lookup.
     pub last_used: AtomicU64,
-    /// The actor's current signal, for readers that skip the mailbox
-    /// ([`Supervisor::warm_signal`], ADR 0051). Stored by the actor only
-    /// while it is loaded, before `ready` is set and before an `Apply` is
-    /// counted out of `in_flight`.
-    pub view: ArcSwapOption<SignalView>,
+    /// The signal the actor sends for readers that skip its mailbox
+    /// ([`Supervisor::warm_signal`], ADR 0051): its current signal while it
+    /// has applied every event it was given, `None` while it waits for a
+    /// missing event or reads the store. The actor holds the sender.
+    pub view: watch::Receiver<Option<Arc<SignalView>>>,
     /// `Apply` messages sent to the actor and not yet handled. While any is
     /// on its way, readers ask the actor: a read that follows a write's
     /// answer must see that write.
     pub in_flight: AtomicUsize,
+}
+
+impl SlotShared {
+    /// A slot's shared state and the sender of its `view`, for the actor.
+    pub(crate) fn new(now: u64) -> (SlotShared, watch::Sender<Option<Arc<SignalView>>>) {
+        let (tx, view) = watch::channel(None);
+        let shared = SlotShared {
+            ready: AtomicBool::new(false),
+            subscribers: AtomicUsize::new(0),
+            last_used: AtomicU64::new(now),
+            view,
+            in_flight: AtomicUsize::new(0),
+        };
+        (shared, tx)
+    }
 }
 
 struct Slot {
@@ -176,16 +190,15 @@ impl Supervisor {
 
     fn spawn(&self, key: &RunKey, now: u64) -> Slot {
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(SlotShared {
-            last_used: AtomicU64::new(now),
-            ..Default::default()
-        });
+        let (shared, view_tx) = SlotShared::new(now);
+        let shared = Arc::new(shared);
         let actor = RunActor::new(
             key.clone(),
             generation,
             self.inner.loader.clone(),
             Arc::downgrade(&self.inner),
             shared.clone(),
+            view_tx,
             self.inner.config.idle_evict,
         );
         let capacity = self.inner.config.mailbox_capacity;
@@ -240,9 +253,10 @@ impl Supervisor {
         }
     }
 
-    /// The run's current signal, read without a message (ADR 0051): only
-    /// when its actor is resident, loaded, holds a signal and has no
-    /// committed event on its way to it. `None`: ask the actor.
+    /// The run's current signal, as its actor last sent it on its `view`
+    /// channel (ADR 0051): only when the actor is resident and loaded, has
+    /// no committed event on its way to it, and has applied every event it
+    /// was given (no gap, no store read under way). `None`: ask the actor.
     pub fn warm_signal(&self, key: &RunKey) -> Option<Arc<SignalView>> {
         let slot = self.inner.map.get(key)?;
         let shared = &slot.shared;
@@ -251,7 +265,7 @@ impl Supervisor {
         if shared.in_flight.load(Ordering::Acquire) != 0 || !shared.ready.load(Ordering::Acquire) {
             return None;
         }
-        let view = shared.view.load_full()?;
+        let view = shared.view.borrow().clone()?;
         if !slot.addr.connected() {
             return None;
         }

@@ -149,7 +149,14 @@ pub async fn authenticate(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let pattern = req.match_pattern();
+    // The route the router will match, found once: `match_pattern` walks
+    // the whole resource map, matching each dynamic pattern's regex. The
+    // hottest route's shape is recognised without it.
+    let pattern: Option<std::borrow::Cow<'_, str>> = match super::first_signal::hot_path(req.path())
+    {
+        Some((_, pattern)) => Some(pattern.into()),
+        None => req.match_pattern().map(Into::into),
+    };
     let public = pattern.as_deref().is_some_and(|p| {
         PUBLIC_ROUTES.contains(&p)
             || crate::dashboard::ROUTES.contains(&p)
@@ -161,7 +168,10 @@ pub async fn authenticate(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let stream = is_stream_route(req.request());
+    let stream = pattern
+        .as_deref()
+        .and_then(below_prefix)
+        .is_some_and(|rest| STREAM_ROUTES.contains(&rest));
     let refusal = match presented(req.request(), stream) {
         // The WebSocket may authenticate with its first frame.
         (Presented::Nothing, _) if is_ws_upgrade(req.request()) => None,

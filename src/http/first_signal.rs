@@ -66,14 +66,15 @@ const PATTERNS: [&str; 2] = [
 
 /// `{prefix}/runs/{runId}/first-signal` as written (no percent-encoding,
 /// nothing after the last segment): the run id segment and the pattern.
-fn hot_path(path: &str) -> Option<(&str, &'static str)> {
+/// Whenever this finds one, the router matches the same pattern.
+pub fn hot_path(path: &str) -> Option<(&str, &'static str)> {
     super::PREFIXES
         .iter()
         .zip(PATTERNS)
         .find_map(|(prefix, pattern)| {
             let rest = path.strip_prefix(prefix)?.strip_prefix("/runs/")?;
             let id = rest.strip_suffix("/first-signal")?;
-            (!id.contains(['/', '%'])).then_some((id, pattern))
+            (!id.is_empty() && !id.contains(['/', '%'])).then_some((id, pattern))
         })
 }
 
@@ -388,6 +389,32 @@ mod tests {
 
     fn keys(v: &Value) -> BTreeSet<String> {
         v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_hot_path_takes_exactly_the_first_signal_route_as_written() {
+        let id = "7c3a0c1c-c5d4-4d9f-a76d-f73b89614f3b";
+        for (prefix, pattern) in super::super::PREFIXES.iter().zip(PATTERNS) {
+            // The label the router's match would give (`routes` registers
+            // the resource under each prefix).
+            assert_eq!(pattern, format!("{prefix}/runs/{{runId}}/first-signal"));
+            let path = format!("{prefix}/runs/{id}/first-signal");
+            assert_eq!(hot_path(&path), Some((id, pattern)));
+            // Anything else goes to the router, which answers it as before.
+            for other in [
+                format!("{prefix}/runs/{id}/first-signal/"),
+                format!("{prefix}/runs/{id}/first-signalx"),
+                format!("{prefix}/runs//first-signal"),
+                format!("{prefix}/runs/a/b/first-signal"),
+                format!("{prefix}/runs/{}/first-signal", id.replacen('-', "%2D", 1)),
+                format!("{prefix}/runs/{id}"),
+                format!("{prefix}/runs/{id}/timeline"),
+                format!("{prefix}x/runs/{id}/first-signal"),
+                format!("/api/v1/other/runs/{id}/first-signal"),
+            ] {
+                assert_eq!(hot_path(&other), None, "{other}");
+            }
+        }
     }
 
     #[test]

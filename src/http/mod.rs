@@ -1,5 +1,7 @@
 //! HTTP surface: one file per resource; both API prefixes serve the same
-//! routes (SPEC §2). Handlers talk to run actors only by message.
+//! routes (SPEC §2). Handlers talk to run actors only by message: requests
+//! and replies, or the signal a run actor sends on its `watch` channel,
+//! which first-signal hits read (ADR 0051).
 
 pub mod auth;
 pub mod errors;

@@ -561,3 +561,27 @@ async fn direct_reads_keep_a_read_run_resident() {
     assert_eq!(sup.len(), 0, "evicted once nobody read it");
     assert!(sup.warm_signal(&key).is_none());
 }
+
+#[actix_rt::test]
+async fn a_run_waiting_for_a_missing_event_is_not_read_without_a_message() {
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let key = RunKey::new("t", "r1");
+    read(&sup, "r1").await;
+    // Seq 4 arrives before seq 3 (two writers, or another node): its
+    // writer may already have been answered, so the signal of seq 2 must
+    // not be served directly, and the actor's own answer waits for seq 3.
+    let newer = view("r1", JobState::Working, 4);
+    sup.publish(&key, vec![signal_event(&newer)].into());
+    tokio::task::yield_now().await;
+    read(&sup, "r1").await;
+    assert!(sup.warm_signal(&key).is_none(), "seq 3 is missing");
+    sup.publish(
+        &key,
+        vec![event("r1", 3, types::JOB_QUEUED, None, "c")].into(),
+    );
+    let FirstSignalReply::Signal { view: got, .. } = read(&sup, "r1").await else {
+        panic!("expected a signal");
+    };
+    assert_eq!(got.seq, 4);
+    assert_eq!(sup.warm_signal(&key).map(|v| v.seq), Some(4));
+}
