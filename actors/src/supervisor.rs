@@ -261,7 +261,7 @@ impl Supervisor {
         let slot = self.inner.map.get(key)?;
         let shared = &slot.shared;
         // `in_flight` first: its Acquire pairs with the actor's Release
-        // after it stored the view of the events it counted out.
+        // after it sent the view of the events it counted out.
         if shared.in_flight.load(Ordering::Acquire) != 0 || !shared.ready.load(Ordering::Acquire) {
             return None;
         }
@@ -277,21 +277,23 @@ impl Supervisor {
     /// Forward committed events to the run's actor if it is resident. A run
     /// that is not resident loads them from the store when it next starts.
     pub fn publish(&self, key: &RunKey, events: Arc<[Arc<Published>]>) {
-        let Some((addr, shared)) = self
-            .inner
-            .map
-            .get(key)
-            .map(|s| (s.addr.clone(), s.shared.clone()))
-        else {
+        let Some(slot) = self.inner.map.get(key) else {
             return;
         };
         // Counted before the send, so that a reader answered after this
         // call returns goes through the mailbox, behind these events.
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let sent = addr.try_send(Apply(events));
+        slot.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Through the slot's own address, never a clone: actix bounds a
+        // mailbox per sender (a full one parks that sender and refuses its
+        // next message), and a fresh clone starts unparked, so sending
+        // through clones queued past `MailboxCapacity` without end.
+        let sent = slot.addr.try_send(Apply(events));
         if sent.is_err() {
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            slot.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+        let addr = slot.addr.clone();
+        // The shard lock goes before the map is changed below.
+        drop(slot);
         if let Err(SendError::Full(_)) = sent {
             // The actor cannot keep up: retire it rather than block the
             // writer or drop the event; the next reader reloads the run.

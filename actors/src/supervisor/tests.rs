@@ -585,3 +585,30 @@ async fn a_run_waiting_for_a_missing_event_is_not_read_without_a_message() {
     assert_eq!(got.seq, 4);
     assert_eq!(sup.warm_signal(&key).map(|v| v.seq), Some(4));
 }
+
+#[actix_rt::test]
+async fn an_actor_whose_mailbox_is_full_is_retired_and_reloads() {
+    let config = ActorConfig {
+        mailbox_capacity: 4,
+        ..Default::default()
+    };
+    let (sup, _) = setup(config, &["r1"]);
+    let key = RunKey::new("t", "r1");
+    // Spawned and not yet run: nothing leaves its mailbox meanwhile.
+    sup.lookup(&key);
+    for seq in 3..13 {
+        sup.publish(
+            &key,
+            vec![event("r1", seq, types::JOB_QUEUED, None, "c")].into(),
+        );
+    }
+    assert_eq!(sup.len(), 0, "10 events for a mailbox of 4: retired");
+    assert!(sup.resident(&key).is_none());
+    // Nothing is lost: the next reader loads the run again.
+    assert!(matches!(
+        read(&sup, "r1").await,
+        FirstSignalReply::Signal { .. }
+    ));
+    assert_eq!(sup.spawned(), 2, "a new actor");
+    assert_eq!(sup.len(), 1);
+}
