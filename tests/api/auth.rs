@@ -645,10 +645,9 @@ async fn a_bad_key_file_refuses_start_up_naming_the_key() {
 
 /// A warm run's first signal is answered before routing (ADR 0051): that
 /// answer must refuse exactly what the handler refuses.
-#[actix_web::test]
-async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
-    let app = spawn_mode(Mode::Token, &[]).await;
-    let all = cred(Mode::Token, &SCOPES, &[TENANT]);
+async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one(mode: Mode) {
+    let app = spawn_mode(mode, &[]).await;
+    let all = cred(mode, &SCOPES, &[TENANT]);
     let job = submit_as(&app, &all).await;
     let run = job["run_id"].as_str().unwrap().to_owned();
     let get = |path: String| app.client.get(format!("{}{path}", app.address));
@@ -660,12 +659,32 @@ async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
             assert_eq!(res.status(), 200);
             assert_eq!(header(&res, "cache-status"), "hit", "{path}");
         }
+        // HEAD and a matching `If-None-Match`, answered like GET.
+        let etag = header(&get(path.clone()).bearer_auth(&all).send().await.unwrap(), "etag");
+        let head = app
+            .client
+            .head(format!("{}{path}", app.address))
+            .bearer_auth(&all)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "etag"), etag);
+        assert!(head.bytes().await.unwrap().is_empty());
+        let res = get(path.clone())
+            .bearer_auth(&all)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 304);
+        assert_eq!(header(&res, "cache-status"), "hit");
         let res = get(path.clone()).header("X-Tenant-Id", TENANT).send().await.unwrap();
         assert_problem(res, 401, "unauthenticated").await;
-        let no_read = cred(Mode::Token, &["write", "worker", "admin"], &[TENANT]);
+        let no_read = cred(mode, &["write", "worker", "admin"], &[TENANT]);
         let res = get(path.clone()).bearer_auth(&no_read).send().await.unwrap();
         assert_problem(res, 403, "insufficient_scope").await;
-        let beta = cred(Mode::Token, &SCOPES, &["beta"]);
+        let beta = cred(mode, &SCOPES, &["beta"]);
         let res = get(path.clone())
             .bearer_auth(&beta)
             .header("X-Tenant-Id", TENANT)
@@ -680,7 +699,7 @@ async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
             .await
             .unwrap();
         assert_problem(res, 401, "unauthenticated").await;
-        let star = cred(Mode::Token, &SCOPES, &["*"]);
+        let star = cred(mode, &SCOPES, &["*"]);
         let res = get(path.clone()).bearer_auth(&star).send().await.unwrap();
         assert_problem(res, 400, "invalid_tenant").await;
         let res = get(path.clone())
@@ -700,7 +719,6 @@ async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
         assert_problem(res, 400, "invalid_tenant").await;
         // The same run named otherwise (upper case, a percent-encoded
         // hyphen) is the same signal, whichever way it is answered.
-        let etag = header(&get(path.clone()).bearer_auth(&all).send().await.unwrap(), "etag");
         for other in [
             format!("{p}/runs/{}/first-signal", run.to_uppercase()),
             format!("{p}/runs/{}/first-signal", run.replacen('-', "%2D", 1)),
@@ -711,4 +729,14 @@ async fn a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
             assert_eq!(header(&res, "etag"), etag, "{other}");
         }
     }
+}
+
+#[actix_web::test]
+async fn token_mode_a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
+    a_warm_first_signal_is_refused_exactly_as_a_cold_one(Mode::Token).await;
+}
+
+#[actix_web::test]
+async fn jwt_mode_a_warm_first_signal_is_refused_exactly_as_a_cold_one() {
+    a_warm_first_signal_is_refused_exactly_as_a_cold_one(Mode::Jwt).await;
 }
