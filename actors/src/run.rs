@@ -436,16 +436,21 @@ impl RunActor {
             async move { loader.events_after(&key, after, CATCH_UP_PAGE).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
-                    act.reading = false;
                     match result {
                         Ok(events) => {
+                            // A full page: more follow, so the view stays
+                            // withheld until the last page is applied.
                             let full = events.len() as u32 >= CATCH_UP_PAGE;
+                            act.reading = full;
                             act.accept(&events, ctx);
                             if full {
                                 act.catch_up(ctx);
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "catching up from the store failed"),
+                        Err(e) => {
+                            act.reading = false;
+                            tracing::warn!(error = %e, "catching up from the store failed");
+                        }
                     }
                     act.send_view();
                 }),

@@ -291,10 +291,10 @@ impl Supervisor {
         if sent.is_err() {
             slot.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
-        let addr = slot.addr.clone();
-        // The shard lock goes before the map is changed below.
-        drop(slot);
         if let Err(SendError::Full(_)) = sent {
+            let addr = slot.addr.clone();
+            // The shard lock goes before the map is changed below.
+            drop(slot);
             // The actor cannot keep up: retire it rather than block the
             // writer or drop the event; the next reader reloads the run.
             tracing::warn!(run_id = %key.run_id, "run actor mailbox full, retiring it");

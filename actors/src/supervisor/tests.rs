@@ -567,9 +567,11 @@ async fn a_run_waiting_for_a_missing_event_is_not_read_without_a_message() {
     let (sup, _) = setup(ActorConfig::default(), &["r1"]);
     let key = RunKey::new("t", "r1");
     read(&sup, "r1").await;
-    // Seq 4 arrives before seq 3 (two writers, or another node): its
-    // writer may already have been answered, so the signal of seq 2 must
-    // not be served directly, and the actor's own answer waits for seq 3.
+    // Seq 4 arrives before seq 3 (two writers, or another node). Until seq
+    // 3 is there (or fetched from the store after `GAP_WAIT`), the actor
+    // holds seq 4 back and answers with the signal of seq 2; a direct read
+    // must not be answered from the view meanwhile, so that it is never
+    // behind the actor's own answer once the gap closes.
     let newer = view("r1", JobState::Working, 4);
     sup.publish(&key, vec![signal_event(&newer)].into());
     tokio::task::yield_now().await;
