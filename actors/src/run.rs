@@ -233,8 +233,9 @@ impl RunActor {
 
     /// Send readers that skip the mailbox the signal they may serve: the
     /// current one when every event given so far is applied, else none
-    /// (they ask the actor, whose reply waits for the missing events as it
-    /// always did). Sent only when it changes.
+    /// (they ask the actor, which answers as it always did: while a gap is
+    /// open, with the signal from before it, and during a store read, after
+    /// that read). Sent only when it changes.
     fn send_view(&self) {
         let behind = self.reading || !self.pending.is_empty();
         let servable = if behind { None } else { self.signal.clone() };

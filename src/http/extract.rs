@@ -75,6 +75,15 @@ fn resolve_tenant(req: &HttpRequest) -> Result<Tenant, ApiError> {
 /// WebSocket routes themselves (browsers' EventSource and WebSocket cannot
 /// set headers) `?tenant=`. Malformed or repeated → 400.
 pub fn named_tenant(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    named_tenant_on(req, || is_stream_route(req))
+}
+
+/// [`named_tenant`], told whether the route is a stream route (a caller
+/// that knows its route spares the resource-map walk).
+pub fn named_tenant_on(
+    req: &HttpRequest,
+    stream_route: impl FnOnce() -> bool,
+) -> Result<Option<String>, ApiError> {
     let mut values = req.headers().get_all("x-tenant-id");
     let mut first = values.next().cloned();
     // Two tenants in one request: refuse rather than pick one.
@@ -84,7 +93,7 @@ pub fn named_tenant(req: &HttpRequest) -> Result<Option<String>, ApiError> {
             "header X-Tenant-Id must be given once",
         ));
     }
-    if first.is_none() && is_stream_route(req) {
+    if first.is_none() && stream_route() {
         first =
             query_param(req.query_string(), "tenant").and_then(|t| HeaderValue::from_str(&t).ok());
     }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::auth::{authorize_scope, QueryCredential};
 use super::errors::{ApiError, ErrorCode, Problem};
-use super::extract::{run_id, tenant_for, valid_tenant, Tenant, TenantHeader};
+use super::extract::{named_tenant_on, run_id, tenant_for, Tenant, TenantHeader};
 use crate::auth::Scope;
 use crate::store::{now_ms, rfc3339};
 use crate::AppState;
@@ -102,19 +102,14 @@ fn hot_answer(req: &ServiceRequest) -> Option<(HttpResponse, &'static str)> {
     }
     let (raw_id, pattern) = hot_path(req.path())?;
     let state = req.app_data::<web::Data<AppState>>()?;
-    // What the `Tenant` extractor checks, for this route: a credential from
-    // `?access_token=` is for stream routes only, the scope is `read`, and
-    // the tenant comes from exactly one valid `X-Tenant-Id`.
+    // What the `Tenant` extractor checks, for this route (not a stream
+    // route): a credential from `?access_token=` is for stream routes
+    // only, the scope is `read`, and the tenant rules.
     if req.extensions().get::<QueryCredential>().is_some() {
         return None;
     }
     let principal = authorize_scope(req.request(), Scope::Read).ok()?;
-    let mut tenants = req.headers().get_all("x-tenant-id");
-    let named = match (tenants.next(), tenants.next()) {
-        (Some(value), None) => Some(value.to_str().ok().filter(|t| valid_tenant(t))?.to_owned()),
-        (None, _) => None,
-        (Some(_), Some(_)) => return None,
-    };
+    let named = named_tenant_on(req.request(), || false).ok()?;
     let tenant = tenant_for(state.auth.enabled(), principal.as_ref(), named).ok()?;
     let run_id = run_id(raw_id).ok()?;
     let view = state
@@ -143,7 +138,7 @@ pub fn if_none_match_hits(req: &HttpRequest, etag: &str) -> bool {
         })
 }
 
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(super) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static SOURCE: HeaderName = HeaderName::from_static("x-firstsignal-source");
 static PRIVATE_60: HeaderValue = HeaderValue::from_static("private, max-age=60");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -140,7 +140,6 @@ fn allowed_methods(pattern: &str) -> Option<&'static str> {
 }
 
 static CORRELATION: HeaderName = HeaderName::from_static("x-correlation-id");
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Correlation id in (or generated) and echoed out; request metrics by
 /// route pattern (never the raw path: ids would explode the label set).
@@ -185,7 +184,11 @@ pub async fn observe(
             .inc();
         if route.ends_with("/first-signal") {
             let series = &state.metrics.first_signal;
-            let histogram = match res.headers().get(&CACHE_STATUS).map(|v| v.as_bytes()) {
+            let histogram = match res
+                .headers()
+                .get(&first_signal::CACHE_STATUS)
+                .map(|v| v.as_bytes())
+            {
                 Some(b"hit") => &series.request_hit,
                 Some(b"miss") => &series.request_miss,
                 _ => &series.request_none,
