@@ -352,7 +352,9 @@ impl<'t> Op<'t> {
         };
         // Rows this batch took out of `queued` still match in the table:
         // ask for that many more (no more: on PostgreSQL every row the
-        // query returns stays locked to this batch).
+        // query returns stays locked to this batch, and every row is read
+        // whole). A job whose row is known not to be queued (a running
+        // job's progress, say) does not match there: not counted.
         let hidden = self
             .pending
             .jobs
@@ -361,6 +363,11 @@ impl<'t> Op<'t> {
                 tenant.is_none_or(|t| j.tenant_id == t)
                     && j.job_state() != JobState::Queued
                     && req.packs.contains(&j.pack)
+                    && self
+                        .pending
+                        .stored
+                        .get(&j.job_id)
+                        .is_none_or(|row| row.job_state() == JobState::Queued)
             })
             .count();
         let limit = req.max + hidden as u32;

@@ -15,6 +15,7 @@
 //! the backend's traits, writes through the writer.
 
 pub mod history;
+mod lane;
 pub mod lifecycle;
 pub mod model;
 pub mod postgres;

@@ -15,8 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use runsignal_actors::Signal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
+use super::lane::{LaneConn, LaneTx};
 use super::sql::sql_backend;
 use super::tx::{NewDelivery, RunRow, WriteTx};
 use super::*;
@@ -28,8 +29,8 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 pub struct PgBackend {
     reader: PgPool,
-    writer: PgPool,
-    lanes: usize,
+    /// One connection per write lane, held (ADR 0053).
+    writers: Vec<LaneConn<PgConnection>>,
 }
 
 impl PgBackend {
@@ -37,22 +38,18 @@ impl PgBackend {
     pub async fn open(url: &str, max_connections: u32, lanes: u32) -> StoreResult<PgBackend> {
         let options = PgConnectOptions::from_str(url)?;
         let lanes = lanes.max(1);
-        let writer = PgPoolOptions::new()
-            .max_connections(lanes)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await?;
-        migrate(&writer).await?;
         let reader = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(PgBackend {
-            reader,
-            writer,
-            lanes: lanes as usize,
-        })
+        migrate(&reader).await?;
+        let mut writers = Vec::new();
+        for _ in 0..lanes {
+            let conn = PgConnection::connect_with(&options).await?;
+            writers.push(LaneConn::new(conn, options.clone(), "BEGIN"));
+        }
+        Ok(PgBackend { reader, writers })
     }
 }
 
@@ -64,7 +61,7 @@ pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
 }
 
 pub struct PgTx {
-    tx: Transaction<'static, Postgres>,
+    tx: LaneTx<PgConnection>,
     /// Write statements so far (the writer's isolation check).
     writes: u64,
 }
@@ -77,15 +74,15 @@ impl Backend for PgBackend {
     }
 
     fn lanes(&self) -> usize {
-        self.lanes
+        self.writers.len()
     }
 
     fn statement_errors_abort(&self) -> bool {
         true
     }
 
-    async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
-        let tx = self.writer.begin().await?;
+    async fn begin(&self, lane: usize) -> StoreResult<Box<dyn WriteTx>> {
+        let tx = self.writers[lane % self.writers.len()].begin().await?;
         Ok(Box::new(PgTx { tx, writes: 0 }))
     }
 }

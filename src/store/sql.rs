@@ -27,6 +27,56 @@ pub fn decode_event(json: &str) -> StoreResult<runsignal_actors::Envelope> {
 
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal $(,)?) => {
+        impl $tx {
+            /// [`WriteTx::jobs_and_runs`] in one statement, for a backend
+            /// without row locks: every job of the runs of `job_ids`, each
+            /// with its run's columns (`r_…`).
+            async fn jobs_with_runs(
+                &mut self,
+                job_ids: &[String],
+            ) -> StoreResult<Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)>> {
+                use sqlx::Row as _;
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT j.*, r.last_seq AS r_last_seq, r.signal_etag AS r_signal_etag,
+                            r.signal_seq AS r_signal_seq, r.status AS r_status,
+                            r.completed_seq AS r_completed_seq, r.updated_at AS r_updated_at,
+                            r.created_at AS r_created_at
+                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in job_ids {
+                    list.push_bind(id.clone());
+                }
+                q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id");
+                let rows = q.build().fetch_all(&mut *self.tx).await?;
+                let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = Vec::new();
+                for row in rows {
+                    let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
+                    let same = out.last().is_some_and(|(k, _, _)| {
+                        *k.tenant == *job.tenant_id && *k.run_id == *job.run_id
+                    });
+                    if !same {
+                        let run = RunRow {
+                            last_seq: row.try_get("r_last_seq")?,
+                            signal_etag: row.try_get("r_signal_etag")?,
+                            signal_seq: row.try_get("r_signal_seq")?,
+                            status: row.try_get("r_status")?,
+                            completed_seq: row.try_get("r_completed_seq")?,
+                            updated_at: row.try_get("r_updated_at")?,
+                            created_at: row.try_get("r_created_at")?,
+                        };
+                        let key = runsignal_actors::RunKey::new(&job.tenant_id, &job.run_id);
+                        out.push((key, run, Vec::new()));
+                    }
+                    if let Some((_, _, jobs)) = out.last_mut() {
+                        jobs.push(job);
+                    }
+                }
+                Ok(out)
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::tx::WriteTx for $tx {
             async fn savepoint(&mut self) -> StoreResult<()> {
@@ -53,13 +103,11 @@ macro_rules! sql_backend {
             }
 
             async fn commit(self: Box<Self>) -> StoreResult<()> {
-                self.tx.commit().await?;
-                Ok(())
+                self.tx.end(true).await
             }
 
             async fn rollback(self: Box<Self>) -> StoreResult<()> {
-                self.tx.rollback().await?;
-                Ok(())
+                self.tx.end(false).await
             }
 
             async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>> {
@@ -155,6 +203,11 @@ macro_rules! sql_backend {
                 &mut self,
                 job_ids: &[String],
             ) -> StoreResult<Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)>> {
+                if $skip.is_empty() {
+                    // No row locks (SQLite's single writer): one statement,
+                    // each job with its run's columns.
+                    return self.jobs_with_runs(job_ids).await;
+                }
                 // Two statements, in this order: the run rows first (locked
                 // on PostgreSQL), then their jobs. A jobs read that waited
                 // for a run's lock in the same statement would miss a job
@@ -175,16 +228,18 @@ macro_rules! sql_backend {
                 if runs.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE (tenant_id, run_id) IN (");
+                // Through the run rows (each found by its key), then each
+                // run's jobs by `jobs_by_run`: a row-value `IN` list of
+                // constants here made SQLite scan the whole jobs index.
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT j.* FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
+                );
                 let mut list = q.separated(", ");
-                for (tenant, run, ..) in &runs {
-                    list.push("(")
-                        .push_bind_unseparated(tenant.clone())
-                        .push_unseparated(", ")
-                        .push_bind_unseparated(run.clone())
-                        .push_unseparated(")");
+                for id in job_ids {
+                    list.push_bind(id.clone());
                 }
-                q.push(") ORDER BY tenant_id, run_id, created_at, job_id").push($lock);
+                q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id").push($lock);
                 let jobs: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *self.tx).await?;
                 let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = runs
                     .into_iter()

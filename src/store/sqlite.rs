@@ -12,15 +12,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use runsignal_actors::Signal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 
+use super::lane::{LaneConn, LaneTx};
 use super::sql::sql_backend;
 use super::tx::{NewDelivery, RunRow, WriteTx};
 use super::*;
 
 pub struct SqliteBackend {
     reader: SqlitePool,
-    writer: SqlitePool,
+    /// The one write connection, held (ADR 0053).
+    writer: LaneConn<SqliteConnection>,
     /// Alive while the backend is: the checkpointer stops when it is gone.
     _alive: std::sync::Arc<()>,
 }
@@ -51,11 +53,11 @@ impl SqliteBackend {
         // The writer never checkpoints on commit (that would put the copy
         // to the database file and its fsync on the write path); a
         // checkpointer connection does, every `CHECKPOINT_EVERY`.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+        let mut writer = SqliteConnection::connect_with(&writer_options).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut writer)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -68,7 +70,7 @@ impl SqliteBackend {
         tokio::spawn(checkpoint(checkpointer, std::sync::Arc::downgrade(&alive)));
         Ok(SqliteBackend {
             reader,
-            writer,
+            writer: LaneConn::new(writer, writer_options, "BEGIN IMMEDIATE"),
             _alive: alive,
         })
     }
@@ -95,7 +97,7 @@ async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
 }
 
 pub struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: LaneTx<SqliteConnection>,
     /// Write statements so far (the writer's isolation check).
     writes: u64,
 }
@@ -120,7 +122,7 @@ impl Backend for SqliteBackend {
         // their jobs: the key is `DEFERRABLE INITIALLY DEFERRED` (checked at
         // commit). Not `PRAGMA defer_foreign_keys`: it expires every
         // prepared statement of the connection (ADR 0049).
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.writer.begin().await?;
         Ok(Box::new(SqliteTx { tx, writes: 0 }))
     }
 }

@@ -662,3 +662,52 @@ async fn each_job_column_is_written_alone_by_an_update_of_that_column() {
         assert_eq!(format!("{got:?}"), format!("{changed:?}"), "{column}");
     }
 }
+
+/// ADR 0053: a lane keeps its connection between batches. A batch dropped
+/// before its end (its task cancelled) leaves its transaction open there:
+/// the lane's next `begin` rolls it back, so nothing it wrote is kept and
+/// the lane goes on writing.
+#[actix_web::test]
+async fn a_batch_dropped_before_its_end_keeps_nothing_and_the_lane_goes_on() {
+    let f = fixture().await;
+    let (job, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let base = f.store.get_job(T, &job.job_id).await.unwrap();
+    let mut changed = base.clone();
+    changed.message = Some("never committed".into());
+    let mut tx = f.store.begin(0).await.unwrap();
+    tx.update_jobs(1 << 10, &[&changed]).await.unwrap();
+    drop(tx);
+    // The same lane again: its `begin` must roll the abandoned one back
+    // (SQLite refuses a `BEGIN` inside a transaction; PostgreSQL warns and
+    // would keep the change in the new one).
+    let mut tx = f.store.begin(0).await.unwrap();
+    let (_, jobs) = tx.job_and_run(T, &job.job_id).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    let seen = jobs.into_iter().find(|j| j.job_id == job.job_id).unwrap();
+    assert_eq!(seen.message, base.message, "the dropped batch's write is gone");
+    let stored = f.store.get_job(T, &job.job_id).await.unwrap();
+    assert_eq!(stored.message, base.message);
+    // And the writer still commits through that lane.
+    let (second, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    assert_eq!(f.store.get_job(T, &second.job_id).await.unwrap().state, "queued");
+}
+
+/// ADR 0053: a lane's held connection that the server ends (a restart) is
+/// opened again by its next batch: writes fail only until then.
+#[actix_web::test]
+async fn a_lane_whose_connection_the_server_ended_opens_it_again() {
+    let f = fixture().await;
+    f.store.submit_job(T, new_job(None)).await.unwrap();
+    if !f._db.terminate_connections() {
+        eprintln!("skipped: an embedded SQLite connection cannot be ended from outside");
+        return;
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        outcomes.push(f.store.submit_job(T, new_job(None)).await.is_ok());
+    }
+    // One failed batch at most per lane (4), then every write commits.
+    let failed = outcomes.iter().filter(|ok| !**ok).count();
+    assert!(failed <= 4, "{outcomes:?}");
+    assert!(outcomes[4..].iter().all(|ok| *ok), "{outcomes:?}");
+}

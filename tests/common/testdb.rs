@@ -64,6 +64,23 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// End every server connection to this database (PostgreSQL: what a
+    /// server restart does to them). False for SQLite, which has none.
+    pub fn terminate_connections(&self) -> bool {
+        let Some((base, schema)) = &self.schema else {
+            return false;
+        };
+        admin(
+            base,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{schema}'"
+            ),
+        );
+        true
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((base, schema)) = &self.schema {

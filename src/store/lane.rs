@@ -1,0 +1,119 @@
+//! The connection a write lane holds for its life (ADR 0053).
+//!
+//! A lane runs one transaction at a time, so it needs one connection, and
+//! borrowing it from a pool for every batch cost a round trip per batch:
+//! sqlx pings a connection it takes back (on SQLite, a hop to the
+//! connection's thread and back; on PostgreSQL, a round trip to the
+//! server), in a task of its own that the next `begin` waits for. A
+//! [`LaneConn`] keeps the connection instead, opens it again when it
+//! breaks, and rolls back a transaction a dropped batch left open.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use sqlx::{Connection, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::StoreResult;
+
+/// One lane's connection, opened on first use and again after a failure.
+pub struct LaneConn<C: Connection> {
+    slot: Arc<Mutex<Slot<C>>>,
+    options: C::Options,
+    begin: &'static str,
+}
+
+struct Slot<C> {
+    conn: Option<C>,
+    /// A transaction is open: its batch was dropped before its end.
+    open: bool,
+}
+
+/// A lane's transaction: the connection, inside `begin`, until
+/// [`LaneTx::end`].
+pub struct LaneTx<C: Connection> {
+    slot: OwnedMutexGuard<Slot<C>>,
+}
+
+impl<C> LaneConn<C>
+where
+    C: Connection,
+    for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+{
+    /// `conn`, already open (migrated with it, say); `begin` is the
+    /// statement that opens a write transaction.
+    pub fn new(conn: C, options: C::Options, begin: &'static str) -> LaneConn<C> {
+        let slot = Slot {
+            conn: Some(conn),
+            open: false,
+        };
+        LaneConn {
+            slot: Arc::new(Mutex::new(slot)),
+            options,
+            begin,
+        }
+    }
+
+    /// Open a transaction; waits while the lane's previous one runs.
+    pub async fn begin(&self) -> StoreResult<LaneTx<C>> {
+        let mut slot = self.slot.clone().lock_owned().await;
+        if slot.open {
+            slot.open = false;
+            if let Some(conn) = slot.conn.as_mut() {
+                if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
+                    tracing::warn!(error = %e, "rolling back an abandoned write transaction; reconnecting");
+                    slot.conn = None;
+                }
+            }
+        }
+        let conn = match slot.conn.take() {
+            Some(conn) => conn,
+            None => C::connect_with(&self.options).await?,
+        };
+        let conn = slot.conn.insert(conn);
+        if let Err(e) = sqlx::raw_sql(self.begin).execute(&mut *conn).await {
+            // Whatever broke it, a fresh connection next time.
+            slot.conn = None;
+            return Err(e.into());
+        }
+        slot.open = true;
+        Ok(LaneTx { slot })
+    }
+}
+
+impl<C> LaneTx<C>
+where
+    C: Connection,
+    for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+{
+    /// `COMMIT` or `ROLLBACK`. After a failure the transaction counts as
+    /// open: the next `begin` rolls it back (or reconnects).
+    pub async fn end(mut self, commit: bool) -> StoreResult<()> {
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        sqlx::raw_sql(sql).execute(&mut *self).await?;
+        self.slot.open = false;
+        Ok(())
+    }
+}
+
+impl<C: Connection> Deref for LaneTx<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        // `begin` put a connection in the slot, and nothing takes it out
+        // while this transaction holds the lock.
+        self.slot
+            .conn
+            .as_ref()
+            .expect("a lane transaction holds its connection")
+    }
+}
+
+impl<C: Connection> DerefMut for LaneTx<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        self.slot
+            .conn
+            .as_mut()
+            .expect("a lane transaction holds its connection")
+    }
+}
