@@ -14,7 +14,10 @@ use std::sync::Arc;
 use sqlx::{Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::StoreResult;
+use super::{StoreError, StoreResult};
+
+/// How long opening a write connection again may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One lane's connection, opened on first use and again after a failure.
 pub struct LaneConn<C: Connection> {
@@ -68,7 +71,13 @@ where
         }
         let conn = match slot.conn.take() {
             Some(conn) => conn,
-            None => C::connect_with(&self.options).await?,
+            // Bounded as the pool's `acquire` was: a server that does not
+            // answer fails this batch, not the lane forever.
+            None => tokio::time::timeout(CONNECT_TIMEOUT, C::connect_with(&self.options))
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable("the write connection did not open within 10 s".into())
+                })??,
         };
         let conn = slot.conn.insert(conn);
         if let Err(e) = sqlx::raw_sql(self.begin).execute(&mut *conn).await {

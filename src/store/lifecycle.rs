@@ -18,7 +18,7 @@ use runsignal_actors::{new_ulid, JobState, Published, RunKey, SignalView};
 use serde_json::{json, Value};
 
 use super::history::{HistoryFact, Outcome, PackHistory, PackRecord};
-use super::tx::{RunRow, WriteTx};
+use super::tx::{BatchRows, RunRow, WriteTx};
 use super::writer::{Cmd, Done};
 use super::*;
 use crate::packs::DeclaredSteps;
@@ -57,40 +57,16 @@ impl Pending {
     }
 
     /// Write the jobs, the changed run rows and the events (one statement
-    /// each, whatever the batch's size).
+    /// each, whatever the batch's size; on SQLite one round trip for all).
     pub async fn flush(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
-        self.flush_jobs(tx).await?;
-        if !self.artifacts.is_empty() {
-            tx.upsert_artifacts(&self.artifacts).await?;
-            self.artifacts.clear();
-        }
-        if !self.events.is_empty() {
-            tx.insert_events(&self.events).await?;
-        }
-        let dirty: Vec<(RunKey, RunRow)> = self
-            .runs
-            .iter()
-            .filter(|(_, _, dirty)| *dirty)
-            .map(|(k, r, _)| (k.clone(), r.clone()))
-            .collect();
-        if !dirty.is_empty() {
-            tx.save_runs(&dirty).await?;
-        }
-        self.runs.clear();
-        self.events.clear();
-        Ok(())
-    }
-
-    /// Write the jobs only: before a read that selects jobs by state
-    /// (leases, the expiry sweep), which must see them.
-    pub async fn flush_jobs(&mut self, tx: &mut dyn WriteTx) -> StoreResult<()> {
-        if self.jobs.is_empty() {
-            return Ok(());
-        }
+        let mut rows = BatchRows {
+            artifacts: &self.artifacts,
+            events: &self.events,
+            ..BatchRows::default()
+        };
         // Rows known to the transaction: grouped by the columns that
         // changed (one statement a group; a progress batch is one group).
         let mut narrow: Vec<(u32, &JobRecord)> = Vec::new();
-        let mut whole: Vec<JobRecord> = Vec::new();
         for job in &self.jobs {
             let changed = self
                 .stored
@@ -99,20 +75,28 @@ impl Pending {
             match changed {
                 Some(0) => {}
                 Some(columns) => narrow.push((columns, job)),
-                None => whole.push(job.clone()),
+                None => rows.upserts.push(job.clone()),
             }
         }
         narrow.sort_by_key(|(columns, _)| *columns);
         for group in narrow.chunk_by(|a, b| a.0 == b.0) {
-            let jobs: Vec<&JobRecord> = group.iter().map(|(_, j)| *j).collect();
-            tx.update_jobs(group[0].0, &jobs).await?;
+            rows.updates
+                .push((group[0].0, group.iter().map(|(_, j)| *j).collect()));
         }
-        if !whole.is_empty() {
-            tx.upsert_jobs(&whole).await?;
-        }
+        rows.runs = self
+            .runs
+            .iter()
+            .filter(|(_, _, dirty)| *dirty)
+            .map(|(k, r, _)| (k.clone(), r.clone()))
+            .collect();
+        tx.write_rows(&rows).await?;
+        drop(rows);
         for job in self.jobs.drain(..) {
             self.stored.insert(job.job_id.clone(), job);
         }
+        self.artifacts.clear();
+        self.runs.clear();
+        self.events.clear();
         Ok(())
     }
 
@@ -371,10 +355,18 @@ impl<'t> Op<'t> {
             })
             .count();
         let limit = req.max + hidden as u32;
-        let mut jobs: Vec<JobRecord> = self
+        // The candidates' runs come with them (rows and jobs, read under
+        // the candidates' locks): the lease reads nothing more per job.
+        let (candidates, runs) = self
             .tx
-            .queued_jobs(tenant, &req.packs, limit)
-            .await?
+            .queued_jobs_and_runs(tenant, &req.packs, limit)
+            .await?;
+        for (key, row, jobs) in runs {
+            if !self.pending.prefetched.iter().any(|(k, _, _)| *k == key) {
+                self.pending.prefetched.push((key, row, jobs));
+            }
+        }
+        let mut jobs: Vec<JobRecord> = candidates
             .into_iter()
             .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
             .collect();

@@ -93,4 +93,5 @@ sql_backend! {
     tx: PgTx,
     lock: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    multi_statement: false,
 }

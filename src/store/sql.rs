@@ -25,55 +25,292 @@ pub fn decode_event(json: &str) -> StoreResult<runsignal_actors::Envelope> {
     })
 }
 
+/// A run's key, its row and every job of it, oldest first.
+pub type RunJobs = (
+    runsignal_actors::RunKey,
+    super::tx::RunRow,
+    Vec<super::JobRecord>,
+);
+
+/// The run columns a row of a jobs-with-runs read carries beside the job's
+/// (`r_…`, decoded by [`runs_of_rows`]).
+macro_rules! RUN_COLUMNS {
+    () => {
+        "r.last_seq AS r_last_seq, r.signal_etag AS r_signal_etag, r.signal_seq AS r_signal_seq,
+         r.status AS r_status, r.completed_seq AS r_completed_seq, r.updated_at AS r_updated_at,
+         r.created_at AS r_created_at"
+    };
+}
+pub(crate) use RUN_COLUMNS;
+
+/// Group rows of jobs (ordered by run) with their runs' columns into runs,
+/// and pick out the rows flagged `r_candidate`.
+pub fn runs_of_rows<R>(rows: &[R]) -> StoreResult<(Vec<RunJobs>, Vec<super::JobRecord>)>
+where
+    R: sqlx::Row,
+    for<'r> super::JobRecord: sqlx::FromRow<'r, R>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut runs: Vec<RunJobs> = Vec::new();
+    let mut candidates = Vec::new();
+    for row in rows {
+        let job = <super::JobRecord as sqlx::FromRow<R>>::from_row(row)?;
+        let same = runs
+            .last()
+            .is_some_and(|(k, _, _)| *k.tenant == *job.tenant_id && *k.run_id == *job.run_id);
+        if !same {
+            let run = super::tx::RunRow {
+                last_seq: row.try_get("r_last_seq")?,
+                signal_etag: row.try_get("r_signal_etag")?,
+                signal_seq: row.try_get("r_signal_seq")?,
+                status: row.try_get("r_status")?,
+                completed_seq: row.try_get("r_completed_seq")?,
+                updated_at: row.try_get("r_updated_at")?,
+                created_at: row.try_get("r_created_at")?,
+            };
+            let key = runsignal_actors::RunKey::new(&job.tenant_id, &job.run_id);
+            runs.push((key, run, Vec::new()));
+        }
+        if row.try_get::<bool, _>("r_candidate")? {
+            candidates.push(job.clone());
+        }
+        if let Some((_, _, jobs)) = runs.last_mut() {
+            jobs.push(job);
+        }
+    }
+    Ok((runs, candidates))
+}
+
 macro_rules! sql_backend {
-    (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal $(,)?) => {
+    (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal, multi_statement: $multi:literal $(,)?) => {
         impl $tx {
+            /// Write back runs (one statement): an upsert so that many rows
+            /// go in one statement: the runs a submit created (no name, no
+            /// labels) are inserted here, the others exist and only their
+            /// changed columns are set.
+            fn push_save_runs(q: &mut sqlx::QueryBuilder<$db>, chunk: &[(runsignal_actors::RunKey, RunRow)]) {
+                q.push(
+                    "INSERT INTO runs (tenant_id, run_id, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at) ",
+                );
+                q.push_values(chunk, |mut b, (key, row)| {
+                    b.push_bind(key.tenant.to_string())
+                        .push_bind(key.run_id.to_string())
+                        .push_bind(row.last_seq)
+                        .push_bind(row.signal_etag.clone())
+                        .push_bind(row.signal_seq)
+                        .push_bind(row.status.clone())
+                        .push_bind(row.completed_seq)
+                        .push_bind(row.updated_at)
+                        .push_bind(row.created_at);
+                });
+                q.push(
+                    " ON CONFLICT (tenant_id, run_id) DO UPDATE SET last_seq = excluded.last_seq,
+                         signal_etag = excluded.signal_etag, signal_seq = excluded.signal_seq,
+                         status = excluded.status, completed_seq = excluded.completed_seq,
+                         updated_at = excluded.updated_at",
+                );
+            }
+
+            /// Insert jobs that are new, write back every column of the
+            /// others (one statement).
+            fn push_upsert_jobs(q: &mut sqlx::QueryBuilder<$db>, chunk: &[JobRecord]) {
+                q.push("INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, blocked_reason, attempt, max_attempts, lease_id, lease_worker, lease_until, lease_seconds, stage, step, step_index, message, percent, log_lines, result, error_code, error_message, failure_start, failure_end, correlation_id, idempotency_key, webhook_url, created_at, updated_at, state_changed_at, started_at, finished_at, step_started_at, retry_of) ");
+                q.push_values(chunk, |mut b, j| {
+                    b.push_bind(j.job_id.clone())
+                        .push_bind(j.tenant_id.clone())
+                        .push_bind(j.run_id.clone())
+                        .push_bind(j.pack.clone())
+                        .push_bind(j.inputs.clone())
+                        .push_bind(j.state.clone())
+                        .push_bind(j.blocked_reason.clone())
+                        .push_bind(j.attempt)
+                        .push_bind(j.max_attempts)
+                        .push_bind(j.lease_id.clone())
+                        .push_bind(j.lease_worker.clone())
+                        .push_bind(j.lease_until)
+                        .push_bind(j.lease_seconds)
+                        .push_bind(j.stage.clone())
+                        .push_bind(j.step.clone())
+                        .push_bind(j.step_index)
+                        .push_bind(j.message.clone())
+                        .push_bind(j.percent)
+                        .push_bind(j.log_lines)
+                        .push_bind(j.result.clone())
+                        .push_bind(j.error_code.clone())
+                        .push_bind(j.error_message.clone())
+                        .push_bind(j.failure_start)
+                        .push_bind(j.failure_end)
+                        .push_bind(j.correlation_id.clone())
+                        .push_bind(j.idempotency_key.clone())
+                        .push_bind(j.webhook_url.clone())
+                        .push_bind(j.created_at)
+                        .push_bind(j.updated_at)
+                        .push_bind(j.state_changed_at)
+                        .push_bind(j.started_at)
+                        .push_bind(j.finished_at)
+                        .push_bind(j.step_started_at)
+                        .push_bind(j.retry_of.clone());
+                });
+                q.push(" ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, blocked_reason = excluded.blocked_reason, attempt = excluded.attempt, lease_id = excluded.lease_id, lease_worker = excluded.lease_worker, lease_until = excluded.lease_until, lease_seconds = excluded.lease_seconds, stage = excluded.stage, step = excluded.step, step_index = excluded.step_index, message = excluded.message, percent = excluded.percent, log_lines = excluded.log_lines, result = excluded.result, error_code = excluded.error_code, error_message = excluded.error_message, failure_start = excluded.failure_start, failure_end = excluded.failure_end, idempotency_key = excluded.idempotency_key, updated_at = excluded.updated_at, state_changed_at = excluded.state_changed_at, started_at = excluded.started_at, finished_at = excluded.finished_at, step_started_at = excluded.step_started_at");
+            }
+
+            /// The changed-column indexes of `columns` (bits of
+            /// [`JOB_UPDATE_COLUMNS`](crate::store::JOB_UPDATE_COLUMNS)).
+            fn update_set(columns: u32) -> Vec<usize> {
+                (0..$crate::store::JOB_UPDATE_COLUMNS.len())
+                    .filter(|i| columns & (1 << i) != 0)
+                    .collect()
+            }
+
+            /// Set the columns `set` of existing jobs (one statement).
+            fn push_update_jobs(q: &mut sqlx::QueryBuilder<$db>, set: &[usize], chunk: &[&JobRecord]) {
+                // `UPDATE … FROM (VALUES …)`: both backends name the
+                // columns of an unaliased VALUES list column1, column2, …
+                q.push("UPDATE jobs SET ");
+                for (n, i) in set.iter().enumerate() {
+                    if n > 0 {
+                        q.push(", ");
+                    }
+                    q.push($crate::store::JOB_UPDATE_COLUMNS[*i])
+                        .push(" = v.column")
+                        .push(n + 2);
+                }
+                q.push(" FROM (");
+                q.push_values(chunk, |mut b, j| {
+                    b.push_bind(j.job_id.clone());
+                    for i in set {
+                        match i {
+                            0 => b.push_bind(j.state.clone()),
+                            1 => b.push_bind(j.blocked_reason.clone()),
+                            2 => b.push_bind(j.attempt),
+                            3 => b.push_bind(j.lease_id.clone()),
+                            4 => b.push_bind(j.lease_worker.clone()),
+                            5 => b.push_bind(j.lease_until),
+                            6 => b.push_bind(j.lease_seconds),
+                            7 => b.push_bind(j.stage.clone()),
+                            8 => b.push_bind(j.step.clone()),
+                            9 => b.push_bind(j.step_index),
+                            10 => b.push_bind(j.message.clone()),
+                            11 => b.push_bind(j.percent),
+                            12 => b.push_bind(j.log_lines),
+                            13 => b.push_bind(j.result.clone()),
+                            14 => b.push_bind(j.error_code.clone()),
+                            15 => b.push_bind(j.error_message.clone()),
+                            16 => b.push_bind(j.failure_start),
+                            17 => b.push_bind(j.failure_end),
+                            18 => b.push_bind(j.idempotency_key.clone()),
+                            19 => b.push_bind(j.updated_at),
+                            20 => b.push_bind(j.state_changed_at),
+                            21 => b.push_bind(j.started_at),
+                            22 => b.push_bind(j.finished_at),
+                            _ => b.push_bind(j.step_started_at),
+                        };
+                    }
+                });
+                q.push(") AS v WHERE jobs.job_id = v.column1");
+            }
+
+            /// Insert or replace artifact rows (one statement).
+            fn push_upsert_artifacts(q: &mut sqlx::QueryBuilder<$db>, chunk: &[ArtifactRecord]) {
+                q.push(
+                    "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at) ",
+                );
+                q.push_values(chunk, |mut b, a| {
+                    b.push_bind(a.tenant_id.clone())
+                        .push_bind(a.job_id.clone())
+                        .push_bind(a.run_id.clone())
+                        .push_bind(a.name.clone())
+                        .push_bind(a.size)
+                        .push_bind(a.sha256.clone())
+                        .push_bind(a.content_type.clone())
+                        .push_bind(a.path.clone())
+                        .push_bind(a.created_at);
+                });
+                q.push(
+                    " ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
+                         content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
+                );
+            }
+
+            /// Insert events (one statement).
+            fn push_insert_events(q: &mut sqlx::QueryBuilder<$db>, chunk: &[std::sync::Arc<runsignal_actors::Published>]) {
+                q.push(
+                    "INSERT INTO events (tenant_id, run_id, seq, event_id, type, job_id, correlation_id, occurred_at, envelope) ",
+                );
+                q.push_values(chunk, |mut row, p| {
+                    let e = &p.envelope;
+                    let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at)
+                        .map(|t| t.timestamp_millis())
+                        .unwrap_or_default();
+                    row.push_bind(e.tenant_id.clone())
+                        .push_bind(e.run_id.clone())
+                        .push_bind(e.seq as i64)
+                        .push_bind(e.event_id.clone())
+                        .push_bind(e.event_type.clone())
+                        .push_bind(e.job_id.clone())
+                        .push_bind(e.correlation_id.clone())
+                        .push_bind(at)
+                        .push_bind(String::from_utf8_lossy(&p.json).into_owned());
+                });
+            }
+
             /// [`WriteTx::jobs_and_runs`] in one statement, for a backend
             /// without row locks: every job of the runs of `job_ids`, each
-            /// with its run's columns (`r_…`).
-            async fn jobs_with_runs(
-                &mut self,
-                job_ids: &[String],
-            ) -> StoreResult<Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)>> {
-                use sqlx::Row as _;
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT j.*, r.last_seq AS r_last_seq, r.signal_etag AS r_signal_etag,
-                            r.signal_seq AS r_signal_seq, r.status AS r_status,
-                            r.completed_seq AS r_completed_seq, r.updated_at AS r_updated_at,
-                            r.created_at AS r_created_at
+            /// with its run's columns.
+            async fn jobs_with_runs(&mut self, job_ids: &[String]) -> StoreResult<Vec<$crate::store::sql::RunJobs>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT j.*, ",
+                    $crate::store::sql::RUN_COLUMNS!(),
+                    ", 0 AS r_candidate
                        FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
-                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
-                );
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN ("
+                ));
                 let mut list = q.separated(", ");
                 for id in job_ids {
                     list.push_bind(id.clone());
                 }
                 q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id");
                 let rows = q.build().fetch_all(&mut *self.tx).await?;
-                let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = Vec::new();
-                for row in rows {
-                    let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
-                    let same = out.last().is_some_and(|(k, _, _)| {
-                        *k.tenant == *job.tenant_id && *k.run_id == *job.run_id
-                    });
-                    if !same {
-                        let run = RunRow {
-                            last_seq: row.try_get("r_last_seq")?,
-                            signal_etag: row.try_get("r_signal_etag")?,
-                            signal_seq: row.try_get("r_signal_seq")?,
-                            status: row.try_get("r_status")?,
-                            completed_seq: row.try_get("r_completed_seq")?,
-                            updated_at: row.try_get("r_updated_at")?,
-                            created_at: row.try_get("r_created_at")?,
-                        };
-                        let key = runsignal_actors::RunKey::new(&job.tenant_id, &job.run_id);
-                        out.push((key, run, Vec::new()));
-                    }
-                    if let Some((_, _, jobs)) = out.last_mut() {
-                        jobs.push(job);
-                    }
+                Ok($crate::store::sql::runs_of_rows(&rows)?.0)
+            }
+
+            /// [`WriteTx::queued_jobs_and_runs`] in one statement, for a
+            /// backend without row locks: the candidates (`r_candidate`)
+            /// and every job of their runs, each with its run's columns.
+            async fn queued_with_runs(
+                &mut self,
+                tenant: Option<&str>,
+                packs: &[String],
+                limit: u32,
+            ) -> StoreResult<(Vec<JobRecord>, Vec<$crate::store::sql::RunJobs>)> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "WITH c AS (SELECT j.job_id, j.tenant_id, j.run_id FROM jobs j
+                                  JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id WHERE ",
+                );
+                if let Some(tenant) = tenant {
+                    q.push("j.tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
                 }
-                Ok(out)
+                q.push("j.state = 'queued' AND j.pack IN (");
+                let mut list = q.separated(", ");
+                for pack in packs {
+                    list.push_bind(pack.clone());
+                }
+                q.push(") ORDER BY j.job_id LIMIT ").push(limit);
+                q.push(concat!(
+                    ") SELECT j.*, ",
+                    $crate::store::sql::RUN_COLUMNS!(),
+                    ", j.job_id IN (SELECT job_id FROM c) AS r_candidate
+                       FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM c)
+                      ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id"
+                ));
+                let rows = q.build().fetch_all(&mut *self.tx).await?;
+                let (runs, mut candidates) = $crate::store::sql::runs_of_rows(&rows)?;
+                candidates.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+                Ok((candidates, runs))
             }
         }
 
@@ -158,30 +395,9 @@ macro_rules! sql_backend {
 
             async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
                 self.writes += 1;
-                // An upsert so that many rows go in one statement: the runs
-                // a submit created (no name, no labels) are inserted here,
-                // the others exist and only their changed columns are set.
                 for chunk in rows.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO runs (tenant_id, run_id, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at) ",
-                    );
-                    q.push_values(chunk, |mut b, (key, row)| {
-                        b.push_bind(key.tenant.to_string())
-                            .push_bind(key.run_id.to_string())
-                            .push_bind(row.last_seq)
-                            .push_bind(row.signal_etag.clone())
-                            .push_bind(row.signal_seq)
-                            .push_bind(row.status.clone())
-                            .push_bind(row.completed_seq)
-                            .push_bind(row.updated_at)
-                            .push_bind(row.created_at);
-                    });
-                    q.push(
-                        " ON CONFLICT (tenant_id, run_id) DO UPDATE SET last_seq = excluded.last_seq,
-                             signal_etag = excluded.signal_etag, signal_seq = excluded.signal_seq,
-                             status = excluded.status, completed_seq = excluded.completed_seq,
-                             updated_at = excluded.updated_at",
-                    );
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_save_runs(&mut q, chunk);
                     q.build().execute(&mut *self.tx).await?;
                 }
                 Ok(())
@@ -228,18 +444,19 @@ macro_rules! sql_backend {
                 if runs.is_empty() {
                     return Ok(Vec::new());
                 }
-                // Through the run rows (each found by its key), then each
-                // run's jobs by `jobs_by_run`: a row-value `IN` list of
-                // constants here made SQLite scan the whole jobs index.
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT j.* FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
-                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN (",
-                );
+                // (PostgreSQL only: SQLite, without table statistics, walks
+                // the whole jobs index for this row-value list; it reads
+                // through the run rows instead, in `jobs_with_runs`.)
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM jobs WHERE (tenant_id, run_id) IN (");
                 let mut list = q.separated(", ");
-                for id in job_ids {
-                    list.push_bind(id.clone());
+                for (tenant, run, ..) in &runs {
+                    list.push("(")
+                        .push_bind_unseparated(tenant.clone())
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(run.clone())
+                        .push_unseparated(")");
                 }
-                q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id").push($lock);
+                q.push(") ORDER BY tenant_id, run_id, created_at, job_id").push($lock);
                 let jobs: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *self.tx).await?;
                 let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = runs
                     .into_iter()
@@ -354,46 +571,8 @@ macro_rules! sql_backend {
                 self.writes += 1;
                 // 34 parameters a row: 500 rows stay under both backends' limits.
                 for chunk in jobs.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO jobs (job_id, tenant_id, run_id, pack, inputs, state, blocked_reason, attempt, max_attempts, lease_id, lease_worker, lease_until, lease_seconds, stage, step, step_index, message, percent, log_lines, result, error_code, error_message, failure_start, failure_end, correlation_id, idempotency_key, webhook_url, created_at, updated_at, state_changed_at, started_at, finished_at, step_started_at, retry_of) ",
-                    );
-                    q.push_values(chunk, |mut b, j| {
-                        b.push_bind(j.job_id.clone())
-                            .push_bind(j.tenant_id.clone())
-                            .push_bind(j.run_id.clone())
-                            .push_bind(j.pack.clone())
-                            .push_bind(j.inputs.clone())
-                            .push_bind(j.state.clone())
-                            .push_bind(j.blocked_reason.clone())
-                            .push_bind(j.attempt)
-                            .push_bind(j.max_attempts)
-                            .push_bind(j.lease_id.clone())
-                            .push_bind(j.lease_worker.clone())
-                            .push_bind(j.lease_until)
-                            .push_bind(j.lease_seconds)
-                            .push_bind(j.stage.clone())
-                            .push_bind(j.step.clone())
-                            .push_bind(j.step_index)
-                            .push_bind(j.message.clone())
-                            .push_bind(j.percent)
-                            .push_bind(j.log_lines)
-                            .push_bind(j.result.clone())
-                            .push_bind(j.error_code.clone())
-                            .push_bind(j.error_message.clone())
-                            .push_bind(j.failure_start)
-                            .push_bind(j.failure_end)
-                            .push_bind(j.correlation_id.clone())
-                            .push_bind(j.idempotency_key.clone())
-                            .push_bind(j.webhook_url.clone())
-                            .push_bind(j.created_at)
-                            .push_bind(j.updated_at)
-                            .push_bind(j.state_changed_at)
-                            .push_bind(j.started_at)
-                            .push_bind(j.finished_at)
-                            .push_bind(j.step_started_at)
-                            .push_bind(j.retry_of.clone());
-                    });
-                    q.push(" ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, blocked_reason = excluded.blocked_reason, attempt = excluded.attempt, lease_id = excluded.lease_id, lease_worker = excluded.lease_worker, lease_until = excluded.lease_until, lease_seconds = excluded.lease_seconds, stage = excluded.stage, step = excluded.step, step_index = excluded.step_index, message = excluded.message, percent = excluded.percent, log_lines = excluded.log_lines, result = excluded.result, error_code = excluded.error_code, error_message = excluded.error_message, failure_start = excluded.failure_start, failure_end = excluded.failure_end, idempotency_key = excluded.idempotency_key, updated_at = excluded.updated_at, state_changed_at = excluded.state_changed_at, started_at = excluded.started_at, finished_at = excluded.finished_at, step_started_at = excluded.step_started_at");
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_upsert_jobs(&mut q, chunk);
                     q.build().execute(&mut *self.tx).await?;
                 }
                 Ok(())
@@ -401,59 +580,13 @@ macro_rules! sql_backend {
 
             async fn update_jobs(&mut self, columns: u32, jobs: &[&JobRecord]) -> StoreResult<()> {
                 self.writes += 1;
-                let set: Vec<usize> = (0..$crate::store::JOB_UPDATE_COLUMNS.len())
-                    .filter(|i| columns & (1 << i) != 0)
-                    .collect();
+                let set = Self::update_set(columns);
                 if set.is_empty() {
                     return Ok(());
                 }
-                // `UPDATE … FROM (VALUES …)`: both backends name the
-                // columns of an unaliased VALUES list column1, column2, …
-                let mut head = String::from("UPDATE jobs SET ");
-                for (n, i) in set.iter().enumerate() {
-                    if n > 0 {
-                        head.push_str(", ");
-                    }
-                    head.push_str($crate::store::JOB_UPDATE_COLUMNS[*i]);
-                    head.push_str(" = v.column");
-                    head.push_str(&(n + 2).to_string());
-                }
-                head.push_str(" FROM (");
-                let per_row = set.len() + 1;
-                for chunk in jobs.chunks(16_000 / per_row) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(&head);
-                    q.push_values(chunk, |mut b, j| {
-                        b.push_bind(j.job_id.clone());
-                        for i in &set {
-                            match i {
-                                0 => b.push_bind(j.state.clone()),
-                                1 => b.push_bind(j.blocked_reason.clone()),
-                                2 => b.push_bind(j.attempt),
-                                3 => b.push_bind(j.lease_id.clone()),
-                                4 => b.push_bind(j.lease_worker.clone()),
-                                5 => b.push_bind(j.lease_until),
-                                6 => b.push_bind(j.lease_seconds),
-                                7 => b.push_bind(j.stage.clone()),
-                                8 => b.push_bind(j.step.clone()),
-                                9 => b.push_bind(j.step_index),
-                                10 => b.push_bind(j.message.clone()),
-                                11 => b.push_bind(j.percent),
-                                12 => b.push_bind(j.log_lines),
-                                13 => b.push_bind(j.result.clone()),
-                                14 => b.push_bind(j.error_code.clone()),
-                                15 => b.push_bind(j.error_message.clone()),
-                                16 => b.push_bind(j.failure_start),
-                                17 => b.push_bind(j.failure_end),
-                                18 => b.push_bind(j.idempotency_key.clone()),
-                                19 => b.push_bind(j.updated_at),
-                                20 => b.push_bind(j.state_changed_at),
-                                21 => b.push_bind(j.started_at),
-                                22 => b.push_bind(j.finished_at),
-                                _ => b.push_bind(j.step_started_at),
-                            };
-                        }
-                    });
-                    q.push(") AS v WHERE jobs.job_id = v.column1");
+                for chunk in jobs.chunks(16_000 / (set.len() + 1)) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_update_jobs(&mut q, &set, chunk);
                     let updated = q.build().execute(&mut *self.tx).await?.rows_affected();
                     if updated != chunk.len() as u64 {
                         return Err(StoreError::NotCommitted(format!(
@@ -495,6 +628,27 @@ macro_rules! sql_backend {
                 Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
             }
 
+            async fn queued_jobs_and_runs(
+                &mut self,
+                tenant: Option<&str>,
+                packs: &[String],
+                limit: u32,
+            ) -> StoreResult<(Vec<JobRecord>, Vec<$crate::store::sql::RunJobs>)> {
+                if $skip.is_empty() {
+                    return self.queued_with_runs(tenant, packs, limit).await;
+                }
+                // The candidates (their run rows locked), then their runs
+                // and jobs read again under the locks (another lessee may
+                // have taken one meanwhile): two reads for any number.
+                let candidates = self.queued_jobs(tenant, packs, limit).await?;
+                if candidates.is_empty() {
+                    return Ok((candidates, Vec::new()));
+                }
+                let ids: Vec<String> = candidates.iter().map(|j| j.job_id.clone()).collect();
+                let runs = self.jobs_and_runs(&ids).await?;
+                Ok((candidates, runs))
+            }
+
             async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>> {
                 // Run rows first, as every writer locks them (see `queued_jobs`).
                 let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -525,24 +679,8 @@ macro_rules! sql_backend {
             async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()> {
                 self.writes += 1;
                 for chunk in artifacts.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at) ",
-                    );
-                    q.push_values(chunk, |mut b, a| {
-                        b.push_bind(a.tenant_id.clone())
-                            .push_bind(a.job_id.clone())
-                            .push_bind(a.run_id.clone())
-                            .push_bind(a.name.clone())
-                            .push_bind(a.size)
-                            .push_bind(a.sha256.clone())
-                            .push_bind(a.content_type.clone())
-                            .push_bind(a.path.clone())
-                            .push_bind(a.created_at);
-                    });
-                    q.push(
-                        " ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
-                             content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
-                    );
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_upsert_artifacts(&mut q, chunk);
                     q.build().execute(&mut *self.tx).await?;
                 }
                 Ok(())
@@ -555,25 +693,82 @@ macro_rules! sql_backend {
                 self.writes += 1;
                 // 9 parameters an event; well under both backends' limits.
                 for chunk in events.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO events (tenant_id, run_id, seq, event_id, type, job_id, correlation_id, occurred_at, envelope) ",
-                    );
-                    q.push_values(chunk, |mut row, p| {
-                        let e = &p.envelope;
-                        let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at)
-                            .map(|t| t.timestamp_millis())
-                            .unwrap_or_default();
-                        row.push_bind(e.tenant_id.clone())
-                            .push_bind(e.run_id.clone())
-                            .push_bind(e.seq as i64)
-                            .push_bind(e.event_id.clone())
-                            .push_bind(e.event_type.clone())
-                            .push_bind(e.job_id.clone())
-                            .push_bind(e.correlation_id.clone())
-                            .push_bind(at)
-                            .push_bind(String::from_utf8_lossy(&p.json).into_owned());
-                    });
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_insert_events(&mut q, chunk);
                     q.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn write_rows(&mut self, rows: &$crate::store::tx::BatchRows<'_>) -> StoreResult<()> {
+                if !$multi {
+                    for (columns, jobs) in &rows.updates {
+                        self.update_jobs(*columns, jobs).await?;
+                    }
+                    if !rows.upserts.is_empty() {
+                        self.upsert_jobs(&rows.upserts).await?;
+                    }
+                    if !rows.artifacts.is_empty() {
+                        self.upsert_artifacts(rows.artifacts).await?;
+                    }
+                    if !rows.events.is_empty() {
+                        self.insert_events(rows.events).await?;
+                    }
+                    if !rows.runs.is_empty() {
+                        self.save_runs(&rows.runs).await?;
+                    }
+                    return Ok(());
+                }
+                // Every statement in one round trip, in the order above.
+                // Each writes exactly one row per row it is given (an
+                // update of a missing job writes none): the total says
+                // whether all of them were written.
+                self.writes += 1;
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                let mut expected = 0u64;
+                let next = |q: &mut sqlx::QueryBuilder<$db>, expected: &mut u64, rows: usize| {
+                    if *expected > 0 {
+                        q.push("; ");
+                    }
+                    *expected += rows as u64;
+                };
+                for (columns, jobs) in &rows.updates {
+                    let set = Self::update_set(*columns);
+                    if set.is_empty() {
+                        continue;
+                    }
+                    for chunk in jobs.chunks(16_000 / (set.len() + 1)) {
+                        next(&mut q, &mut expected, chunk.len());
+                        Self::push_update_jobs(&mut q, &set, chunk);
+                    }
+                }
+                for chunk in rows.upserts.chunks(500) {
+                    next(&mut q, &mut expected, chunk.len());
+                    Self::push_upsert_jobs(&mut q, chunk);
+                }
+                for chunk in rows.artifacts.chunks(1000) {
+                    next(&mut q, &mut expected, chunk.len());
+                    Self::push_upsert_artifacts(&mut q, chunk);
+                }
+                for chunk in rows.events.chunks(1000) {
+                    next(&mut q, &mut expected, chunk.len());
+                    Self::push_insert_events(&mut q, chunk);
+                }
+                for chunk in rows.runs.chunks(1000) {
+                    next(&mut q, &mut expected, chunk.len());
+                    Self::push_save_runs(&mut q, chunk);
+                }
+                if expected == 0 {
+                    return Ok(());
+                }
+                // Not kept in the connection's statement cache: the text is
+                // new with nearly every batch (its row counts), and would
+                // push out the statements that do repeat.
+                let written = q.build().persistent(false).execute(&mut *self.tx).await?.rows_affected();
+                if written != expected {
+                    return Err(StoreError::NotCommitted(format!(
+                        "{written} of the batch's {expected} rows were written (a job row to update was missing)"
+                    )));
                 }
                 Ok(())
             }

@@ -133,4 +133,5 @@ sql_backend! {
     tx: SqliteTx,
     lock: "",
     skip_locked: "",
+    multi_statement: true,
 }

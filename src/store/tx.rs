@@ -39,6 +39,18 @@ pub struct NewDelivery {
     pub at: i64,
 }
 
+/// What a batch writes at its end (`lifecycle::Pending::flush`), in this
+/// order: job updates grouped by the columns they set, whole jobs (new or
+/// not read), artifacts, events, run rows.
+#[derive(Default)]
+pub struct BatchRows<'a> {
+    pub updates: Vec<(u32, Vec<&'a JobRecord>)>,
+    pub upserts: Vec<JobRecord>,
+    pub artifacts: &'a [ArtifactRecord],
+    pub events: &'a [Arc<Published>],
+    pub runs: Vec<(RunKey, RunRow)>,
+}
+
 #[async_trait]
 pub trait WriteTx: Send {
     /// Isolate the next write of a batch: a failure rolls back only it.
@@ -105,6 +117,15 @@ pub trait WriteTx: Send {
         packs: &[String],
         limit: u32,
     ) -> StoreResult<Vec<JobRecord>>;
+    /// What a lease reads: [`WriteTx::queued_jobs`], and every job and the
+    /// row of the candidates' runs, as [`WriteTx::jobs_and_runs`] has them
+    /// (read after the candidates' locks are held).
+    async fn queued_jobs_and_runs(
+        &mut self,
+        tenant: Option<&str>,
+        packs: &[String],
+        limit: u32,
+    ) -> StoreResult<(Vec<JobRecord>, Vec<(RunKey, RunRow, Vec<JobRecord>)>)>;
     /// Up to `limit` running jobs whose lease ended before `now`, locked.
     async fn expired_jobs(&mut self, now: i64, limit: u32) -> StoreResult<Vec<JobRecord>>;
     /// End now the leases `worker_id` holds; returns how many.
@@ -112,6 +133,11 @@ pub trait WriteTx: Send {
     /// The names of a job's artifacts.
     async fn artifact_names(&mut self, tenant: &str, job_id: &str) -> StoreResult<Vec<String>>;
     async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()>;
+
+    /// A batch's rows, as the statements above (one each; a backend that
+    /// takes several statements at once sends them in one round trip).
+    /// Fails when a job row to update is missing.
+    async fn write_rows(&mut self, rows: &BatchRows<'_>) -> StoreResult<()>;
 
     // Timeline.
     async fn insert_events(&mut self, events: &[Arc<Published>]) -> StoreResult<()>;

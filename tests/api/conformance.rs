@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
+use runsignal::store::tx::BatchRows;
 use runsignal::store::{
     BlockedChange, ClaimShare, Completion, Failure, LeaseRequest, NewJob, NewRun, ProgressReport,
     Store, StoreError, TimelineQuery, JOB_UPDATE_COLUMNS,
@@ -710,4 +711,32 @@ async fn a_lane_whose_connection_the_server_ended_opens_it_again() {
     let failed = outcomes.iter().filter(|ok| !**ok).count();
     assert!(failed <= 4, "{outcomes:?}");
     assert!(outcomes[4..].iter().all(|ok| *ok), "{outcomes:?}");
+}
+
+/// ADR 0053: a batch's rows are written together (on SQLite in one round
+/// trip). An update of a job row that is not there fails the write, and
+/// the rollback keeps none of the rows written with it.
+#[actix_web::test]
+async fn a_batch_whose_job_row_to_update_is_missing_fails_and_keeps_nothing() {
+    let f = fixture().await;
+    let (job, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    let base = f.store.get_job(T, &job.job_id).await.unwrap();
+    let mut changed = base.clone();
+    changed.message = Some("written with a missing row".into());
+    let mut ghost = changed.clone();
+    ghost.job_id = "01J00000000000000000000000".into();
+    let mut tx = f.store.begin(0).await.unwrap();
+    let mut rows = BatchRows::default();
+    rows.updates.push((1 << 10, vec![&changed, &ghost]));
+    let err = tx.write_rows(&rows).await.expect_err("a missing row fails the write");
+    assert!(matches!(err, StoreError::NotCommitted(_)), "{err:?}");
+    tx.rollback().await.unwrap();
+    assert_eq!(f.store.get_job(T, &job.job_id).await.unwrap().message, base.message);
+    // The same rows without the missing one are written.
+    let mut tx = f.store.begin(0).await.unwrap();
+    let mut rows = BatchRows::default();
+    rows.updates.push((1 << 10, vec![&changed]));
+    tx.write_rows(&rows).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(f.store.get_job(T, &job.job_id).await.unwrap().message, changed.message);
 }
