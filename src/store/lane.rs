@@ -61,32 +61,50 @@ where
     pub async fn begin(&self) -> StoreResult<LaneTx<C>> {
         let mut slot = self.slot.clone().lock_owned().await;
         if slot.open {
-            slot.open = false;
             if let Some(conn) = slot.conn.as_mut() {
                 if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
                     tracing::warn!(error = %e, "rolling back an abandoned write transaction; reconnecting");
                     slot.conn = None;
                 }
             }
+            // Only now: a `begin` dropped during the rollback leaves the
+            // transaction marked open for the next one.
+            slot.open = false;
         }
-        let conn = match slot.conn.take() {
-            Some(conn) => conn,
-            // Bounded as the pool's `acquire` was: a server that does not
-            // answer fails this batch, not the lane forever.
-            None => tokio::time::timeout(CONNECT_TIMEOUT, C::connect_with(&self.options))
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable("the write connection did not open within 10 s".into())
-                })??,
-        };
+        // A held connection may have died while the lane was idle (a
+        // server restart, an idle timeout): nothing has run on it yet, so
+        // `BEGIN` once more on a fresh one before failing the batch.
+        if let Some(conn) = slot.conn.as_mut() {
+            match sqlx::raw_sql(self.begin).execute(&mut *conn).await {
+                Ok(_) => {
+                    slot.open = true;
+                    return Ok(LaneTx { slot });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a held write connection failed; opening it again");
+                    slot.conn = None;
+                }
+            }
+        }
+        let conn = self.connect().await?;
         let conn = slot.conn.insert(conn);
         if let Err(e) = sqlx::raw_sql(self.begin).execute(&mut *conn).await {
-            // Whatever broke it, a fresh connection next time.
             slot.conn = None;
             return Err(e.into());
         }
         slot.open = true;
         Ok(LaneTx { slot })
+    }
+
+    /// Bounded as the pool's `acquire` was: a server that does not answer
+    /// fails this batch, not the lane forever.
+    async fn connect(&self) -> StoreResult<C> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, C::connect_with(&self.options)).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(StoreError::Unavailable(
+                "the write connection did not open within 10 s".into(),
+            )),
+        }
     }
 }
 

@@ -142,6 +142,9 @@ pub struct Op<'t> {
     events_before: usize,
     jobs_before: usize,
     artifacts_before: usize,
+    /// Runs a lease of this write read ahead: their row locks go with its
+    /// savepoint, so they go too when it fails.
+    prefetched_before: usize,
     saved: Vec<(usize, RunRow, bool)>,
     saved_jobs: Vec<(usize, JobRecord)>,
     /// Runs this write created: they have no jobs but its own.
@@ -262,6 +265,7 @@ impl<'t> Op<'t> {
             events_before: pending.events.len(),
             jobs_before: pending.jobs.len(),
             artifacts_before: pending.artifacts.len(),
+            prefetched_before: pending.prefetched.len(),
             saved_jobs: Vec::new(),
             pending,
             now: now_ms(),
@@ -282,6 +286,7 @@ impl<'t> Op<'t> {
         }
         self.pending.jobs.truncate(self.jobs_before);
         self.pending.artifacts.truncate(self.artifacts_before);
+        self.pending.prefetched.truncate(self.prefetched_before);
         for (i, job) in self.saved_jobs.drain(..) {
             self.pending.jobs[i] = job;
         }

@@ -277,18 +277,17 @@ macro_rules! sql_backend {
                 Ok($crate::store::sql::runs_of_rows(&rows)?.0)
             }
 
-            /// [`WriteTx::queued_jobs_and_runs`] in one statement, for a
-            /// backend without row locks: the candidates (`r_candidate`)
-            /// and every job of their runs, each with its run's columns.
-            async fn queued_with_runs(
-                &mut self,
+            /// `SELECT <columns>` of up to `limit` queued jobs of `packs` (of
+            /// one tenant, or all) that have their run row, oldest first.
+            fn push_queued(
+                q: &mut sqlx::QueryBuilder<$db>,
+                columns: &'static str,
                 tenant: Option<&str>,
                 packs: &[String],
                 limit: u32,
-            ) -> StoreResult<(Vec<JobRecord>, Vec<$crate::store::sql::RunJobs>)> {
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "WITH c AS (SELECT j.job_id, j.tenant_id, j.run_id FROM jobs j
-                                  JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id WHERE ",
+            ) {
+                q.push("SELECT ").push(columns).push(
+                    " FROM jobs j JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id WHERE ",
                 );
                 if let Some(tenant) = tenant {
                     q.push("j.tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
@@ -299,6 +298,19 @@ macro_rules! sql_backend {
                     list.push_bind(pack.clone());
                 }
                 q.push(") ORDER BY j.job_id LIMIT ").push(limit);
+            }
+
+            /// [`WriteTx::queued_jobs_and_runs`] in one statement, for a
+            /// backend without row locks: the candidates (`r_candidate`)
+            /// and every job of their runs, each with its run's columns.
+            async fn queued_with_runs(
+                &mut self,
+                tenant: Option<&str>,
+                packs: &[String],
+                limit: u32,
+            ) -> StoreResult<(Vec<JobRecord>, Vec<$crate::store::sql::RunJobs>)> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH c AS (");
+                Self::push_queued(&mut q, "j.job_id, j.tenant_id, j.run_id", tenant, packs, limit);
                 q.push(concat!(
                     ") SELECT j.*, ",
                     $crate::store::sql::RUN_COLUMNS!(),
@@ -610,18 +622,8 @@ macro_rules! sql_backend {
                 // writer holds are skipped), and the lease then locks the
                 // jobs. Locking the jobs first here deadlocked with writers
                 // of other jobs of the same run.
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT j.* FROM jobs j JOIN runs r ON r.tenant_id = j.tenant_id AND r.run_id = j.run_id WHERE ",
-                );
-                if let Some(tenant) = tenant {
-                    q.push("j.tenant_id = ").push_bind(tenant.to_owned()).push(" AND ");
-                }
-                q.push("j.state = 'queued' AND j.pack IN (");
-                let mut list = q.separated(", ");
-                for pack in packs {
-                    list.push_bind(pack.clone());
-                }
-                q.push(") ORDER BY j.job_id LIMIT ").push(limit);
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                Self::push_queued(&mut q, "j.*", tenant, packs, limit);
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF r SKIP LOCKED");
                 }
@@ -639,7 +641,7 @@ macro_rules! sql_backend {
                 }
                 // The candidates (their run rows locked), then their runs
                 // and jobs read again under the locks (another lessee may
-                // have taken one meanwhile): two reads for any number.
+                // have taken one meanwhile): the same statements for any number.
                 let candidates = self.queued_jobs(tenant, packs, limit).await?;
                 if candidates.is_empty() {
                     return Ok((candidates, Vec::new()));
