@@ -19,7 +19,7 @@ use super::{StoreError, StoreResult};
 /// How long opening a write connection again may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One lane's connection, opened on first use and again after a failure.
+/// One lane's connection, opened with the backend and again after a failure.
 pub struct LaneConn<C: Connection> {
     slot: Arc<Mutex<Slot<C>>>,
     options: C::Options,

@@ -87,6 +87,59 @@ where
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal, multi_statement: $multi:literal $(,)?) => {
         impl $tx {
+            async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
+                self.writes += 1;
+                for chunk in rows.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_save_runs(&mut q, chunk);
+                    q.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn queued_jobs(
+                &mut self,
+                tenant: Option<&str>,
+                packs: &[String],
+                limit: u32,
+            ) -> StoreResult<Vec<JobRecord>> {
+                // Every writer locks a run's row before its jobs; so does
+                // this: the candidates' run rows are locked (runs another
+                // writer holds are skipped), and the lease then locks the
+                // jobs. Locking the jobs first here deadlocked with writers
+                // of other jobs of the same run.
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                Self::push_queued(&mut q, "j.*", tenant, packs, limit);
+                if !$skip.is_empty() {
+                    q.push(" FOR UPDATE OF r SKIP LOCKED");
+                }
+                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
+            }
+
+            async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()> {
+                self.writes += 1;
+                for chunk in artifacts.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_upsert_artifacts(&mut q, chunk);
+                    q.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_events(
+                &mut self,
+                events: &[std::sync::Arc<runsignal_actors::Published>],
+            ) -> StoreResult<()> {
+                self.writes += 1;
+                // 9 parameters an event; well under both backends' limits.
+                for chunk in events.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    Self::push_insert_events(&mut q, chunk);
+                    q.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
             /// Write back runs (one statement): an upsert so that many rows
             /// go in one statement: the runs a submit created (no name, no
             /// labels) are inserted here, the others exist and only their
@@ -405,16 +458,6 @@ macro_rules! sql_backend {
                 Ok(inserted)
             }
 
-            async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
-                self.writes += 1;
-                for chunk in rows.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_save_runs(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
-            }
-
             async fn job_and_run(
                 &mut self,
                 tenant: &str,
@@ -611,25 +654,6 @@ macro_rules! sql_backend {
                 Ok(())
             }
 
-            async fn queued_jobs(
-                &mut self,
-                tenant: Option<&str>,
-                packs: &[String],
-                limit: u32,
-            ) -> StoreResult<Vec<JobRecord>> {
-                // Every writer locks a run's row before its jobs; so does
-                // this: the candidates' run rows are locked (runs another
-                // writer holds are skipped), and the lease then locks the
-                // jobs. Locking the jobs first here deadlocked with writers
-                // of other jobs of the same run.
-                let mut q = sqlx::QueryBuilder::<$db>::new("");
-                Self::push_queued(&mut q, "j.*", tenant, packs, limit);
-                if !$skip.is_empty() {
-                    q.push(" FOR UPDATE OF r SKIP LOCKED");
-                }
-                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
-            }
-
             async fn queued_jobs_and_runs(
                 &mut self,
                 tenant: Option<&str>,
@@ -676,30 +700,6 @@ macro_rules! sql_backend {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected())
-            }
-
-            async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()> {
-                self.writes += 1;
-                for chunk in artifacts.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_upsert_artifacts(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
-            }
-
-            async fn insert_events(
-                &mut self,
-                events: &[std::sync::Arc<runsignal_actors::Published>],
-            ) -> StoreResult<()> {
-                self.writes += 1;
-                // 9 parameters an event; well under both backends' limits.
-                for chunk in events.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_insert_events(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
             }
 
             async fn write_rows(&mut self, rows: &$crate::store::tx::BatchRows<'_>) -> StoreResult<()> {

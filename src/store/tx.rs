@@ -68,8 +68,6 @@ pub trait WriteTx: Send {
     async fn run_row(&mut self, tenant: &str, run_id: &str) -> StoreResult<Option<RunRow>>;
     /// Insert a run; false when it exists already.
     async fn insert_run(&mut self, run: &RunRecord) -> StoreResult<bool>;
-    /// Write back the changed columns of runs that exist (one statement).
-    async fn save_runs(&mut self, rows: &[(RunKey, RunRow)]) -> StoreResult<()>;
 
     // Jobs and leases.
     /// The job's run row and every job of that run (the job among them),
@@ -109,17 +107,10 @@ pub trait WriteTx: Send {
     /// of jobs whose rows exist, from these versions (one statement). Fails
     /// when a row is missing.
     async fn update_jobs(&mut self, columns: u32, jobs: &[&JobRecord]) -> StoreResult<()>;
-    /// Up to `limit` queued jobs of `packs` (of one tenant, or all), oldest
-    /// first, locked and skipped by concurrent lessees.
-    async fn queued_jobs(
-        &mut self,
-        tenant: Option<&str>,
-        packs: &[String],
-        limit: u32,
-    ) -> StoreResult<Vec<JobRecord>>;
-    /// What a lease reads: [`WriteTx::queued_jobs`], and every job and the
-    /// row of the candidates' runs, as [`WriteTx::jobs_and_runs`] has them
-    /// (read after the candidates' locks are held).
+    /// What a lease reads: up to `limit` queued jobs of `packs` (of one
+    /// tenant, or all), oldest first, locked and skipped by concurrent
+    /// lessees; and every job and the row of their runs, as
+    /// [`WriteTx::jobs_and_runs`] has them (read under those locks).
     async fn queued_jobs_and_runs(
         &mut self,
         tenant: Option<&str>,
@@ -132,15 +123,13 @@ pub trait WriteTx: Send {
     async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64>;
     /// The names of a job's artifacts.
     async fn artifact_names(&mut self, tenant: &str, job_id: &str) -> StoreResult<Vec<String>>;
-    async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()>;
 
-    /// A batch's rows, as the statements above (one each; a backend that
-    /// takes several statements at once sends them in one round trip).
-    /// Fails when a job row to update is missing.
+    // Jobs, artifacts, the timeline and runs, at a batch's end.
+    /// A batch's rows: job updates as [`WriteTx::update_jobs`], job
+    /// upserts, artifacts, events, run rows (one statement each; a backend
+    /// that takes several statements at once sends them in one round
+    /// trip). Fails when a job row to update is missing.
     async fn write_rows(&mut self, rows: &BatchRows<'_>) -> StoreResult<()>;
-
-    // Timeline.
-    async fn insert_events(&mut self, events: &[Arc<Published>]) -> StoreResult<()>;
 
     // Outbox.
     async fn insert_delivery(&mut self, delivery: &NewDelivery) -> StoreResult<()>;
