@@ -103,6 +103,12 @@ impl NewEnvelope<'_> {
 impl Envelope {
     /// `sha256:<hex>` of the JCS canonical JSON of the envelope without `hash`.
     pub fn compute_hash(&self) -> String {
+        // The usual case, written straight out: the fields in JCS key order
+        // and the payload by `write_jcs`, with no copy of the payload.
+        let mut out = Vec::with_capacity(512);
+        if self.write_unhashed_jcs(&mut out) {
+            return format!("sha256:{}", hex::encode(Sha256::digest(&out)));
+        }
         let material = Unhashed {
             event_id: &self.event_id,
             schema_version: &self.schema_version,
@@ -116,6 +122,45 @@ impl Envelope {
             payload: &self.payload,
         };
         format!("sha256:{}", canonical_sha256_hex(&material))
+    }
+
+    /// The canonical JSON of [`Unhashed`] (its properties sorted: all keys
+    /// are ASCII), or `false` where the payload needs the canonicalizer.
+    fn write_unhashed_jcs(&self, out: &mut Vec<u8>) -> bool {
+        let strings: [(&str, Option<&str>); 4] = [
+            ("{\"correlationId\":", Some(&self.correlation_id)),
+            (",\"eventId\":", Some(&self.event_id)),
+            (",\"jobId\":", self.job_id.as_deref()),
+            (",\"occurredAt\":", Some(&self.occurred_at)),
+        ];
+        for (key, value) in strings {
+            out.extend_from_slice(key.as_bytes());
+            match value {
+                Some(v) => write_str(v, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b",\"payload\":");
+        if !write_jcs(&self.payload, out) {
+            return false;
+        }
+        out.extend_from_slice(b",\"runId\":");
+        write_str(&self.run_id, out);
+        out.extend_from_slice(b",\"schemaVersion\":");
+        write_str(&self.schema_version, out);
+        out.extend_from_slice(b",\"seq\":");
+        // A JCS number is an IEEE double, as `write_jcs` writes one.
+        out.extend_from_slice(
+            ryu_js::Buffer::new()
+                .format_finite(self.seq as f64)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b",\"tenantId\":");
+        write_str(&self.tenant_id, out);
+        out.extend_from_slice(b",\"type\":");
+        write_str(&self.event_type, out);
+        out.push(b'}');
+        true
     }
 
     /// Whether the stored hash matches the content (anyone can re-verify).
@@ -155,12 +200,17 @@ pub fn canonical_json<T: Serialize>(value: &T) -> String {
 /// strings, integers, `f64`s and `Value`s, where the two agree.
 pub fn try_canonical_json<T: Serialize>(value: &T) -> Result<String, String> {
     let value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    try_canonical_json_value(&value)
+}
+
+/// [`try_canonical_json`] of a JSON value (not copied first).
+pub fn try_canonical_json_value(value: &Value) -> Result<String, String> {
     let mut out = Vec::with_capacity(256);
-    if write_jcs(&value, &mut out) {
+    if write_jcs(value, &mut out) {
         // Only `serde_json`'s string escapes and ASCII were written.
         return String::from_utf8(out).map_err(|e| e.to_string());
     }
-    serde_json_canonicalizer::to_string(&value).map_err(|e| e.to_string())
+    serde_json_canonicalizer::to_string(value).map_err(|e| e.to_string())
 }
 
 /// Write `value` as RFC 8785 JSON; `false` (leaving `out` partial) where the
@@ -219,6 +269,13 @@ fn write_jcs(value: &Value, out: &mut Vec<u8>) -> bool {
 fn write_str(s: &str, out: &mut Vec<u8>) {
     // Writing a `str` to a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Lowercase hex SHA-256 of the canonical JSON of a JSON value (panics as
+/// [`canonical_json`] does).
+pub fn canonical_value_sha256_hex(value: &Value) -> String {
+    let json = try_canonical_json_value(value).expect("canonical JSON of a checked JSON value");
+    hex::encode(Sha256::digest(json.as_bytes()))
 }
 
 /// Lowercase hex SHA-256 of the canonical JSON of `value`.
@@ -368,6 +425,52 @@ mod tests {
             let ours = try_canonical_json(&value);
             let theirs = serde_json_canonicalizer::to_string(&value).map_err(|e| e.to_string());
             proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// An envelope's hash written field by field is the hash of its
+        /// canonicalized material, whatever the payload, the strings (with
+        /// escapes and non-ASCII), a missing job and the seq's size.
+        #[test]
+        fn an_envelope_hash_is_the_hash_of_its_canonical_material(
+            payload in any_json(),
+            text in "[a-z\\u{e9}\\u{1f600}\\u{0}-\\u{1f}\"\\\\]{0,6}",
+            job in proptest::option::of("[a-z0-9]{0,4}"),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let env = Envelope {
+                event_id: text.clone(),
+                schema_version: SCHEMA_VERSION.to_owned(),
+                event_type: types::JOB_PROGRESS.to_owned(),
+                tenant_id: format!("t{text}"),
+                run_id: "r".to_owned(),
+                job_id: job,
+                seq,
+                occurred_at: text.clone(),
+                correlation_id: text,
+                payload,
+                hash: String::new(),
+            };
+            let material = Unhashed {
+                event_id: &env.event_id,
+                schema_version: &env.schema_version,
+                event_type: &env.event_type,
+                tenant_id: &env.tenant_id,
+                run_id: &env.run_id,
+                job_id: env.job_id.as_deref(),
+                seq: env.seq,
+                occurred_at: &env.occurred_at,
+                correlation_id: &env.correlation_id,
+                payload: &env.payload,
+            };
+            let value = serde_json::to_value(&material).unwrap();
+            // Numbers past the double range have no canonical form at all.
+            if let Ok(canonical) = serde_json_canonicalizer::to_string(&value) {
+                let want = format!("sha256:{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+                proptest::prop_assert_eq!(env.compute_hash(), want);
+            }
         }
     }
 

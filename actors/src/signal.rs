@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::envelope::canonical_sha256_hex;
+use crate::envelope::canonical_value_sha256_hex;
 
 /// A job's state in its lifecycle (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ impl Signal {
             "lastKnownOutcome": self.last_known_outcome,
             "nextActions": self.next_actions,
         });
-        format!("W/\"{}\"", canonical_sha256_hex(&material))
+        format!("W/\"{}\"", canonical_value_sha256_hex(&material))
     }
 
     /// The `unavailable` signal answered when the cold path runs out of time.
