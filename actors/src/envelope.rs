@@ -149,12 +149,7 @@ impl Envelope {
         out.extend_from_slice(b",\"schemaVersion\":");
         write_str(&self.schema_version, out);
         out.extend_from_slice(b",\"seq\":");
-        // A JCS number is an IEEE double, as `write_jcs` writes one.
-        out.extend_from_slice(
-            ryu_js::Buffer::new()
-                .format_finite(self.seq as f64)
-                .as_bytes(),
-        );
+        write_integer(self.seq as f64, out);
         out.extend_from_slice(b",\"tenantId\":");
         write_str(&self.tenant_id, out);
         out.extend_from_slice(b",\"type\":");
@@ -216,7 +211,7 @@ pub fn try_canonical_json_value(value: &Value) -> Result<String, String> {
 /// Write `value` as RFC 8785 JSON; `false` (leaving `out` partial) where the
 /// canonicalizer must decide: a key that is not ASCII, keys not in
 /// ascending order, a number that is not a finite double.
-fn write_jcs(value: &Value, out: &mut Vec<u8>) -> bool {
+pub(crate) fn write_jcs(value: &Value, out: &mut Vec<u8>) -> bool {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -266,7 +261,13 @@ fn write_jcs(value: &Value, out: &mut Vec<u8>) -> bool {
     true
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+/// An integer as a JCS number: an IEEE double (`as f64` rounds as parsing
+/// its digits does), written as `write_jcs` writes one.
+pub(crate) fn write_integer(n: f64, out: &mut Vec<u8>) {
+    out.extend_from_slice(ryu_js::Buffer::new().format_finite(n).as_bytes());
+}
+
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     // Writing a `str` to a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

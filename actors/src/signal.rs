@@ -6,7 +6,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::envelope::canonical_value_sha256_hex;
+use sha2::{Digest, Sha256};
+
+use crate::envelope::{canonical_value_sha256_hex, write_integer, write_jcs, write_str};
 
 /// A job's state in its lifecycle (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -161,9 +163,79 @@ pub struct Signal {
 }
 
 impl Signal {
-    /// `W/"<sha256 hex>"` over the canonical JSON of the stable content.
+    /// `W/"<sha256 hex>"` over the canonical JSON of the stable content
+    /// ([`Signal::etag_material`]).
     pub fn etag(&self) -> String {
-        let material = json!({
+        let mut out = Vec::with_capacity(512);
+        let digest = if self.write_etag_material(&mut out) {
+            hex::encode(Sha256::digest(&out))
+        } else {
+            canonical_value_sha256_hex(&self.etag_material())
+        };
+        format!("W/\"{digest}\"")
+    }
+
+    /// The canonical JSON of [`Signal::etag_material`] written straight
+    /// from the fields, keys in JCS order (every key is ASCII); `false`
+    /// where an outcome or action needs the canonicalizer. The writer's
+    /// thread computes this for every write that touches a run.
+    fn write_etag_material(&self, out: &mut Vec<u8>) -> bool {
+        let opt_str = |key: &[u8], v: Option<&str>, out: &mut Vec<u8>| {
+            out.extend_from_slice(key);
+            match v {
+                Some(v) => write_str(v, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        let opt_value = |key: &[u8], v: Option<&Value>, out: &mut Vec<u8>| {
+            out.extend_from_slice(key);
+            match v {
+                Some(v) => write_jcs(v, out),
+                None => {
+                    out.extend_from_slice(b"null");
+                    true
+                }
+            }
+        };
+        out.extend_from_slice(b"{\"artifact\":{\"kind\":");
+        write_str(&self.artifact.kind, out);
+        out.extend_from_slice(b",\"range\":");
+        match self.artifact.range {
+            Some(r) => {
+                out.extend_from_slice(b"{\"end\":");
+                write_integer(r.end as f64, out);
+                out.extend_from_slice(b",\"start\":");
+                write_integer(r.start as f64, out);
+                out.push(b'}');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        opt_str(b",\"at\":", Some(&self.at), out);
+        opt_str(b",\"jobId\":", self.job_id.as_deref(), out);
+        out.extend_from_slice(b",\"kind\":");
+        write_integer(f64::from(self.kind as u8), out);
+        if !opt_value(
+            b",\"lastKnownOutcome\":",
+            self.last_known_outcome.as_ref(),
+            out,
+        ) || !opt_value(b",\"nextActions\":", self.next_actions.as_ref(), out)
+        {
+            return false;
+        }
+        out.extend_from_slice(b",\"phase\":");
+        write_integer(f64::from(self.phase), out);
+        opt_str(b",\"runId\":", Some(&self.run_id), out);
+        opt_str(b",\"stage\":", Some(&self.stage), out);
+        opt_str(b",\"step\":", self.step.as_deref(), out);
+        opt_str(b",\"summary\":", Some(&self.summary), out);
+        out.push(b'}');
+        true
+    }
+
+    /// What the ETag covers: the signal without `etaSeconds`.
+    pub fn etag_material(&self) -> Value {
+        json!({
             "runId": self.run_id,
             "kind": self.kind as u8,
             "phase": self.phase,
@@ -175,8 +247,7 @@ impl Signal {
             "artifact": self.artifact,
             "lastKnownOutcome": self.last_known_outcome,
             "nextActions": self.next_actions,
-        });
-        format!("W/\"{}\"", canonical_value_sha256_hex(&material))
+        })
     }
 
     /// The `unavailable` signal answered when the cold path runs out of time.
@@ -297,6 +368,11 @@ pub struct SignalView {
 impl SignalView {
     pub fn new(signal: Signal, seq: u64) -> SignalView {
         let etag = signal.etag();
+        SignalView::with_etag(signal, etag, seq)
+    }
+
+    /// A view of a signal whose ETag (`signal.etag()`) is known already.
+    pub fn with_etag(signal: Signal, etag: String, seq: u64) -> SignalView {
         let body = rest_body(&signal, &etag);
         SignalView {
             signal,
@@ -338,22 +414,65 @@ impl SignalView {
 
 /// The REST body of `GET …/first-signal` for a signal (SPEC §4.2).
 pub fn rest_body(signal: &Signal, etag: &str) -> Bytes {
-    let body = json!({
-        "runId": signal.run_id,
-        "firstSignal": {
-            "type": signal.kind.as_str(),
-            "stage": signal.stage,
-            "step": signal.step,
-            "message": signal.summary,
-            "at": signal.at,
-            "artifact": signal.artifact,
-            "etaSeconds": signal.eta_seconds,
-            "lastKnownOutcome": signal.last_known_outcome,
-            "nextActions": signal.next_actions,
+    // Borrowed, with fields in the order a `json!` object writes its keys
+    // (sorted), so the bytes are those of `rest_body_value`.
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "firstSignal")]
+        first_signal: First<'a>,
+        #[serde(rename = "runId")]
+        run_id: &'a str,
+        #[serde(rename = "summaryEtag")]
+        summary_etag: &'a str,
+    }
+    #[derive(Serialize)]
+    struct First<'a> {
+        artifact: Artifact<'a>,
+        at: &'a str,
+        #[serde(rename = "etaSeconds")]
+        eta_seconds: Option<i64>,
+        #[serde(rename = "lastKnownOutcome")]
+        last_known_outcome: &'a Option<Value>,
+        message: &'a str,
+        #[serde(rename = "nextActions")]
+        next_actions: &'a Option<Value>,
+        stage: &'a str,
+        step: &'a Option<String>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Artifact<'a> {
+        kind: &'a str,
+        range: Option<Range>,
+    }
+    #[derive(Serialize)]
+    struct Range {
+        end: i64,
+        start: i64,
+    }
+    let body = Body {
+        first_signal: First {
+            artifact: Artifact {
+                kind: &signal.artifact.kind,
+                range: signal.artifact.range.map(|r| Range {
+                    end: r.end,
+                    start: r.start,
+                }),
+            },
+            at: &signal.at,
+            eta_seconds: signal.eta_seconds,
+            last_known_outcome: &signal.last_known_outcome,
+            message: &signal.summary,
+            next_actions: &signal.next_actions,
+            stage: &signal.stage,
+            step: &signal.step,
+            kind: signal.kind.as_str(),
         },
-        "summaryEtag": etag,
-    });
-    // A `Value` built from strings and numbers always serializes.
+        run_id: &signal.run_id,
+        summary_etag: etag,
+    };
+    // Strings, integers and JSON values always serialize.
     Bytes::from(serde_json::to_vec(&body).expect("signal body serializes"))
 }
 

@@ -567,7 +567,7 @@ impl<'t> Op<'t> {
                 let payload = json!({"etag": etag, "signal": signal});
                 let seq = self
                     .append_with(tenant, run, None, types::SIGNAL_CHANGED, |seq| {
-                        let view = Arc::new(SignalView::new(signal, seq));
+                        let view = Arc::new(SignalView::with_etag(signal, etag.clone(), seq));
                         (payload, Some(view))
                     })
                     .await?;
