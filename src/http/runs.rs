@@ -65,7 +65,7 @@ pub async fn create_run(
     let body = body.0;
     let run_id = match &body.run_id {
         Some(raw) => run_id(raw)?,
-        None => uuid::Uuid::new_v4().to_string(),
+        None => crate::store::model::new_run_id(),
     };
     if body.name.as_ref().is_some_and(|n| n.len() > 256) {
         return Err(ApiError::field("name", "at most 256 characters"));

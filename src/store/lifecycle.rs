@@ -680,7 +680,7 @@ impl<'t> Op<'t> {
                 run_id.clone()
             }
             None => {
-                let run_id = uuid::Uuid::new_v4().to_string();
+                let run_id = crate::store::model::new_run_id();
                 self.insert_run(tenant, &run_id, None, &json!({}), true)
                     .await?;
                 run_id
