@@ -415,7 +415,8 @@ impl SignalView {
 /// The REST body of `GET …/first-signal` for a signal (SPEC §4.2).
 pub fn rest_body(signal: &Signal, etag: &str) -> Bytes {
     // Borrowed, with fields in the order a `json!` object writes its keys
-    // (sorted), so the bytes are those of `rest_body_value`.
+    // (sorted), so the bytes are those of the `json!` body this replaced
+    // (a property test holds the two together).
     #[derive(Serialize)]
     struct Body<'a> {
         #[serde(rename = "firstSignal")]

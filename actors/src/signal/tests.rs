@@ -290,3 +290,56 @@ proptest::proptest! {
         proptest::prop_assert_eq!(rest_body(&s, &etag).to_vec(), want);
     }
 }
+
+/// A stored event's hash, a stored ETag and a cached body never change with
+/// the code that computes them: these literals were computed by the code
+/// before the direct writers (`0d89d4c`).
+#[test]
+fn a_known_event_and_signal_keep_their_hash_etag_and_body() {
+    let env = crate::envelope::NewEnvelope {
+        event_id: "01JD0000000000000000000000".into(),
+        event_type: crate::envelope::types::JOB_PROGRESS,
+        tenant_id: "acme",
+        run_id: "0192f5a0-0000-7000-8000-000000000001",
+        job_id: Some("01JD0000000000000000000001"),
+        seq: 42,
+        occurred_at: "2026-11-30T22:00:00.123Z".into(),
+        correlation_id: "c-é\"1",
+        payload: json!({"percent": 33.5, "message": "step 1", "lines": ["a\u{1}", "ü"], "n": 123456789012345678u64}),
+    }
+    .seal();
+    assert_eq!(
+        env.hash,
+        "sha256:e32d13bd380ab36970f5ce479b47d0292e30e62065259c518dbd0cdb145d0f6d"
+    );
+    let s = Signal {
+        run_id: "0192f5a0-0000-7000-8000-000000000001".into(),
+        kind: SignalKind::Phase,
+        phase: 2,
+        stage: "analyze".into(),
+        step: Some("lint".into()),
+        summary: "Analyzing: lint (2/3)".into(),
+        job_id: Some("01JD0000000000000000000001".into()),
+        at: "2026-11-30T22:00:00.123Z".into(),
+        artifact: SignalArtifact {
+            kind: "log".into(),
+            range: Some(LineRange { start: 3, end: 9 }),
+        },
+        last_known_outcome: Some(
+            json!({"status": "succeeded", "runId": "r0", "finishedAt": "2026-11-29T10:00:00.000Z"}),
+        ),
+        next_actions: Some(
+            json!([{"action": "cancel", "label": "Cancel", "method": "POST", "href": "/jobs/x/cancel"}]),
+        ),
+        eta_seconds: Some(12),
+    };
+    let etag = s.etag();
+    assert_eq!(
+        etag,
+        "W/\"3c51c80647c46c5ff107beaf50dfc013a7448f389a3f3e945f52a140eac91c73\""
+    );
+    assert_eq!(
+        String::from_utf8(rest_body(&s, &etag).to_vec()).unwrap(),
+        r#"{"firstSignal":{"artifact":{"kind":"log","range":{"end":9,"start":3}},"at":"2026-11-30T22:00:00.123Z","etaSeconds":12,"lastKnownOutcome":{"finishedAt":"2026-11-29T10:00:00.000Z","runId":"r0","status":"succeeded"},"message":"Analyzing: lint (2/3)","nextActions":[{"action":"cancel","href":"/jobs/x/cancel","label":"Cancel","method":"POST"}],"stage":"analyze","step":"lint","type":"phase"},"runId":"0192f5a0-0000-7000-8000-000000000001","summaryEtag":"W/\"3c51c80647c46c5ff107beaf50dfc013a7448f389a3f3e945f52a140eac91c73\""}"#
+    );
+}
