@@ -87,11 +87,18 @@ where
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal, multi_statement: $multi:literal $(,)?) => {
         impl $tx {
-            async fn save_runs(&mut self, rows: &[(runsignal_actors::RunKey, RunRow)]) -> StoreResult<()> {
+            /// One write: `rows` in statements of at most `size` rows each,
+            /// built by `push` (one round trip a statement).
+            async fn write_chunks<T: Sync>(
+                &mut self,
+                rows: &[T],
+                size: usize,
+                push: fn(&mut sqlx::QueryBuilder<$db>, &[T]),
+            ) -> StoreResult<()> {
                 self.writes += 1;
-                for chunk in rows.chunks(1000) {
+                for chunk in rows.chunks(size) {
                     let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_save_runs(&mut q, chunk);
+                    push(&mut q, chunk);
                     q.build().execute(&mut *self.tx).await?;
                 }
                 Ok(())
@@ -116,29 +123,6 @@ macro_rules! sql_backend {
                 Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
             }
 
-            async fn upsert_artifacts(&mut self, artifacts: &[ArtifactRecord]) -> StoreResult<()> {
-                self.writes += 1;
-                for chunk in artifacts.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_upsert_artifacts(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
-            }
-
-            async fn insert_events(
-                &mut self,
-                events: &[std::sync::Arc<runsignal_actors::Published>],
-            ) -> StoreResult<()> {
-                self.writes += 1;
-                // 9 parameters an event; well under both backends' limits.
-                for chunk in events.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_insert_events(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
-            }
 
             /// Write back runs (one statement): an upsert so that many rows
             /// go in one statement: the runs a submit created (no name, no
@@ -623,14 +607,8 @@ macro_rules! sql_backend {
             }
 
             async fn upsert_jobs(&mut self, jobs: &[JobRecord]) -> StoreResult<()> {
-                self.writes += 1;
                 // 34 parameters a row: 500 rows stay under both backends' limits.
-                for chunk in jobs.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("");
-                    Self::push_upsert_jobs(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
-                }
-                Ok(())
+                self.write_chunks(jobs, 500, Self::push_upsert_jobs).await
             }
 
             async fn update_jobs(&mut self, columns: u32, jobs: &[&JobRecord]) -> StoreResult<()> {
@@ -710,14 +688,16 @@ macro_rules! sql_backend {
                     if !rows.upserts.is_empty() {
                         self.upsert_jobs(&rows.upserts).await?;
                     }
+                    // At most 9 parameters a row: 1,000 rows stay under
+                    // both backends' limits.
                     if !rows.artifacts.is_empty() {
-                        self.upsert_artifacts(rows.artifacts).await?;
+                        self.write_chunks(rows.artifacts, 1000, Self::push_upsert_artifacts).await?;
                     }
                     if !rows.events.is_empty() {
-                        self.insert_events(rows.events).await?;
+                        self.write_chunks(rows.events, 1000, Self::push_insert_events).await?;
                     }
                     if !rows.runs.is_empty() {
-                        self.save_runs(&rows.runs).await?;
+                        self.write_chunks(&rows.runs, 1000, Self::push_save_runs).await?;
                     }
                     return Ok(());
                 }
