@@ -365,10 +365,20 @@ impl Row {
         self.after.map(|m| m.rss_mib())
     }
 
+    /// Server CPU time per delivery while the events went out (µs): from
+    /// every subscriber connected to the readers' end, so it counts the
+    /// publishes' work too. The figure to compare across builds when the
+    /// latencies swing with the machine.
+    pub fn cpu_us_per_delivery(&self) -> Option<f64> {
+        let (from, to) = (self.connected_mem?, self.after?);
+        (self.delivered > 0)
+            .then(|| to.cpu_ms.saturating_sub(from.cpu_ms) as f64 * 1000.0 / self.delivered as f64)
+    }
+
     fn print(&self) {
         let mib = Mem::cell;
         println!(
-            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>6} {:>6}",
+            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
             self.target,
             self.subscribers,
             self.connected,
@@ -380,6 +390,8 @@ impl Row {
             mib(self.before),
             mib(self.connected_mem),
             mib(self.after),
+            self.cpu_us_per_delivery()
+                .map_or("-".to_owned(), |c| format!("{c:.2}")),
             self.frame_bytes,
             self.publish_errors
         );
@@ -391,7 +403,7 @@ impl Row {
 
 fn header() {
     println!(
-        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
         "target",
         "subs",
         "connected",
@@ -403,6 +415,7 @@ fn header() {
         "rss0_MiB",
         "rss_sub",
         "rss_end",
+        "cpu_us/dl",
         "frame",
         "errors"
     );
