@@ -345,6 +345,9 @@ pub struct Row {
     pub hist: Histogram<u64>,
     pub before: Option<Mem>,
     pub connected_mem: Option<Mem>,
+    /// runsignal's own commit → frame handed to the connection, p50 and p99
+    /// (ms, the upper bound of its histogram bucket), over this measurement.
+    pub server_lag: Option<(f64, f64)>,
     pub after: Option<Mem>,
     pub publish_errors: usize,
     pub frame_bytes: usize,
@@ -378,7 +381,7 @@ impl Row {
     fn print(&self) {
         let mib = Mem::cell;
         println!(
-            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
+            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6} {:>6}",
             self.target,
             self.subscribers,
             self.connected,
@@ -392,6 +395,8 @@ impl Row {
             mib(self.after),
             self.cpu_us_per_delivery()
                 .map_or("-".to_owned(), |c| format!("{c:.2}")),
+            self.server_lag
+                .map_or("-".to_owned(), |(p50, p99)| format!("{p50}/{p99}")),
             self.frame_bytes,
             self.publish_errors
         );
@@ -403,7 +408,7 @@ impl Row {
 
 fn header() {
     println!(
-        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
+        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6} {:>6}",
         "target",
         "subs",
         "connected",
@@ -416,9 +421,63 @@ fn header() {
         "rss_sub",
         "rss_end",
         "cpu_us/dl",
+        "srv_lag_ms",
         "frame",
         "errors"
     );
+}
+
+/// runsignal's `runsignal_stream_delivery_lag_seconds` buckets for the
+/// wire, read from its `/metrics` (`None` for nchan or when unreadable).
+async fn server_lag(
+    plan: &Plan<'_>,
+    client: &reqwest::Client,
+    proto: Proto,
+) -> Option<Vec<(f64, u64)>> {
+    if !matches!(plan.kind, Kind::Runsignal { .. }) {
+        return None;
+    }
+    let wire = match proto {
+        Proto::Sse => "sse",
+        Proto::Ws => "websocket",
+    };
+    let url = format!("{}/metrics", plan.target.base);
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    Some(lag_buckets(&text, wire))
+}
+
+/// Cumulative `(le seconds, count)` buckets of the lag histogram for a wire,
+/// in the exposition's order (`+Inf` last). Empty before any delivery.
+fn lag_buckets(text: &str, wire: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("runsignal_stream_delivery_lag_seconds_bucket{{wire=\"{wire}\",le=\"");
+    text.lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = match le {
+                "+Inf" => f64::INFINITY,
+                le => le.parse().ok()?,
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound (ms) under which quantile `q` of the deliveries counted
+/// between two reads of the buckets fell.
+fn lag_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let count_before = |i: usize| before.get(i).map_or(0, |b| b.1);
+    let total = after
+        .last()?
+        .1
+        .saturating_sub(count_before(after.len() - 1));
+    if total == 0 {
+        return None;
+    }
+    after
+        .iter()
+        .enumerate()
+        .find(|(i, (_, n))| n.saturating_sub(count_before(*i)) as f64 >= q * total as f64)
+        .map(|(_, (le, _))| le * 1000.0)
 }
 
 /// A tenant unique to this process and measurement (also on a shared server).
@@ -505,6 +564,7 @@ async fn measure(
     // Every subscriber attached to its run before the first event.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let connected_mem = plan.target.mem();
+    let lag_before = server_lag(plan, &publish, proto).await;
     let meter = Meter::new(runs, args.events)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let readers = futures_util::future::join_all(
@@ -535,6 +595,10 @@ async fn measure(
         + timeout;
     procs::stop_readers_after(readers, publishers, deadline, &stop_tx).await;
     let after = plan.target.mem();
+    let lag_after = server_lag(plan, &publish, proto).await;
+    let server_lag = lag_before
+        .zip(lag_after)
+        .and_then(|(b, a)| Some((lag_quantile(&b, &a, 0.5)?, lag_quantile(&b, &a, 0.99)?)));
     let errors = errors.into_inner();
     let mut first_errors: Vec<String> = failed.iter().take(3).cloned().collect();
     first_errors.extend(errors.iter().take(3).cloned());
@@ -551,6 +615,7 @@ async fn measure(
         before,
         connected_mem,
         after,
+        server_lag,
         publish_errors: errors.len(),
         frame_bytes: meter.frame_bytes.get(),
         first_errors,
@@ -1026,6 +1091,30 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_lag_quantile_is_read_from_the_buckets_counted_between_two_reads() {
+        let metrics = |counts: [u64; 3]| {
+            format!(
+                "# TYPE runsignal_stream_delivery_lag_seconds histogram\n\
+                 runsignal_stream_delivery_lag_seconds_bucket{{wire=\"sse\",le=\"0.005\"}} {}\n\
+                 runsignal_stream_delivery_lag_seconds_bucket{{wire=\"sse\",le=\"0.025\"}} {}\n\
+                 runsignal_stream_delivery_lag_seconds_bucket{{wire=\"sse\",le=\"+Inf\"}} {}\n\
+                 runsignal_stream_delivery_lag_seconds_bucket{{wire=\"ws\",le=\"0.005\"}} 7\n",
+                counts[0], counts[1], counts[2]
+            )
+        };
+        let before = lag_buckets(&metrics([10, 10, 10]), "sse");
+        let after = lag_buckets(&metrics([60, 109, 110]), "sse");
+        assert_eq!(after.len(), 3);
+        // 100 deliveries between the reads: 50 under 5 ms, 99 under 25 ms.
+        assert_eq!(lag_quantile(&before, &after, 0.5), Some(5.0));
+        assert_eq!(lag_quantile(&before, &after, 0.99), Some(25.0));
+        assert_eq!(lag_quantile(&before, &after, 1.0), Some(f64::INFINITY));
+        // Nothing delivered before the first read, or nothing at all since.
+        assert_eq!(lag_quantile(&[], &after, 0.5), Some(5.0));
+        assert_eq!(lag_quantile(&after, &after, 0.5), None);
+    }
 
     #[test]
     fn tags_are_read_from_frames_and_bodies() {
