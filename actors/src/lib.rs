@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod loader;
+pub mod queue;
 pub mod run;
 pub mod signal;
 pub mod subscriber;

@@ -15,11 +15,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::loader::{LoadError, LoadedRun, Published, RunKey, RunLoader, Source};
+use crate::queue::TrySendError;
 use crate::signal::SignalView;
 use crate::subscriber::{Delivery, Filter, Subscriber, Wire};
 use crate::supervisor::{SlotShared, SupervisorInner};
@@ -47,7 +47,7 @@ pub struct Apply(pub Arc<[Arc<Published>]>);
 pub struct Subscribe {
     pub filter: Filter,
     pub wire: Wire,
-    pub tx: tokio::sync::mpsc::Sender<Delivery>,
+    pub tx: crate::queue::Sender,
 }
 
 /// Remove a subscriber (a closed queue is also removed on its own).
@@ -312,7 +312,7 @@ fn deliver(sub: &Subscriber, event: &Published) -> bool {
     };
     match sub.tx.try_send(delivery) {
         Ok(()) => true,
-        Err(TrySendError::Full(_)) => {
+        Err(TrySendError::Full) => {
             tracing::info!(
                 subscriber = sub.id,
                 seq = event.envelope.seq,
@@ -320,7 +320,7 @@ fn deliver(sub: &Subscriber, event: &Published) -> bool {
             );
             false
         }
-        Err(TrySendError::Closed(_)) => false,
+        Err(TrySendError::Closed) => false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Subscribers of a run actor and the frames they receive.
 //!
-//! A subscriber is a filter plus a bounded queue (`tokio::sync::mpsc`, bound
+//! A subscriber is a filter plus a bounded queue ([`crate::queue`], bound
 //! `Streams.BufferSize`). The run actor `try_send`s into it: a full queue
 //! drops that subscriber (its stream then ends and the client resumes with
 //! its last id) and never blocks the actor or the other subscribers.
@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use crate::envelope::{types, Envelope};
 use crate::loader::Published;
@@ -186,7 +185,7 @@ pub struct Subscriber {
     pub filter: Filter,
     pub wire: Wire,
     /// For WebSocket frames: the id the client subscribed with.
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: crate::queue::Sender,
 }
 
 /// The `data` of stream events for a timeline event (SPEC §4.3, §5.1).

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 
 use actix::Addr;
+use runsignal_actors::queue;
 use runsignal_actors::SignalView;
 use runsignal_actors::{
     Delivery, Envelope, Filter, Published, RunActor, RunKey, StreamKind, Subscribe, SubscribeReply,
     Unsubscribe, Wire,
 };
-use tokio::sync::mpsc;
 
 use super::errors::{ApiError, ErrorCode};
 use crate::store::{StoreResult, TimelineQuery};
@@ -156,7 +156,7 @@ pub async fn subscribe(
     key: &RunKey,
     filter: Filter,
     wire: Wire,
-    tx: mpsc::Sender<Delivery>,
+    tx: queue::Sender,
 ) -> Result<(Addr<RunActor>, SubscribeReply), ApiError> {
     for _ in 0..2 {
         let addr = state.engine.supervisor.lookup(key).addr;
@@ -194,7 +194,7 @@ pub struct Subscription {
     pub id: u64,
     pub key: RunKey,
     /// Events after `live_from`, bounded by `Streams.BufferSize`.
-    pub live: mpsc::Receiver<Delivery>,
+    pub live: queue::Receiver,
     pub live_from: u64,
     /// The run's current signal (a run stream's first frame on connect).
     pub signal: Option<Arc<SignalView>>,
@@ -219,7 +219,7 @@ impl Subscription {
             StreamKind::Job | StreamKind::PackRun => state.store.get_job(tenant, id).await?.run_id,
         };
         let key = RunKey::new(tenant, &run);
-        let (tx, live) = mpsc::channel(state.config.streams.buffer_size);
+        let (tx, live) = queue::channel(state.config.streams.buffer_size);
         let (addr, reply) = subscribe(state, &key, filter, wire, tx).await?;
         let (sub, signal, live_from, completed_seq) = match reply {
             SubscribeReply::Subscribed {

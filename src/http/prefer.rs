@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use runsignal_actors::{Filter, RunKey, StreamKind, SubscribeReply, Unsubscribe, Wire};
-use tokio::sync::mpsc;
 
 use super::errors::ApiError;
 use super::feed::subscribe;
@@ -53,7 +52,7 @@ pub async fn wait_for_job(
     let mut filter = Filter::new(StreamKind::Job);
     filter.job_id = Some(job.job_id.as_str().into());
     filter.events = Some(vec!["completed".into()]);
-    let (tx, mut rx) = mpsc::channel(4);
+    let (tx, mut rx) = runsignal_actors::queue::channel(4);
     let (addr, reply) = subscribe(state, &key, filter, Wire::Sse, tx).await?;
     let SubscribeReply::Subscribed { id, .. } = reply else {
         return Ok(None);

@@ -21,9 +21,8 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use prometheus::Histogram;
 use runsignal_actors::subscriber::sse_frame;
-use runsignal_actors::{Delivery, RunActor, StreamKind, Unsubscribe, Wire};
+use runsignal_actors::{RunActor, StreamKind, Unsubscribe, Wire};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 
 use super::errors::{ApiError, Problem};
@@ -329,7 +328,7 @@ enum Phase {
 struct SseBody {
     phase: Phase,
     head: BoxStream<'static, HeadStep>,
-    live: mpsc::Receiver<Delivery>,
+    live: runsignal_actors::queue::Receiver,
     /// Frames to write before anything else.
     ready: VecDeque<Bytes>,
     /// The stream ends once `ready` is written.

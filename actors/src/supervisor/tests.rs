@@ -276,8 +276,8 @@ async fn subscribe(
     run: &str,
     filter: Filter,
     capacity: usize,
-) -> tokio::sync::mpsc::Receiver<Delivery> {
-    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+) -> crate::queue::Receiver {
+    let (tx, rx) = crate::queue::channel(capacity);
     let addr = sup.lookup(&RunKey::new("t", run)).addr;
     match addr
         .send(Subscribe {
@@ -294,7 +294,7 @@ async fn subscribe(
     rx
 }
 
-fn seqs(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Vec<u64> {
+fn seqs(rx: &mut crate::queue::Receiver) -> Vec<u64> {
     let mut out = Vec::new();
     while let Ok(d) = rx.try_recv() {
         out.push(d.seq);

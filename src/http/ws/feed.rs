@@ -12,7 +12,6 @@ use futures_util::Stream;
 use prometheus::Histogram;
 use runsignal_actors::subscriber::ws_frames;
 use runsignal_actors::{Delivery, Filter, RunActor, RunKey, StreamKind, Wire};
-use tokio::sync::mpsc;
 
 use crate::http::errors::ApiError;
 use crate::http::feed::{Replay, Subscription};
@@ -142,7 +141,7 @@ pub(super) struct Feed {
     /// Frames of `last_seq` handed out (an event may make several).
     last_seq_frames: usize,
     live_from: u64,
-    live: Option<mpsc::Receiver<Delivery>>,
+    live: Option<runsignal_actors::queue::Receiver>,
     /// Replayed frames not yet handed out.
     queue: VecDeque<FeedItem>,
     ended: bool,
