@@ -23,7 +23,7 @@ use prometheus::Histogram;
 use runsignal_actors::subscriber::sse_frame;
 use runsignal_actors::{RunActor, StreamKind, Unsubscribe, Wire};
 use serde::Deserialize;
-use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio::time::{Instant, Sleep};
 
 use super::errors::{ApiError, Problem};
 use super::extract::{job_id, parse_query, run_id, seq, CorrelationId, Tenant};
@@ -239,8 +239,9 @@ struct Slot {
 fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan, slot: Slot) -> HttpResponse {
     let streams = &state.config.streams;
     let period = Duration::from_secs(streams.heartbeat_interval_seconds.max(1));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let now = Instant::now();
+    let deadline = later(now, Duration::from_secs(streams.max_duration_seconds));
+    let next_heartbeat = later(now, period);
     let mut shutdown = state.shutdown.clone();
     let body = SseBody {
         phase: Phase::Head,
@@ -248,10 +249,10 @@ fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan, slot: Slot) 
         live: sub.live,
         ready: VecDeque::new(),
         ends: false,
-        heartbeat,
-        deadline: Box::pin(tokio::time::sleep(Duration::from_secs(
-            streams.max_duration_seconds,
-        ))),
+        timer: Box::pin(tokio::time::sleep_until(next_heartbeat.min(deadline))),
+        period,
+        next_heartbeat,
+        deadline,
         shutdown: Box::pin(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         }),
@@ -270,6 +271,13 @@ fn open(state: &web::Data<AppState>, sub: Subscription, plan: Plan, slot: Slot) 
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
+}
+
+/// `now + d`, or about thirty years on where that does not fit (the
+/// settings are unbounded; tokio's `sleep` caps the same way).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// One step of a stream's head: frames to write, and whether the stream
@@ -333,9 +341,14 @@ struct SseBody {
     ready: VecDeque<Bytes>,
     /// The stream ends once `ready` is written.
     ends: bool,
-    heartbeat: Interval,
-    /// `Streams.MaxDurationSeconds`.
-    deadline: Pin<Box<Sleep>>,
+    /// One timer for both: the next heartbeat or the deadline, whichever
+    /// comes first.
+    timer: Pin<Box<Sleep>>,
+    /// `Streams.HeartbeatIntervalSeconds`.
+    period: Duration,
+    next_heartbeat: Instant,
+    /// `Streams.MaxDurationSeconds` after the stream opened.
+    deadline: Instant,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     lag: Histogram,
     _unsubscribe: UnsubscribeOnDrop,
@@ -381,13 +394,22 @@ impl Stream for SseBody {
                     Poll::Pending => {
                         // Checked only when the queue is empty: a stream
                         // that is writing will get here between bursts.
-                        if this.deadline.as_mut().poll(cx).is_ready()
-                            || this.shutdown.as_mut().poll(cx).is_ready()
-                        {
+                        if this.shutdown.as_mut().poll(cx).is_ready() {
                             this.ready.push_back(Bytes::from_static(TIMEOUT_FRAME));
                             this.ends = true;
-                        } else if this.heartbeat.poll_tick(cx).is_ready() {
-                            return Poll::Ready(Some(Ok(Bytes::from_static(HEARTBEAT_FRAME))));
+                        } else if this.timer.as_mut().poll(cx).is_ready() {
+                            let now = Instant::now();
+                            if now >= this.deadline {
+                                this.ready.push_back(Bytes::from_static(TIMEOUT_FRAME));
+                                this.ends = true;
+                            } else {
+                                // A heartbeat, then the next one a period
+                                // later (the timer is armed on the next poll).
+                                this.next_heartbeat = later(now, this.period);
+                                let at = this.next_heartbeat.min(this.deadline);
+                                this.timer.as_mut().reset(at);
+                                return Poll::Ready(Some(Ok(Bytes::from_static(HEARTBEAT_FRAME))));
+                            }
                         } else {
                             return Poll::Pending;
                         }

@@ -566,6 +566,30 @@ async fn max_duration_ends_the_stream_with_a_timeout_event() {
 }
 
 #[actix_web::test]
+async fn an_idle_stream_gets_a_heartbeat_every_interval_until_its_deadline() {
+    // One timer serves both: after each heartbeat it is set to the next one
+    // or the deadline, whichever is first.
+    let app = spawn_with(&[
+        ("Streams__HeartbeatIntervalSeconds", "1"),
+        ("Streams__MaxDurationSeconds", "4"),
+    ])
+    .await;
+    let (_, run) = app.submit_job(None).await;
+    let mut res = open(&app, &run_path(&run), None).await;
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            raw.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the stream ends at its deadline");
+    let heartbeats = raw.matches(": heartbeat\n\n").count();
+    assert!((2..=4).contains(&heartbeats), "{heartbeats} heartbeats: {raw}");
+    assert!(raw.ends_with("event: timeout\ndata: {}\n\n"), "{raw}");
+}
+
+#[actix_web::test]
 async fn a_graceful_stop_ends_open_streams_with_timeout() {
     let app = spawn_app().await;
     let (_, run) = app.submit_job(None).await;
