@@ -35,11 +35,15 @@ pub(super) fn spawn(
     // On this worker thread, like the HTTP layer that polls the body:
     // `Connection::abort` relies on it.
     actix_rt::spawn(async move {
+        // One future for the whole session: a new one per chunk would
+        // register and unregister with the channel each time.
+        let closed = tx.closed();
+        tokio::pin!(closed);
         loop {
             let next = tokio::select! {
                 next = poll_fn(|cx| Pin::new(&mut session).poll_next(cx)) => next,
                 // The connection ended (the body was dropped).
-                _ = tx.closed() => break,
+                _ = &mut closed => break,
             };
             let chunk = match next {
                 Some(Ok(chunk)) => chunk,
@@ -73,10 +77,10 @@ pub(super) fn spawn(
         // subscriptions and frees its places under the stream limits.
         drop(session);
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), rx))
+    let mut rx = rx;
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|bytes| bytes.map(Ok::<_, std::convert::Infallible>))
     });
     BoxBody::new(BodyStream::new(body))
 }
