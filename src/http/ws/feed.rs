@@ -4,7 +4,10 @@
 //! actor drops it.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use actix::Addr;
 use bytes::Bytes;
@@ -152,10 +155,49 @@ pub(super) struct Feed {
 
 impl Feed {
     pub(super) fn into_stream(self, token: u64) -> impl Stream<Item = FeedEvent> + 'static {
-        futures_util::stream::unfold(self, move |mut feed| async move {
-            let item = feed.next().await?;
-            Some((FeedEvent { token, item }, feed))
-        })
+        FeedStream {
+            token,
+            feed: Some(Box::new(self)),
+            slow: None,
+        }
+    }
+
+    /// The next item without awaiting anything but the live queue: `None`
+    /// when only [`Feed::next`] can tell (the replay is being read, or the
+    /// queue was dropped and the last event must be completed from the
+    /// store).
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<FeedItem>>> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some(Poll::Ready(Some(item)));
+            }
+            if self.ended {
+                return Some(Poll::Ready(None));
+            }
+            if self.replay.is_some() {
+                return None;
+            }
+            let Some(live) = self.live.as_mut() else {
+                return Some(Poll::Ready(None));
+            };
+            match live.poll_recv(cx) {
+                Poll::Pending => return Some(Poll::Pending),
+                Poll::Ready(Some(d)) => self.live_delivery(d),
+                // Dropped: `next` completes the last event and resumes.
+                Poll::Ready(None) => return None,
+            }
+        }
+    }
+
+    /// A live delivery: skipped if replayed already, else its frames queued.
+    fn live_delivery(&mut self, d: Delivery) {
+        if d.seq <= self.resume_after {
+            return;
+        }
+        if let Some(at) = d.committed_at {
+            self.lag.observe(at.elapsed().as_secs_f64());
+        }
+        self.push(d)
     }
 
     async fn next(&mut self) -> Option<FeedItem> {
@@ -186,14 +228,8 @@ impl Feed {
             }
             let live = self.live.as_mut()?;
             match live.recv().await {
-                // Already replayed (an `after` beyond `live_from`).
-                Some(d) if d.seq <= self.resume_after => continue,
-                Some(d) => {
-                    if let Some(at) = d.committed_at {
-                        self.lag.observe(at.elapsed().as_secs_f64());
-                    }
-                    self.push(d)
-                }
+                // Skipped if already replayed (an `after` beyond `live_from`).
+                Some(d) => self.live_delivery(d),
                 None => {
                     self.ended = true;
                     self.live = None;
@@ -258,5 +294,55 @@ impl Feed {
             }
         }
         seq
+    }
+}
+
+/// A feed as the session's stream. Live deliveries are taken straight off
+/// the queue in `poll_next` (no future per item); reading the replay from
+/// the store, and completing the last event when the queue is dropped, run
+/// [`Feed::next`] as a boxed future that owns the feed until it is done.
+struct FeedStream {
+    token: u64,
+    /// `None` while `slow` holds it.
+    feed: Option<Box<Feed>>,
+    slow: Option<SlowStep>,
+}
+
+type SlowStep = Pin<Box<dyn Future<Output = (Box<Feed>, Option<FeedItem>)>>>;
+
+impl Stream for FeedStream {
+    type Item = FeedEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FeedEvent>> {
+        let this = self.get_mut();
+        let token = this.token;
+        let event = |item: Option<FeedItem>| item.map(|item| FeedEvent { token, item });
+        if let Some(slow) = this.slow.as_mut() {
+            let (feed, item) = std::task::ready!(slow.as_mut().poll(cx));
+            this.slow = None;
+            this.feed = Some(feed);
+            return Poll::Ready(event(item));
+        }
+        let Some(mut feed) = this.feed.take() else {
+            return Poll::Ready(None);
+        };
+        if let Some(poll) = feed.poll_live(cx) {
+            this.feed = Some(feed);
+            return poll.map(event);
+        }
+        let mut slow: SlowStep = Box::pin(async move {
+            let item = feed.next().await;
+            (feed, item)
+        });
+        match slow.as_mut().poll(cx) {
+            Poll::Ready((feed, item)) => {
+                this.feed = Some(feed);
+                Poll::Ready(event(item))
+            }
+            Poll::Pending => {
+                this.slow = Some(slow);
+                Poll::Pending
+            }
+        }
     }
 }
