@@ -8,7 +8,8 @@
 //! subscriber before anything is queued, spread over lines that a push and
 //! a pop each touch. Here a queue is one small allocation whose buffer grows
 //! with what is queued, one uncontended lock per push and per pop, and at
-//! most one wake-up per time the connection went idle.
+//! most one wake-up per time the connection went idle, made after the lock
+//! is released.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,20 +85,28 @@ pub struct Sender {
 impl Sender {
     /// Queue `delivery` without waiting; wakes the receiver if it is idle.
     pub fn try_send(&self, delivery: Delivery) -> Result<(), TrySendError> {
-        let mut state = self.shared.lock();
-        if state.receiver_gone {
-            return Err(TrySendError::Closed);
-        }
-        if state.items.len() >= self.shared.bound {
-            return Err(TrySendError::Full);
-        }
-        state.items.push_back(delivery);
-        let state = &mut *state;
-        if !state.woken {
-            if let Some(waker) = &state.waker {
-                state.woken = true;
-                waker.wake_by_ref();
+        let waker = {
+            let mut guard = self.shared.lock();
+            let state = &mut *guard;
+            if state.receiver_gone {
+                return Err(TrySendError::Closed);
             }
+            if state.items.len() >= self.shared.bound {
+                return Err(TrySendError::Full);
+            }
+            state.items.push_back(delivery);
+            match &state.waker {
+                Some(waker) if !state.woken => {
+                    state.woken = true;
+                    Some(waker.clone())
+                }
+                _ => None,
+            }
+        };
+        // Woken outside the lock: waking a task on another thread may make
+        // a system call, and the woken connection wants this lock next.
+        if let Some(waker) = waker {
+            waker.wake();
         }
         Ok(())
     }

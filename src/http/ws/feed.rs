@@ -174,8 +174,12 @@ impl Feed {
             if self.ended {
                 return Some(Poll::Ready(None));
             }
-            if self.replay.is_some() {
-                return None;
+            if let Some(replay) = &self.replay {
+                if !replay.done() {
+                    return None;
+                }
+                self.replay_done();
+                continue;
             }
             let Some(live) = self.live.as_mut() else {
                 return Some(Poll::Ready(None));
@@ -186,6 +190,16 @@ impl Feed {
                 // Dropped: `next` completes the last event and resumes.
                 Poll::Ready(None) => return None,
             }
+        }
+    }
+
+    /// The stored range is replayed: live events come next, and a dropped
+    /// queue resumes no earlier than where they start.
+    fn replay_done(&mut self) {
+        self.replay = None;
+        if self.live_from > self.last_seq {
+            self.last_seq = self.live_from;
+            self.last_seq_frames = 0;
         }
     }
 
@@ -210,11 +224,7 @@ impl Feed {
             }
             if let Some(replay) = &mut self.replay {
                 if replay.done() {
-                    self.replay = None;
-                    if self.live_from > self.last_seq {
-                        self.last_seq = self.live_from;
-                        self.last_seq_frames = 0;
-                    }
+                    self.replay_done();
                     continue;
                 }
                 let Ok(page) = replay.next_page(&self.state).await else {
