@@ -5,7 +5,9 @@
 //! 1,000 runs polled 1,000 queues for every frame it received (the dashboard
 //! does exactly that). Here the feeds live in one `SelectAll`, whose
 //! `FuturesUnordered` polls only the feeds that were woken, and the session
-//! adds that one stream to its context.
+//! adds that one stream to its context. A socket with one feed (the usual
+//! client) has it polled directly, with the session's own waker: the set's
+//! per-feed task and its wake-up hop cost more than the feed itself.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -16,10 +18,14 @@ use futures_util::stream::{AbortHandle, Abortable, LocalBoxStream, SelectAll, St
 
 use super::feed::FeedEvent;
 
-type Set = SelectAll<Abortable<LocalBoxStream<'static, FeedEvent>>>;
+type Feed = Abortable<LocalBoxStream<'static, FeedEvent>>;
+type Set = SelectAll<Feed>;
 
 #[derive(Default)]
 struct Inner {
+    /// The socket's only feed while it has one; empty `set` meanwhile.
+    single: Option<Feed>,
+    /// Every feed once a second one was added.
     set: Set,
     /// The session's task, to wake when a feed is added.
     waker: Option<Waker>,
@@ -37,7 +43,14 @@ impl FeedSet {
     pub(super) fn add(&self, feed: impl Stream<Item = FeedEvent> + 'static) -> AbortHandle {
         let (feed, handle) = futures_util::stream::abortable(feed.boxed_local());
         let mut inner = self.inner.borrow_mut();
-        inner.set.push(feed);
+        if inner.single.is_none() && inner.set.is_empty() {
+            inner.single = Some(feed);
+        } else {
+            if let Some(first) = inner.single.take() {
+                inner.set.push(first);
+            }
+            inner.set.push(feed);
+        }
         if let Some(waker) = inner.waker.take() {
             waker.wake();
         }
@@ -62,6 +75,17 @@ impl Stream for Feeds {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FeedEvent>> {
         let mut inner = self.inner.borrow_mut();
+        if let Some(feed) = inner.single.as_mut() {
+            match feed.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => return Poll::Ready(Some(event)),
+                // Ended or aborted: the socket has no feed now.
+                Poll::Ready(None) => inner.single = None,
+                Poll::Pending => {
+                    inner.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
         match inner.set.poll_next_unpin(cx) {
             Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
             // Empty, or no feed has anything: wait for one, or for a new feed.
