@@ -58,7 +58,10 @@ where
     }
 
     /// Open a transaction; waits while the lane's previous one runs.
-    pub async fn begin(&self) -> StoreResult<LaneTx<C>> {
+    /// `opening`, when given, is sent instead of the lane's `begin`: work
+    /// the connection does outside any transaction, in the same round trip,
+    /// ending with that `begin` (SQLite's WAL checkpoint, ADR 0059).
+    pub async fn begin(&self, opening: Option<&'static str>) -> StoreResult<LaneTx<C>> {
         let mut slot = self.slot.clone().lock_owned().await;
         if slot.open {
             if let Some(conn) = slot.conn.as_mut() {
@@ -74,8 +77,9 @@ where
         // A held connection may have died while the lane was idle (a
         // server restart, an idle timeout): nothing has run on it yet, so
         // `BEGIN` once more on a fresh one before failing the batch.
+        let first = opening.unwrap_or(self.begin);
         if let Some(conn) = slot.conn.as_mut() {
-            match sqlx::raw_sql(self.begin).execute(&mut *conn).await {
+            match sqlx::raw_sql(first).execute(&mut *conn).await {
                 Ok(_) => {
                     slot.open = true;
                     return Ok(LaneTx { slot });

@@ -82,7 +82,7 @@ impl Backend for PgBackend {
     }
 
     async fn begin(&self, lane: usize) -> StoreResult<Box<dyn WriteTx>> {
-        let tx = self.writers[lane % self.writers.len()].begin().await?;
+        let tx = self.writers[lane % self.writers.len()].begin(None).await?;
         Ok(Box::new(PgTx { tx, writes: 0 }))
     }
 }

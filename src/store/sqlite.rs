@@ -7,6 +7,7 @@
 //! reads.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,10 +26,20 @@ pub struct SqliteBackend {
     writer: LaneConn<SqliteConnection>,
     /// Alive while the backend is: the checkpointer stops when it is gone.
     _alive: std::sync::Arc<()>,
+    /// Set by the checkpointer after it copied a long WAL back: the writer
+    /// finishes that checkpoint before its next batch (ADR 0059).
+    finish: std::sync::Arc<AtomicBool>,
 }
 
 /// How often the WAL is checkpointed, off the write path.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// From this many WAL frames on (4 MiB of 4 KiB pages), the writer finishes
+/// a checkpoint the checkpointer did, so that the WAL starts over.
+const FINISH_FROM_FRAMES: i64 = 1024;
+/// What the writer sends instead of its `BEGIN` to finish a checkpoint.
+const CHECKPOINT_THEN_BEGIN: &str = "PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE";
+/// The size the WAL file is cut back to when it starts over after a burst.
+const WAL_SIZE_LIMIT: &str = "67108864";
 
 impl SqliteBackend {
     /// Open (creating the file and its directory when missing) and migrate.
@@ -53,7 +64,15 @@ impl SqliteBackend {
         // The writer never checkpoints on commit (that would put the copy
         // to the database file and its fsync on the write path); a
         // checkpointer connection does, every `CHECKPOINT_EVERY`.
-        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+        // Nor does the checkpointer alone keep the WAL short: under steady
+        // writes it never catches up with the last frame, so the log would
+        // never start over and grew by every page written. The writer
+        // finishes the checkpointer's work when the WAL is long, between
+        // two batches, and the log starts over (ADR 0059).
+        let writer_options = options
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
         let mut writer = SqliteConnection::connect_with(&writer_options).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&mut writer)
@@ -67,18 +86,33 @@ impl SqliteBackend {
             .connect_with(options.read_only(true))
             .await?;
         let alive = std::sync::Arc::new(());
-        tokio::spawn(checkpoint(checkpointer, std::sync::Arc::downgrade(&alive)));
+        let finish = std::sync::Arc::new(AtomicBool::new(false));
+        tokio::spawn(checkpoint(
+            checkpointer,
+            std::sync::Arc::downgrade(&alive),
+            finish.clone(),
+        ));
         Ok(SqliteBackend {
             reader,
             writer: LaneConn::new(writer, writer_options, "BEGIN IMMEDIATE"),
             _alive: alive,
+            finish,
         })
     }
 }
 
 /// Checkpoint the WAL in the background (PASSIVE: never waits for readers
-/// or the writer) until the backend is dropped.
-async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
+/// or the writer) until the backend is dropped. It copies what the WAL held
+/// when it started; under steady writes the writer has committed more by
+/// then, so the WAL could never start over and would grow by every page
+/// written. When the WAL is long, the writer is asked to finish: a second
+/// checkpoint, on its own connection between two batches, that copies only
+/// what came in meanwhile (ADR 0059).
+async fn checkpoint(
+    pool: SqlitePool,
+    alive: std::sync::Weak<()>,
+    finish: std::sync::Arc<AtomicBool>,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -87,11 +121,16 @@ async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
             pool.close().await;
             return;
         }
-        if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await;
+        match done {
+            // (busy, frames in the WAL, frames copied back)
+            Ok((_, frames, _)) if frames >= FINISH_FROM_FRAMES => {
+                finish.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
     }
 }
@@ -122,7 +161,11 @@ impl Backend for SqliteBackend {
         // their jobs: the key is `DEFERRABLE INITIALLY DEFERRED` (checked at
         // commit). Not `PRAGMA defer_foreign_keys`: it expires every
         // prepared statement of the connection (ADR 0049).
-        let tx = self.writer.begin().await?;
+        let opening = self
+            .finish
+            .swap(false, Ordering::Relaxed)
+            .then_some(CHECKPOINT_THEN_BEGIN);
+        let tx = self.writer.begin(opening).await?;
         Ok(Box::new(SqliteTx { tx, writes: 0 }))
     }
 }

@@ -11,3 +11,6 @@ mod eventsource;
 
 /// The dashboard's embedded files: once, on SQLite only (no store involved).
 mod dashboard;
+
+/// SQLite's write-ahead log under steady writes: SQLite only.
+mod sqlite_wal;
