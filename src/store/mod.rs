@@ -231,7 +231,8 @@ pub trait Backend:
     /// How many transactions may run at once (SQLite: 1).
     fn lanes(&self) -> usize;
     /// Whether a failed statement aborts the transaction (PostgreSQL), so
-    /// every write of a batch needs a savepoint; otherwise (SQLite) a write
+    /// every write of a batch that sends statements needs a savepoint
+    /// (taken before its first one, ADR 0060); otherwise (SQLite) a write
     /// that fails before it changed anything needs none (ADR 0020).
     fn statement_errors_abort(&self) -> bool;
     /// Begin a write transaction on lane `lane`.

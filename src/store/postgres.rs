@@ -64,6 +64,7 @@ pub struct PgTx {
     tx: LaneTx<PgConnection>,
     /// Write statements so far (the writer's isolation check).
     writes: u64,
+    isolation: super::tx::Isolation,
 }
 
 #[async_trait]
@@ -83,7 +84,11 @@ impl Backend for PgBackend {
 
     async fn begin(&self, lane: usize) -> StoreResult<Box<dyn WriteTx>> {
         let tx = self.writers[lane % self.writers.len()].begin(None).await?;
-        Ok(Box::new(PgTx { tx, writes: 0 }))
+        Ok(Box::new(PgTx {
+            tx,
+            writes: 0,
+            isolation: Default::default(),
+        }))
     }
 }
 

@@ -87,6 +87,21 @@ where
 macro_rules! sql_backend {
     (db: $db:ty, backend: $backend:ident, tx: $tx:ident, lock: $lock:literal, skip_locked: $skip:literal, multi_statement: $multi:literal $(,)?) => {
         impl $tx {
+            /// The connection, inside the current write's savepoint when it
+            /// wants one: taken here, before its first statement.
+            async fn conn(&mut self) -> StoreResult<&mut <$db as sqlx::Database>::Connection> {
+                if std::mem::take(&mut self.isolation.wanted) {
+                    let sql = if self.isolation.open {
+                        "RELEASE SAVEPOINT op; SAVEPOINT op"
+                    } else {
+                        "SAVEPOINT op"
+                    };
+                    sqlx::raw_sql(sql).execute(&mut *self.tx).await?;
+                    self.isolation.open = true;
+                }
+                Ok(&mut *self.tx)
+            }
+
             /// One write: `rows` in statements of at most `size` rows each,
             /// built by `push` (one round trip a statement).
             async fn write_chunks<T: Sync>(
@@ -99,7 +114,7 @@ macro_rules! sql_backend {
                 for chunk in rows.chunks(size) {
                     let mut q = sqlx::QueryBuilder::<$db>::new("");
                     push(&mut q, chunk);
-                    q.build().execute(&mut *self.tx).await?;
+                    q.build().execute(self.conn().await?).await?;
                 }
                 Ok(())
             }
@@ -120,7 +135,7 @@ macro_rules! sql_backend {
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF r SKIP LOCKED");
                 }
-                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
+                Ok(q.build_query_as().fetch_all(self.conn().await?).await?)
             }
 
 
@@ -310,7 +325,7 @@ macro_rules! sql_backend {
                     list.push_bind(id.clone());
                 }
                 q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id");
-                let rows = q.build().fetch_all(&mut *self.tx).await?;
+                let rows = q.build().fetch_all(self.conn().await?).await?;
                 Ok($crate::store::sql::runs_of_rows(&rows)?.0)
             }
 
@@ -356,7 +371,7 @@ macro_rules! sql_backend {
                       WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM c)
                       ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id"
                 ));
-                let rows = q.build().fetch_all(&mut *self.tx).await?;
+                let rows = q.build().fetch_all(self.conn().await?).await?;
                 let (runs, mut candidates) = $crate::store::sql::runs_of_rows(&rows)?;
                 candidates.sort_by(|a, b| a.job_id.cmp(&b.job_id));
                 Ok((candidates, runs))
@@ -365,22 +380,21 @@ macro_rules! sql_backend {
 
         #[async_trait::async_trait]
         impl $crate::store::tx::WriteTx for $tx {
-            async fn savepoint(&mut self) -> StoreResult<()> {
-                sqlx::raw_sql("SAVEPOINT op").execute(&mut *self.tx).await?;
-                Ok(())
-            }
-
-            async fn next_savepoint(&mut self) -> StoreResult<()> {
-                sqlx::raw_sql("RELEASE SAVEPOINT op; SAVEPOINT op")
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
+            fn isolate(&mut self) {
+                self.isolation.wanted = true;
             }
 
             async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
-                sqlx::raw_sql("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
-                    .execute(&mut *self.tx)
-                    .await?;
+                if std::mem::take(&mut self.isolation.wanted) {
+                    // This write sent no statement: nothing to undo (a
+                    // savepoint still open is the previous write's).
+                    return Ok(());
+                }
+                if std::mem::take(&mut self.isolation.open) {
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
                 Ok(())
             }
 
@@ -405,7 +419,7 @@ macro_rules! sql_backend {
                 ))
                 .bind(tenant)
                 .bind(run_id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await?;
                 Ok(row.map(
                     |(last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at)| RunRow {
@@ -433,7 +447,7 @@ macro_rules! sql_backend {
                 .bind(run.last_seq)
                 .bind(run.created_at)
                 .bind(run.updated_at)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 let inserted = done.rows_affected() == 1;
                 if inserted {
@@ -479,7 +493,7 @@ macro_rules! sql_backend {
                 }
                 q.push(")) ORDER BY tenant_id, run_id").push($lock);
                 type Row = (String, String, i64, Option<String>, Option<i64>, String, Option<i64>, i64, i64);
-                let runs: Vec<Row> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                let runs: Vec<Row> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 if runs.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -496,7 +510,7 @@ macro_rules! sql_backend {
                         .push_unseparated(")");
                 }
                 q.push(") ORDER BY tenant_id, run_id, created_at, job_id").push($lock);
-                let jobs: Vec<JobRecord> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                let jobs: Vec<JobRecord> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 let mut out: Vec<(runsignal_actors::RunKey, RunRow, Vec<JobRecord>)> = runs
                     .into_iter()
                     .map(|(tenant, run, last_seq, signal_etag, signal_seq, status, completed_seq, updated_at, created_at)| {
@@ -534,7 +548,7 @@ macro_rules! sql_backend {
                 ))
                 .bind(tenant)
                 .bind(key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await?)
             }
 
@@ -544,7 +558,7 @@ macro_rules! sql_backend {
                 )
                 .bind(tenant)
                 .bind(run_id)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.conn().await?)
                 .await?)
             }
 
@@ -566,7 +580,7 @@ macro_rules! sql_backend {
                     )
                     .push(WINDOW);
                 let samples: Vec<(String, i64, i64)> =
-                    q.build_query_as().fetch_all(&mut *self.tx).await?;
+                    q.build_query_as().fetch_all(self.conn().await?).await?;
                 // A finished run is written last by the write that
                 // finished it (`updated_at` is then its end).
                 let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -582,7 +596,7 @@ macro_rules! sql_backend {
                     .push(") ORDER BY updated_at DESC, run_id DESC LIMIT ")
                     .push(OUTCOMES);
                 let outcomes: Vec<(String, String, i64)> =
-                    q.build_query_as().fetch_all(&mut *self.tx).await?;
+                    q.build_query_as().fetch_all(self.conn().await?).await?;
                 Ok(PackRecord {
                     samples,
                     outcomes: outcomes
@@ -598,7 +612,7 @@ macro_rules! sql_backend {
                 )
                 .bind(tenant)
                 .bind(job_id)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.conn().await?)
                 .await?)
             }
 
@@ -620,7 +634,7 @@ macro_rules! sql_backend {
                 for chunk in jobs.chunks(16_000 / (set.len() + 1)) {
                     let mut q = sqlx::QueryBuilder::<$db>::new("");
                     Self::push_update_jobs(&mut q, &set, chunk);
-                    let updated = q.build().execute(&mut *self.tx).await?.rows_affected();
+                    let updated = q.build().execute(self.conn().await?).await?.rows_affected();
                     if updated != chunk.len() as u64 {
                         return Err(StoreError::NotCommitted(format!(
                             "{} of {} job rows to update were missing",
@@ -665,7 +679,7 @@ macro_rules! sql_backend {
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF r SKIP LOCKED");
                 }
-                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
+                Ok(q.build_query_as().fetch_all(self.conn().await?).await?)
             }
 
             async fn expire_worker_leases(&mut self, worker_id: &str, now: i64) -> StoreResult<u64> {
@@ -675,12 +689,15 @@ macro_rules! sql_backend {
                 )
                 .bind(now)
                 .bind(worker_id)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(done.rows_affected())
             }
 
             async fn write_rows(&mut self, rows: &$crate::store::tx::BatchRows<'_>) -> StoreResult<()> {
+                // The batch's rows belong to no one write: outside any
+                // write's savepoint (one that wants one has sent nothing).
+                self.isolation.wanted = false;
                 if !$multi {
                     for (columns, jobs) in &rows.updates {
                         self.update_jobs(*columns, jobs).await?;
@@ -746,7 +763,7 @@ macro_rules! sql_backend {
                 // Not kept in the connection's statement cache: the text is
                 // new with nearly every batch (its row counts), and would
                 // push out the statements that do repeat.
-                let written = q.build().persistent(false).execute(&mut *self.tx).await?.rows_affected();
+                let written = q.build().persistent(false).execute(self.conn().await?).await?.rows_affected();
                 if written != expected {
                     return Err(StoreError::NotCommitted(format!(
                         "{written} of the batch's {expected} rows were written (a job row to update was missing)"
@@ -768,7 +785,7 @@ macro_rules! sql_backend {
                 .bind(&d.url)
                 .bind(&d.body)
                 .bind(d.at)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(())
             }
@@ -785,7 +802,7 @@ macro_rules! sql_backend {
                     "UPDATE webhook_deliveries SET status = 'gone' WHERE status = 'pending'
                        AND job_id IN (SELECT job_id FROM webhook_deliveries WHERE status = 'gone')",
                 )
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 // Round robin (ADR 0025): `rn` numbers each tenant's claimable
                 // rows in due order; a row's slot is `rn` plus the tenant's
@@ -833,13 +850,13 @@ macro_rules! sql_backend {
                 if !$skip.is_empty() {
                     q.push(" FOR UPDATE OF d SKIP LOCKED");
                 }
-                let due: Vec<WebhookDelivery> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+                let due: Vec<WebhookDelivery> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 // While `sending`, `next_attempt_at` is when the claim runs out.
                 for d in &due {
                     sqlx::query("UPDATE webhook_deliveries SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2")
                         .bind(now + share.claim_ms)
                         .bind(d.id)
-                        .execute(&mut *self.tx)
+                        .execute(self.conn().await?)
                         .await?;
                 }
                 Ok(due
@@ -873,7 +890,7 @@ macro_rules! sql_backend {
                 .bind(error)
                 .bind(delivered)
                 .bind(id)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(())
             }
@@ -888,7 +905,7 @@ macro_rules! sql_backend {
                 )
                 .bind(now)
                 .bind(only_expired)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -912,7 +929,7 @@ macro_rules! sql_backend {
                 .bind(seq)
                 .bind(signal)
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(())
             }
@@ -924,7 +941,7 @@ macro_rules! sql_backend {
                         AND MAX(finished_at) < ",
                 );
                 q.push_bind(cutoff).push(" LIMIT ").push(limit);
-                Ok(q.build_query_as().fetch_all(&mut *self.tx).await?)
+                Ok(q.build_query_as().fetch_all(self.conn().await?).await?)
             }
 
             async fn delete_run(&mut self, tenant: &str, run_id: &str) -> StoreResult<Vec<String>> {
@@ -934,14 +951,14 @@ macro_rules! sql_backend {
                 )
                 .bind(tenant)
                 .bind(run_id)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.conn().await?)
                 .await?;
                 sqlx::query(
                     "DELETE FROM webhook_deliveries WHERE job_id IN (SELECT job_id FROM jobs WHERE tenant_id = $1 AND run_id = $2)",
                 )
                 .bind(tenant)
                 .bind(run_id)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 for sql in [
                     "DELETE FROM events WHERE tenant_id = $1 AND run_id = $2",
@@ -949,7 +966,7 @@ macro_rules! sql_backend {
                     "DELETE FROM first_signal_snapshots WHERE tenant_id = $1 AND run_id = $2",
                     "DELETE FROM runs WHERE tenant_id = $1 AND run_id = $2",
                 ] {
-                    sqlx::query(sql).bind(tenant).bind(run_id).execute(&mut *self.tx).await?;
+                    sqlx::query(sql).bind(tenant).bind(run_id).execute(self.conn().await?).await?;
                 }
                 Ok(paths)
             }

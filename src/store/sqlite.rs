@@ -139,6 +139,7 @@ pub struct SqliteTx {
     tx: LaneTx<SqliteConnection>,
     /// Write statements so far (the writer's isolation check).
     writes: u64,
+    isolation: super::tx::Isolation,
 }
 
 #[async_trait]
@@ -166,7 +167,11 @@ impl Backend for SqliteBackend {
             .swap(false, Ordering::Relaxed)
             .then_some(CHECKPOINT_THEN_BEGIN);
         let tx = self.writer.begin(opening).await?;
-        Ok(Box::new(SqliteTx { tx, writes: 0 }))
+        Ok(Box::new(SqliteTx {
+            tx,
+            writes: 0,
+            isolation: Default::default(),
+        }))
     }
 }
 

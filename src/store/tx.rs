@@ -51,12 +51,24 @@ pub struct BatchRows<'a> {
     pub runs: Vec<(RunKey, RunRow)>,
 }
 
+/// A batch's savepoints (PostgreSQL), taken lazily: see
+/// [`WriteTx::isolate`].
+#[derive(Debug, Default)]
+pub struct Isolation {
+    /// The current write is to be isolated and has sent no statement yet.
+    pub wanted: bool,
+    /// A savepoint is open (the last write that sent statements took it).
+    pub open: bool,
+}
+
 #[async_trait]
 pub trait WriteTx: Send {
     /// Isolate the next write of a batch: a failure rolls back only it.
-    async fn savepoint(&mut self) -> StoreResult<()>;
-    /// Release the current savepoint and open the next (one round trip).
-    async fn next_savepoint(&mut self) -> StoreResult<()>;
+    /// The savepoint is taken before the write's first statement (with the
+    /// release of the previous one, in one round trip); a write whose rules
+    /// run on rows the batch already holds sends none and needs none.
+    fn isolate(&mut self);
+    /// Undo the current write's statements, if it sent any.
     async fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
     /// How many write statements ran so far.
     fn writes(&self) -> u64;

@@ -422,8 +422,6 @@ async fn apply_batch(
     let mut pending = Pending::new(history.clone());
     let mut applied: Vec<(Request, Done, Committed)> = Vec::new();
     let mut broken: Option<String> = None;
-    // Whether a savepoint is open (the last write succeeded inside it).
-    let mut open = false;
     // The runs of the jobs the batch's writes name, in one read.
     let job_ids: Vec<String> = batch.iter().filter_map(|r| r.cmd.job_id()).collect();
     if job_ids.len() > 1 {
@@ -460,17 +458,7 @@ async fn apply_batch(
             }
         }
         if savepoints {
-            let begun = if open {
-                tx.next_savepoint().await
-            } else {
-                tx.savepoint().await
-            };
-            if let Err(e) = begun {
-                broken = Some(e.to_string());
-                let _ = r.reply.send(Err(e));
-                continue;
-            }
-            open = true;
+            tx.isolate();
         }
         let writes_before = tx.writes();
         match lifecycle::apply(&mut *tx, &mut pending, declared, &r.cmd).await {
@@ -478,7 +466,6 @@ async fn apply_batch(
             Err(e) => {
                 let clean = e.is_refusal() && tx.writes() == writes_before;
                 if savepoints {
-                    open = false;
                     if let Err(e) = tx.rollback_to_savepoint().await {
                         broken = Some(e.to_string());
                     }

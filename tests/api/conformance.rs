@@ -399,6 +399,49 @@ async fn a_write_failing_after_it_wrote_rolls_back_only_itself() {
     }
 }
 
+/// Writes that send statements of their own (a submit with an idempotency
+/// key looks it up and inserts its job at once) keep them when a later
+/// write of their batch fails after writing: each write's savepoint is
+/// taken before its first statement (ADR 0060).
+#[actix_web::test]
+async fn writes_that_sent_statements_keep_them_when_a_later_one_fails() {
+    let f = fixture().await;
+    let mut old = new_job(None);
+    old.idempotency_key = Some("k".into());
+    let (old, _) = f.store.submit_job(T, old).await.unwrap();
+    for round in 0..3 {
+        let keyed = (0..20).map(|i| {
+            let mut job = new_job(None);
+            job.idempotency_key = Some(format!("key-{round}-{i}"));
+            f.store.submit_job(T, job)
+        });
+        let plain = (0..20).map(|_| f.store.submit_job(T, new_job(None)));
+        let failing = async {
+            let mut new = new_job(Some("00000000-0000-4000-8000-000000000000"));
+            new.idempotency_key = Some("k".into());
+            new.idempotency_window_ms = 0;
+            f.store.submit_job(T, new).await
+        };
+        let (keyed, plain, failed) = futures_util::join!(join_all(keyed), join_all(plain), failing);
+        assert!(matches!(failed, Err(StoreError::RunNotFound)), "{failed:?}");
+        for (i, r) in keyed.into_iter().enumerate() {
+            let (job, created) = r.unwrap_or_else(|e| panic!("keyed submit {i}: {e:?}"));
+            assert!(created);
+            let stored = f.store.get_job(T, &job.job_id).await.unwrap();
+            assert_eq!(stored.idempotency_key, Some(format!("key-{round}-{i}")));
+            let seqs = all_seqs(&f.store, &job.run_id).await;
+            assert!(!seqs.is_empty());
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        }
+        for r in plain {
+            let (job, _) = r.unwrap();
+            assert!(f.store.get_job(T, &job.job_id).await.is_ok());
+        }
+    }
+    let old = f.store.get_job(T, &old.job_id).await.unwrap();
+    assert_eq!(old.idempotency_key.as_deref(), Some("k"), "the failing writes were undone");
+}
+
 #[actix_web::test]
 async fn jobs_submitted_and_leased_in_one_batch_are_leased_once_each() {
     let f = fixture().await;
