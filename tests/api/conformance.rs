@@ -369,6 +369,17 @@ async fn large_json_integers_in_inputs_and_results_are_kept_exactly() {
     assert!(got.inputs.contains(BIG));
 }
 
+/// A submit with key `k` and a window of 0: it first frees the key of the
+/// old job holding it (a write), then fails on an unknown run.
+async fn submit_freeing_k_then_failing(
+    store: &Store,
+) -> Result<(runsignal::store::JobRecord, bool), StoreError> {
+    let mut new = new_job(Some("00000000-0000-4000-8000-000000000000"));
+    new.idempotency_key = Some("k".into());
+    new.idempotency_window_ms = 0;
+    store.submit_job(T, new).await
+}
+
 #[actix_web::test]
 async fn a_write_failing_after_it_wrote_rolls_back_only_itself() {
     let f = fixture().await;
@@ -378,12 +389,7 @@ async fn a_write_failing_after_it_wrote_rolls_back_only_itself() {
     old.idempotency_key = Some("k".into());
     let (old, _) = f.store.submit_job(T, old).await.unwrap();
     let others = (0..20).map(|_| f.store.submit_job(T, new_job(None)));
-    let failing = async {
-        let mut new = new_job(Some("00000000-0000-4000-8000-000000000000"));
-        new.idempotency_key = Some("k".into());
-        new.idempotency_window_ms = 0;
-        f.store.submit_job(T, new).await
-    };
+    let failing = submit_freeing_k_then_failing(&f.store);
     let (results, failed) = futures_util::join!(join_all(others), failing);
     assert!(matches!(failed, Err(StoreError::RunNotFound)), "{failed:?}");
     for r in &results {
@@ -416,12 +422,7 @@ async fn writes_that_sent_statements_keep_them_when_a_later_one_fails() {
             f.store.submit_job(T, job)
         });
         let plain = (0..20).map(|_| f.store.submit_job(T, new_job(None)));
-        let failing = async {
-            let mut new = new_job(Some("00000000-0000-4000-8000-000000000000"));
-            new.idempotency_key = Some("k".into());
-            new.idempotency_window_ms = 0;
-            f.store.submit_job(T, new).await
-        };
+        let failing = submit_freeing_k_then_failing(&f.store);
         let (keyed, plain, failed) = futures_util::join!(join_all(keyed), join_all(plain), failing);
         assert!(matches!(failed, Err(StoreError::RunNotFound)), "{failed:?}");
         for (i, r) in keyed.into_iter().enumerate() {
