@@ -96,7 +96,11 @@ macro_rules! sql_backend {
                     } else {
                         "SAVEPOINT op"
                     };
-                    sqlx::raw_sql(sql).execute(&mut *self.tx).await?;
+                    if let Err(e) = sqlx::raw_sql(sql).execute(&mut *self.tx).await {
+                        // The transaction is aborted now: the batch is lost.
+                        self.isolation.failed = true;
+                        return Err(e.into());
+                    }
                     self.isolation.open = true;
                 }
                 Ok(&mut *self.tx)
@@ -385,6 +389,11 @@ macro_rules! sql_backend {
             }
 
             async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+                if self.isolation.failed {
+                    return Err(StoreError::NotCommitted(
+                        "a savepoint could not be taken; the transaction is aborted".into(),
+                    ));
+                }
                 if std::mem::take(&mut self.isolation.wanted) {
                     // This write sent no statement: nothing to undo (a
                     // savepoint still open is the previous write's).

@@ -1,10 +1,10 @@
 //! The embedded SQLite backend.
 //!
-//! Two pools over one WAL database: a single-connection writer pool, which
-//! the writer's one lane drives (one transaction at a time, so no
-//! `SQLITE_BUSY` and no row locks needed: a job leaves `queued` inside the
-//! only write transaction that can run), and a reader pool for concurrent
-//! reads.
+//! One WAL database: the write connection, which the writer's one lane
+//! holds and drives (one transaction at a time, so no `SQLITE_BUSY` and no
+//! row locks needed: a job leaves `queued` inside the only write
+//! transaction that can run; ADR 0053), a reader pool for concurrent
+//! reads, and a checkpointer connection (ADR 0059).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +26,9 @@ pub struct SqliteBackend {
     writer: LaneConn<SqliteConnection>,
     /// Alive while the backend is: the checkpointer stops when it is gone.
     _alive: std::sync::Arc<()>,
-    /// Set by the checkpointer after it copied a long WAL back: the writer
-    /// finishes that checkpoint before its next batch (ADR 0059).
+    /// Set by the checkpointer after a checkpoint of a WAL of at least
+    /// `FINISH_FROM_FRAMES`: the writer finishes it before its next batch
+    /// (ADR 0059).
     finish: std::sync::Arc<AtomicBool>,
 }
 

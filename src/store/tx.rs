@@ -59,6 +59,9 @@ pub struct Isolation {
     pub wanted: bool,
     /// A savepoint is open (the last write that sent statements took it).
     pub open: bool,
+    /// Taking a savepoint failed: the transaction is aborted, and the batch
+    /// fails (`rollback_to_savepoint` says so).
+    pub failed: bool,
 }
 
 #[async_trait]

@@ -2,8 +2,9 @@
 //!
 //! A write is a [`Cmd`] sent to one of the backend's lanes (SQLite: one;
 //! PostgreSQL: `Database.WriteLanes`). A lane takes whatever is waiting (at
-//! most [`MAX_BATCH`]) and applies it in one transaction: each write inside
-//! its own savepoint, so one failing write rolls back only itself. After the
+//! most [`MAX_BATCH`]) and applies it in one transaction: on PostgreSQL each
+//! write that sends statements inside its own savepoint, taken before its
+//! first one (ADR 0060), so one failing write rolls back only itself. After the
 //! commit it publishes what the batch committed (to the [`CommitSink`], in
 //! batch order) and only then answers each caller: a 2xx still means
 //! committed. A lone write is not delayed waiting for company: the lane
@@ -393,7 +394,8 @@ async fn run_lane(
 }
 
 /// One transaction for the whole batch; each write isolated by a savepoint
-/// (skipped for a lone write: its transaction is its isolation). The
+/// where statement errors abort the transaction, taken only if it sends a
+/// statement (skipped for a lone write: its transaction is its isolation). The
 /// batch's run rows and events are written once, just before the commit.
 async fn apply_batch(
     backend: &dyn Backend,

@@ -63,17 +63,20 @@ async fn under_steady_writes_the_wal_starts_over_and_stays_short() {
             })
         })
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
     while written.load(Ordering::Relaxed) < 100 {
+        assert!(Instant::now() < deadline, "the writers did not get going");
+        assert!(writers.iter().all(|w| !w.is_finished()), "a writer stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let first = wal_restarts(&wal);
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut largest = 0;
     let restarts = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
         let now = wal_restarts(&wal);
-        if now >= first + 3 || Instant::now() > deadline {
+        if now >= first + 3 || Instant::now() > deadline || writers.iter().any(|w| w.is_finished())
+        {
             break now - first;
         }
     };
