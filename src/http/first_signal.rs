@@ -37,9 +37,13 @@ pub async fn ask(state: &AppState, key: &RunKey) -> Result<Option<FirstSignalRep
         let reply = if handle.warm {
             request.await
         } else {
-            match tokio::time::timeout(cold_timeout, request).await {
-                Ok(reply) => reply,
-                Err(_) => return Ok(None),
+            // The deadline is looked at first: with `TimeoutMs` 0 a cold
+            // read never waits, even when the actor (on another thread)
+            // happens to have answered already.
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep(cold_timeout) => return Ok(None),
+                reply = request => reply,
             }
         };
         match reply {
