@@ -1,10 +1,13 @@
-//! Job artifacts (SPEC §7, §7.2, §11): files under
-//! `Artifacts.Dir/<tenant>/<jobId>/<completionId>/<name>`. Each completion
+//! Job artifacts (SPEC §7, §7.2, §11). A small artifact (at most
+//! [`held_max`] bytes) is held in its database row, committed with the
+//! completion (ADR 0061). A larger one is a file under
+//! `Artifacts.Dir/<tenant>/<jobId>/<completionId>/<name>`: each completion
 //! writes its files (fsync) under a directory of its own before the
 //! completing transaction; the rows that commit name them, so only the
 //! committed completion's bytes are ever served. A refused completion's
 //! files are removed at once, a stranded one's by [`sweep_orphans`].
-//! See docs/adr/0019-artifacts.md and docs/adr/0023-artifact-integrity-and-serving.md.
+//! See docs/adr/0019-artifacts.md, docs/adr/0023-artifact-integrity-and-serving.md
+//! and docs/adr/0061-small-artifacts-held-in-the-database.md.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,25 @@ pub use sweep::{sweep_orphans, ORPHAN_GRACE};
 pub const COMPLETION: &str = "completion";
 /// Chunk size for hashing, copying and serving.
 pub const CHUNK: usize = 64 * 1024;
+/// The largest artifact held in the database instead of a file, whatever
+/// `Artifacts.InlineMaxBytes` says (ADR 0061).
+pub const HELD_MAX_BYTES: usize = 64 * 1024;
+
+/// The largest artifact held in its database row: one the `done` event
+/// carries inline anyway (`Artifacts.InlineMaxBytes`), up to
+/// [`HELD_MAX_BYTES`].
+pub fn held_max(inline_max: usize) -> usize {
+    inline_max.min(HELD_MAX_BYTES)
+}
+
+/// Whether storing `items` writes any file (a source file whose size is
+/// unknown yet counts as one).
+pub fn writes_files(items: &[NewArtifact], inline_max: usize) -> bool {
+    items.iter().any(|a| match &a.source {
+        Source::Bytes(b) => b.len() > held_max(inline_max),
+        Source::File(_) => true,
+    })
+}
 
 /// `[A-Za-z0-9._-]{1,128}`, no leading dot.
 pub fn valid_name(name: &str) -> bool {
@@ -48,16 +70,19 @@ pub struct NewArtifact {
     pub source: Source,
 }
 
-/// An artifact written to disk, ready for its metadata row.
+/// An artifact stored, ready for its metadata row.
 #[derive(Debug, Clone)]
 pub struct StoredArtifact {
     pub name: String,
     pub size: u64,
     pub sha256: String,
     pub content_type: String,
+    /// The file (empty when the row holds the bytes).
     pub path: String,
     /// Base64 of the bytes when `size <= Artifacts.InlineMaxBytes`.
     pub inline: Option<String>,
+    /// The bytes, when the row holds them (`size <= held_max`).
+    pub content: Option<Vec<u8>>,
 }
 
 impl StoredArtifact {
@@ -133,11 +158,13 @@ impl Staged {
     }
 }
 
-/// Write every artifact of one completion under a fresh
+/// Store every artifact of one completion: a small one in memory, for its
+/// row (ADR 0061); the others as files under a fresh
 /// `<root>/<tenant>/<jobId>/<completionId>/` (blocking I/O off the
-/// runtime); every component goes through [`crate::paths::join`]. A source
+/// runtime; every component goes through [`crate::paths::join`]). A source
 /// file that is missing is skipped with a warning; any other error fails
-/// and leaves nothing behind.
+/// and leaves nothing behind. A completion whose artifacts are all small
+/// bytes touches no file and no thread.
 pub async fn store_all(
     root: &str,
     tenant: &str,
@@ -145,26 +172,35 @@ pub async fn store_all(
     items: Vec<NewArtifact>,
     inline_max: usize,
 ) -> std::io::Result<Staged> {
-    if items.is_empty() {
-        return Ok(Staged::default());
+    if !writes_files(&items, inline_max) {
+        let artifacts = items
+            .into_iter()
+            .filter_map(|item| match item.source {
+                Source::Bytes(bytes) => Some(held(item.name, item.content_type, bytes, inline_max)),
+                Source::File(_) => None,
+            })
+            .collect();
+        return Ok(Staged {
+            dir: None,
+            artifacts,
+        });
     }
     let root = std::path::absolute(root)?;
     let completion_id = runsignal_actors::new_ulid();
     let dir = crate::paths::join(&root, &[tenant, job_id, &completion_id])?;
     let job_id = job_id.to_owned();
     tokio::task::spawn_blocking(move || {
-        let result = write_all(&root, &dir, &job_id, &items, inline_max);
+        let result = write_all(&root, &dir, &job_id, items, inline_max);
         match result {
-            Ok(artifacts) if artifacts.is_empty() => {
-                let _ = std::fs::remove_dir(&dir);
-                Ok(Staged::default())
-            }
-            Ok(artifacts) => Ok(Staged {
-                dir: Some(dir),
+            Ok((artifacts, wrote)) => Ok(Staged {
+                dir: wrote.then_some(dir),
                 artifacts,
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(job_dir) = dir.parent() {
+                    let _ = std::fs::remove_dir(job_dir); // only when empty
+                }
                 Err(e)
             }
         }
@@ -173,27 +209,92 @@ pub async fn store_all(
     .map_err(std::io::Error::other)?
 }
 
+/// An artifact its row holds: hashed, and inline when small enough.
+fn held(name: String, content_type: String, bytes: Vec<u8>, inline_max: usize) -> StoredArtifact {
+    let inline = (bytes.len() <= inline_max)
+        .then(|| base64::engine::general_purpose::STANDARD.encode(&bytes));
+    StoredArtifact {
+        name,
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        content_type,
+        path: String::new(),
+        inline,
+        content: Some(bytes),
+    }
+}
+
+/// A source file's bytes when it is small enough to be held in its row
+/// (`None`: too large, written as a file).
+fn small_file(path: &Path, held_max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    if meta.len() > held_max as u64 {
+        return Ok(None);
+    }
+    // Read at most one byte more than fits: a file that grew meanwhile is
+    // written as a file after all.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(held_max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= held_max).then_some(bytes))
+}
+
+/// The artifacts stored, and whether any file was written (under `dir`).
 fn write_all(
     root: &Path,
     dir: &Path,
     job_id: &str,
-    items: &[NewArtifact],
+    items: Vec<NewArtifact>,
     inline_max: usize,
-) -> std::io::Result<Vec<StoredArtifact>> {
+) -> std::io::Result<(Vec<StoredArtifact>, bool)> {
+    let held_max = held_max(inline_max);
     // A new job directory (and maybe tenant directory) needs its own entry
     // made durable too.
     let job_dir = dir.parent().unwrap_or(dir);
-    let new_job_dir = !job_dir.exists();
-    std::fs::create_dir_all(dir)?;
+    let mut new_job_dir: Option<bool> = None;
     let mut out = Vec::new();
     for item in items {
-        match write_one(dir, item, inline_max) {
+        let small = match &item.source {
+            Source::Bytes(b) if b.len() <= held_max => Ok(Some(b.clone())),
+            Source::Bytes(_) => Ok(None),
+            Source::File(p) => small_file(p, held_max),
+        };
+        let stored = match small {
+            Ok(Some(bytes)) => Ok(held(
+                item.name.clone(),
+                item.content_type.clone(),
+                bytes,
+                inline_max,
+            )),
+            Ok(None) => {
+                if new_job_dir.is_none() {
+                    new_job_dir = Some(!job_dir.exists());
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_one(dir, &item, inline_max)
+            }
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(a) => out.push(a),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(job = %job_id, artifact = %item.name, "declared artifact is missing");
             }
             Err(e) => return Err(e),
         }
+    }
+    let Some(new_job_dir) = new_job_dir else {
+        return Ok((out, false));
+    };
+    if out.iter().all(|a| a.path.is_empty()) {
+        // Every file to write went missing meanwhile.
+        let _ = std::fs::remove_dir(dir);
+        let _ = std::fs::remove_dir(job_dir); // only when empty
+        return Ok((out, false));
     }
     sync_dir(dir);
     sync_dir(job_dir);
@@ -203,7 +304,7 @@ fn write_all(
         }
         sync_dir(root);
     }
-    Ok(out)
+    Ok((out, true))
 }
 
 /// `fsync` a directory so the entries made in it survive a crash (best
@@ -255,6 +356,7 @@ fn write_one(dir: &Path, item: &NewArtifact, inline_max: usize) -> std::io::Resu
         content_type: item.content_type.clone(),
         path: target.display().to_string(),
         inline,
+        content: None,
     })
 }
 

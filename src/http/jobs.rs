@@ -408,6 +408,13 @@ pub async fn get_artifact(
         res.insert_header((header::ETAG, etag));
         return Ok(sandboxed(res, &artifact.content_type, &name).finish());
     }
+    if let Some(bytes) = artifact.content {
+        // Held in its row (ADR 0061).
+        let mut res = HttpResponse::Ok();
+        res.content_type(artifact.content_type.as_str())
+            .insert_header((header::ETAG, etag));
+        return Ok(sandboxed(res, &artifact.content_type, &name).body(bytes));
+    }
     let file = tokio::fs::File::open(&artifact.path).await.map_err(|e| {
         tracing::warn!(job = %id, artifact = %name, error = %e, "artifact file unreadable");
         not_found()

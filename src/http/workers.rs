@@ -370,15 +370,18 @@ pub async fn complete(
     }
     let items = completion_artifacts(body.result.as_ref(), body.artifacts)?;
     // Files are written before the completing transaction: check the lease
-    // first so a stale completion does not even write them.
-    let current = state.store.get_job(&tenant.0, &id).await?;
-    let running = matches!(current.job_state(), JobState::Loading | JobState::Working);
-    if !running || current.lease_id.as_deref() != Some(body.lease_id.as_str()) {
-        return Err(crate::store::StoreError::LeaseLost.into());
+    // first so a stale completion does not even write them. (Small
+    // artifacts write none: their rows hold them, ADR 0061.)
+    let cfg = &state.config.artifacts;
+    if artifacts::writes_files(&items, cfg.inline_max_bytes) {
+        let current = state.store.get_job(&tenant.0, &id).await?;
+        let running = matches!(current.job_state(), JobState::Loading | JobState::Working);
+        if !running || current.lease_id.as_deref() != Some(body.lease_id.as_str()) {
+            return Err(crate::store::StoreError::LeaseLost.into());
+        }
     }
     // Each completion writes under a directory of its own; the rows that
     // commit name the winner's files, a refused completion's go at once.
-    let cfg = &state.config.artifacts;
     let staged = artifacts::store_all(&cfg.dir, &tenant.0, &id, items, cfg.inline_max_bytes)
         .await
         .map_err(|e| {

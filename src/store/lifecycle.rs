@@ -951,6 +951,7 @@ impl<'t> Op<'t> {
                 content_type: a.content_type.clone(),
                 path: a.path.clone(),
                 created_at: self.now,
+                content: a.content.clone(),
             };
             self.pending.artifacts.push(record);
             artifacts.push(a.event_json(job_id));

@@ -357,8 +357,12 @@ pub struct ArtifactRecord {
     pub size: i64,
     pub sha256: String,
     pub content_type: String,
+    /// The file (empty when `content` holds the bytes).
     pub path: String,
     pub created_at: i64,
+    /// The bytes of a small artifact (ADR 0061); not read by listings.
+    #[sqlx(default)]
+    pub content: Option<Vec<u8>>,
 }
 
 impl ArtifactRecord {

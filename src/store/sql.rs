@@ -272,7 +272,7 @@ macro_rules! sql_backend {
             /// Insert or replace artifact rows (one statement).
             fn push_upsert_artifacts(q: &mut sqlx::QueryBuilder<$db>, chunk: &[ArtifactRecord]) {
                 q.push(
-                    "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at) ",
+                    "INSERT INTO artifacts (tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at, content) ",
                 );
                 q.push_values(chunk, |mut b, a| {
                     b.push_bind(a.tenant_id.clone())
@@ -283,11 +283,13 @@ macro_rules! sql_backend {
                         .push_bind(a.sha256.clone())
                         .push_bind(a.content_type.clone())
                         .push_bind(a.path.clone())
-                        .push_bind(a.created_at);
+                        .push_bind(a.created_at)
+                        .push_bind(a.content.clone());
                 });
                 q.push(
                     " ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
-                         content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at",
+                         content_type = excluded.content_type, path = excluded.path, created_at = excluded.created_at,
+                         content = excluded.content",
                 );
             }
 
@@ -977,7 +979,8 @@ macro_rules! sql_backend {
                 ] {
                     sqlx::query(sql).bind(tenant).bind(run_id).execute(self.conn().await?).await?;
                 }
-                Ok(paths)
+                // Artifacts their rows held (ADR 0061) have no file.
+                Ok(paths.into_iter().filter(|p| !p.is_empty()).collect())
             }
         }
 
@@ -1162,7 +1165,8 @@ macro_rules! sql_backend {
             }
 
             async fn list_artifacts(&self, tenant: &str, job_id: &str) -> StoreResult<Vec<ArtifactRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM artifacts WHERE tenant_id = $1 AND job_id = $2 ORDER BY name")
+                Ok(sqlx::query_as("SELECT tenant_id, job_id, run_id, name, size, sha256, content_type, path, created_at
+                                  FROM artifacts WHERE tenant_id = $1 AND job_id = $2 ORDER BY name")
                     .bind(tenant)
                     .bind(job_id)
                     .fetch_all(&self.reader)

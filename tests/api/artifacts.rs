@@ -308,22 +308,27 @@ async fn prune_removes_artifact_rows_and_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("artifacts");
     let d = root.display().to_string();
-    let app = spawn_with(&[("Artifacts__Dir", d.as_str())]).await;
+    let app = spawn_with(&[("Artifacts__Dir", d.as_str()), ("Server__MaxBodyBytes", "4194304")]).await;
+    let big = vec![7u8; runsignal::artifacts::HELD_MAX_BYTES + 1];
     let (job, _run, res) = complete(
         &app,
-        json!({"result": {"ok": true}, "artifacts": [{"name": "a.bin", "content_base64": b64(b"abc")}]}),
+        json!({"result": {"ok": true}, "artifacts": [
+            {"name": "a.bin", "content_base64": b64(b"abc")},
+            {"name": "big.bin", "content_base64": b64(&big)},
+        ]}),
     )
     .await;
     assert_eq!(res.status(), 200);
     let files = root.join(TENANT).join(&job);
-    let mut on_disk = Vec::new();
-    for name in ["a.bin", "completion"] {
+    let mut paths = Vec::new();
+    for name in ["big.bin", "a.bin", "completion"] {
         let row = app.state.store.get_artifact(TENANT, &job, name).await;
-        on_disk.push(std::path::PathBuf::from(row.unwrap().unwrap().path));
+        paths.push(std::path::PathBuf::from(row.unwrap().unwrap().path));
     }
-    let (a, completion) = (&on_disk[0], &on_disk[1]);
-    assert!(a.starts_with(&files) && a.is_file());
-    assert!(completion.starts_with(&files) && completion.is_file());
+    let file = paths[0].clone();
+    assert!(file.starts_with(&files) && file.is_file());
+    // The small ones are held in their rows: no file.
+    assert_eq!(paths[1..], [std::path::PathBuf::new(), std::path::PathBuf::new()]);
     assert_eq!(artifact(&app, &job, "a.bin").await.status(), 200);
 
     let cutoff = chrono::Utc::now().timestamp_millis() + 3_600_000;
@@ -332,14 +337,101 @@ async fn prune_removes_artifact_rows_and_files() {
         .unwrap();
     assert_eq!(runs, 1);
     assert_problem(artifact(&app, &job, "a.bin").await, 404, "job_not_found").await;
-    assert!(app
-        .state
-        .store
-        .get_artifact(TENANT, &job, "a.bin")
-        .await
-        .unwrap()
-        .is_none());
-    assert!(!a.exists());
-    assert!(!completion.exists());
+    for name in ["a.bin", "big.bin", "completion"] {
+        assert!(app
+            .state
+            .store
+            .get_artifact(TENANT, &job, name)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert!(!file.exists());
     assert!(!files.exists(), "the empty job directory goes too");
+}
+
+/// ADR 0061: an artifact of at most `HELD_MAX_BYTES` (and inline in the
+/// `done` event) is held in its row. Its completion writes no file, and it
+/// is served whole, with its strong ETag, after a restart too; one byte
+/// more is a file.
+#[actix_web::test]
+async fn small_artifacts_are_held_in_the_database_and_survive_a_restart() {
+    let app = spawn_with(&[("Server__MaxBodyBytes", "4194304")]).await;
+    let root = app.dir.path().join("artifacts");
+    let edge = vec![b'x'; runsignal::artifacts::HELD_MAX_BYTES];
+    let over = vec![b'y'; runsignal::artifacts::HELD_MAX_BYTES + 1];
+    let (small_job, run, res) = complete(
+        &app,
+        json!({"result": {"n": 123456789012345678901234567890u128}, "artifacts": [
+            {"name": "edge.txt", "content_type": "text/plain", "content_base64": b64(&edge)},
+        ]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        !root.join(TENANT).join(&small_job).exists(),
+        "a completion of small artifacts writes no file"
+    );
+    let (big_job, _run, res) = complete(
+        &app,
+        json!({"artifacts": [{"name": "over.bin", "content_base64": b64(&over)}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(root.join(TENANT).join(&big_job).is_dir(), "one byte more is a file");
+
+    let app = app.restart(&[]).await;
+    let res = artifact(&app, &small_job, "edge.txt").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "etag"), format!("\"{}\"", sha(&edge)));
+    assert_eq!(header(&res, "content-type"), "text/plain");
+    assert_eq!(header(&res, "content-length"), edge.len().to_string());
+    assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert_eq!(res.bytes().await.unwrap().as_ref(), edge.as_slice());
+    let res = artifact(&app, &small_job, "completion").await;
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"n":123456789012345678901234567890}"#,
+        "the result's bytes as written"
+    );
+    let res = app
+        .get(&format!("/jobs/{small_job}/artifacts/edge.txt"))
+        .header("If-None-Match", format!("\"{}\"", sha(&edge)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    let res = artifact(&app, &big_job, "over.bin").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), over.as_slice());
+    // Listed and announced as before.
+    let got = app.job(&small_job).await;
+    let names: Vec<&str> = got["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["completion", "edge.txt"]);
+    let done = done_event(&app, &run).await;
+    assert_eq!(done["payload"]["artifacts"][1]["content_base64"], b64(&edge));
+}
+
+/// A stale completion of small artifacts (no pre-check any more: nothing
+/// to write) is still refused, and leaves the winner's bytes.
+#[actix_web::test]
+async fn a_stale_completion_of_small_artifacts_is_refused() {
+    let app = spawn_app().await;
+    let (job, _run, res) = complete(&app, json!({"result": {"who": "first"}})).await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .worker(&job, "complete", json!({"leaseId": "stale", "result": {"who": "second"}}))
+        .await;
+    assert_problem(res, 409, "lease_lost").await;
+    let res = app
+        .worker("01ARZ3NDEKTSV4RRFFQ69G5FAV", "complete", json!({"leaseId": "x", "result": {}}))
+        .await;
+    assert_problem(res, 404, "job_not_found").await;
+    let res = artifact(&app, &job, "completion").await;
+    assert_eq!(res.text().await.unwrap(), r#"{"who":"first"}"#);
 }
