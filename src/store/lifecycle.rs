@@ -38,6 +38,9 @@ pub struct Pending {
     /// Artifact rows of completions (read only for a done job's
     /// `download_artifact` actions).
     artifacts: Vec<ArtifactRecord>,
+    /// Queued jobs read once for a batch's several leases of the same
+    /// packs (and tenant), before its first write; as old as `prefetched`.
+    pools: Vec<LeasePool>,
     /// Job rows as the transaction has them now, by id: the jobs this batch
     /// read or wrote. A job written back that is here has only its changed
     /// columns set (ADR 0048); one that is not is upserted whole. Forgotten
@@ -47,6 +50,19 @@ pub struct Pending {
     /// `lastKnownOutcome`).
     history: Arc<PackHistory>,
 }
+
+/// The candidates of a batch's leases of one (tenant, packs).
+struct LeasePool {
+    tenant: Option<String>,
+    packs: Vec<String>,
+    /// Oldest first.
+    jobs: Vec<JobRecord>,
+    /// Every queued job there was: the read asked for more than it got.
+    all: bool,
+}
+
+/// Most candidates one read for a batch's leases asks for.
+const MAX_POOL: u32 = 1000;
 
 impl Pending {
     pub fn new(history: Arc<PackHistory>) -> Pending {
@@ -113,11 +129,68 @@ impl Pending {
         Ok(())
     }
 
+    /// Read the candidates of the batch's leases (tenant, packs, max),
+    /// one query for the leases of each (tenant, packs) that more than one
+    /// asks for (ahead of the batch's first write, as `prefetch`).
+    pub async fn pool_leases(
+        &mut self,
+        tx: &mut dyn WriteTx,
+        leases: &[(Option<&str>, &[String], u32)],
+    ) -> StoreResult<()> {
+        let mut groups: Vec<(Option<&str>, &[String], u32, usize)> = Vec::new();
+        for &(tenant, packs, max) in leases {
+            match groups.iter_mut().find(|g| g.0 == tenant && g.1 == packs) {
+                Some(g) => {
+                    g.2 = g.2.saturating_add(max);
+                    g.3 += 1;
+                }
+                None => groups.push((tenant, packs, max, 1)),
+            }
+        }
+        for (tenant, packs, wanted, leases) in groups {
+            if leases < 2 {
+                continue;
+            }
+            let limit = wanted.min(MAX_POOL);
+            let (jobs, runs) = tx.queued_jobs_and_runs(tenant, packs, limit).await?;
+            for (key, row, run_jobs) in runs {
+                if !self.prefetched.iter().any(|(k, _, _)| *k == key) {
+                    self.prefetched.push((key, row, run_jobs));
+                }
+            }
+            self.pools.push(LeasePool {
+                tenant: tenant.map(str::to_owned),
+                packs: packs.to_vec(),
+                all: (jobs.len() as u32) < limit,
+                jobs,
+            });
+        }
+        Ok(())
+    }
+
     /// Forget what was read ahead (rows changed behind the batch's back).
     pub fn forget_prefetched(&mut self) {
         // `stored` stays: until the barrier's own write (which clears it,
         // as every write outside the flush does) it matches the rows.
         self.prefetched.clear();
+        self.pools.clear();
+    }
+
+    /// A lease's candidates from the batch's pool: the pooled jobs this
+    /// batch has not changed, when there are enough of them (or the pool
+    /// held every queued job); `None`: ask the table.
+    fn pooled(&self, tenant: Option<&str>, req: &LeaseRequest) -> Option<Vec<JobRecord>> {
+        let pool = self
+            .pools
+            .iter()
+            .find(|p| p.tenant.as_deref() == tenant && p.packs == req.packs)?;
+        let left: Vec<JobRecord> = pool
+            .jobs
+            .iter()
+            .filter(|j| self.job(&j.tenant_id, &j.job_id).is_none())
+            .cloned()
+            .collect();
+        (pool.all || left.len() >= req.max as usize).then_some(left)
     }
 
     fn job(&self, tenant: &str, job_id: &str) -> Option<&JobRecord> {
@@ -360,21 +433,28 @@ impl<'t> Op<'t> {
             })
             .count();
         let limit = req.max + hidden as u32;
-        // The candidates' runs come with them (rows and jobs, read under
-        // the candidates' locks): the lease reads nothing more per job.
-        let (candidates, runs) = self
-            .tx
-            .queued_jobs_and_runs(tenant, &req.packs, limit)
-            .await?;
-        for (key, row, jobs) in runs {
-            if !self.pending.prefetched.iter().any(|(k, _, _)| *k == key) {
-                self.pending.prefetched.push((key, row, jobs));
+        let mut jobs = match self.pending.pooled(tenant, req) {
+            // Read with the batch's other leases (their runs too).
+            Some(jobs) => jobs,
+            None => {
+                // The candidates' runs come with them (rows and jobs, read
+                // under the candidates' locks): the lease reads nothing
+                // more per job.
+                let (candidates, runs) = self
+                    .tx
+                    .queued_jobs_and_runs(tenant, &req.packs, limit)
+                    .await?;
+                for (key, row, jobs) in runs {
+                    if !self.pending.prefetched.iter().any(|(k, _, _)| *k == key) {
+                        self.pending.prefetched.push((key, row, jobs));
+                    }
+                }
+                candidates
+                    .into_iter()
+                    .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
+                    .collect::<Vec<JobRecord>>()
             }
-        }
-        let mut jobs: Vec<JobRecord> = candidates
-            .into_iter()
-            .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
-            .collect();
+        };
         for job in &jobs {
             self.pending.saw(job);
         }

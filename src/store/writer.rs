@@ -433,6 +433,21 @@ async fn apply_batch(
             return;
         }
     }
+    // Several leases of the same packs: their candidates in one read.
+    let leases: Vec<(Option<&str>, &[String], u32)> = batch
+        .iter()
+        .filter_map(|r| match &r.cmd {
+            Cmd::Lease { tenant, req } => Some((tenant.as_deref(), req.packs.as_slice(), req.max)),
+            _ => None,
+        })
+        .collect();
+    if leases.len() > 1 {
+        if let Err(e) = pending.pool_leases(&mut *tx, &leases).await {
+            let _ = tx.rollback().await;
+            give_back(batch, &e, retry);
+            return;
+        }
+    }
     let mut queue: VecDeque<Request> = batch.into();
     while let Some(r) = queue.pop_front() {
         if let Some(message) = &broken {

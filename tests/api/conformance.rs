@@ -143,6 +143,52 @@ async fn fifty_workers_lease_a_thousand_jobs_each_exactly_once() {
     assert_eq!(unique.len(), 1000, "none leased twice");
 }
 
+/// Leases that share a batch take their candidates from one read: still
+/// distinct jobs, each leased once, the oldest first, and what is left
+/// stays queued for the next lease.
+#[actix_web::test]
+async fn leases_sharing_a_batch_take_distinct_jobs_oldest_first() {
+    let f = fixture().await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(f.store.submit_job(T, new_job(None)).await.unwrap().0.job_id);
+    }
+    ids.sort(); // ULIDs: the oldest first
+    let leases = (0..12).map(|w| {
+        let store = f.store.clone();
+        async move {
+            store
+                .lease_jobs(T, &lease_req(&format!("w{w}"), 2, 600))
+                .await
+                .unwrap()
+        }
+    });
+    let leased: Vec<_> = join_all(leases).await.into_iter().flatten().collect();
+    let mut got: Vec<String> = leased.iter().map(|j| j.job_id.clone()).collect();
+    got.sort();
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "none leased twice: {got:?}");
+    assert_eq!(got, ids[..24], "the 24 oldest, two for each of 12 leases");
+    let lease_ids: HashSet<&str> = leased.iter().map(|j| j.lease_id.as_str()).collect();
+    assert_eq!(lease_ids.len(), 24, "a lease id of its own for each job");
+    for id in &ids[..24] {
+        let job = f.store.get_job(T, id).await.unwrap();
+        assert_eq!(job.state, "loading", "{id}");
+    }
+    let rest = f
+        .store
+        .lease_jobs(T, &lease_req("late", 100, 600))
+        .await
+        .unwrap();
+    let mut rest: Vec<String> = rest.into_iter().map(|j| j.job_id).collect();
+    rest.sort();
+    assert_eq!(rest, ids[24..], "the rest stayed queued");
+    assert!(
+        f.store.writer().stats().largest.load(Ordering::Relaxed) > 1,
+        "the concurrent leases were committed in batches"
+    );
+}
+
 #[actix_web::test]
 async fn one_idempotency_key_under_concurrent_submits_makes_one_job() {
     let f = fixture().await;
