@@ -28,6 +28,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// The largest artifact held in the database instead of a file, whatever
 /// `Artifacts.InlineMaxBytes` says (ADR 0061).
 pub const HELD_MAX_BYTES: usize = 64 * 1024;
+/// The most bytes of held artifacts one completion hashes on the caller's
+/// (HTTP worker's) thread; more go to the blocking pool.
+const HASHED_IN_PLACE: usize = 256 * 1024;
 
 /// The largest artifact held in its database row: one the `done` event
 /// carries inline anyway (`Artifacts.InlineMaxBytes`), up to
@@ -164,7 +167,7 @@ impl Staged {
 /// runtime; every component goes through [`crate::paths::join`]). A source
 /// file that is missing is skipped with a warning; any other error fails
 /// and leaves nothing behind. A completion whose artifacts are all small
-/// bytes touches no file and no thread.
+/// bytes (and few) touches no file and no other thread.
 pub async fn store_all(
     root: &str,
     tenant: &str,
@@ -172,7 +175,14 @@ pub async fn store_all(
     items: Vec<NewArtifact>,
     inline_max: usize,
 ) -> std::io::Result<Staged> {
-    if !writes_files(&items, inline_max) {
+    let bytes: usize = items
+        .iter()
+        .map(|a| match &a.source {
+            Source::Bytes(b) => b.len(),
+            Source::File(_) => 0,
+        })
+        .sum();
+    if !writes_files(&items, inline_max) && bytes <= HASHED_IN_PLACE {
         let artifacts = items
             .into_iter()
             .filter_map(|item| match item.source {

@@ -235,6 +235,9 @@ pub trait Backend:
     /// (taken before its first one, ADR 0060); otherwise (SQLite) a write
     /// that fails before it changed anything needs none (ADR 0020).
     fn statement_errors_abort(&self) -> bool;
+    /// Whether writers lock rows (PostgreSQL: several lanes, several
+    /// nodes); without (SQLite) one writer holds the whole database.
+    fn row_locks(&self) -> bool;
     /// Begin a write transaction on lane `lane`.
     async fn begin(&self, lane: usize) -> StoreResult<Box<dyn tx::WriteTx>>;
 }

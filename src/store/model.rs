@@ -343,7 +343,8 @@ pub struct Completion {
     pub lease_id: String,
     pub result: Option<Value>,
     pub correlation_id: String,
-    /// Written to disk already; their rows commit with the `done` transition.
+    /// Stored already (files written, or bytes for their rows, ADR 0061);
+    /// their rows commit with the `done` transition.
     pub artifacts: Vec<crate::artifacts::StoredArtifact>,
 }
 

@@ -82,6 +82,10 @@ impl Backend for PgBackend {
         true
     }
 
+    fn row_locks(&self) -> bool {
+        true
+    }
+
     async fn begin(&self, lane: usize) -> StoreResult<Box<dyn WriteTx>> {
         let tx = self.writers[lane % self.writers.len()].begin(None).await?;
         Ok(Box::new(PgTx {

@@ -716,7 +716,7 @@ macro_rules! sql_backend {
                     if !rows.upserts.is_empty() {
                         self.upsert_jobs(&rows.upserts).await?;
                     }
-                    // At most 9 parameters a row: 1,000 rows stay under
+                    // At most 10 parameters a row: 1,000 rows stay under
                     // both backends' limits.
                     if !rows.artifacts.is_empty() {
                         self.write_chunks(rows.artifacts, 1000, Self::push_upsert_artifacts).await?;

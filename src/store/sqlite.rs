@@ -158,6 +158,10 @@ impl Backend for SqliteBackend {
         false
     }
 
+    fn row_locks(&self) -> bool {
+        false
+    }
+
     async fn begin(&self, _lane: usize) -> StoreResult<Box<dyn WriteTx>> {
         // Runs a submit creates are inserted at the end of the batch, after
         // their jobs: the key is `DEFERRABLE INITIALLY DEFERRED` (checked at

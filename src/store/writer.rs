@@ -433,7 +433,10 @@ async fn apply_batch(
             return;
         }
     }
-    // Several leases of the same packs: their candidates in one read.
+    // Several leases of the same packs: their candidates in one read
+    // (ADR 0062). Not where writers lock rows: the pool's run locks would
+    // come before the locks the batch's earlier writes take, an order
+    // other lanes do not follow (a deadlock, broken after a second).
     let leases: Vec<(Option<&str>, &[String], u32)> = batch
         .iter()
         .filter_map(|r| match &r.cmd {
@@ -441,7 +444,7 @@ async fn apply_batch(
             _ => None,
         })
         .collect();
-    if leases.len() > 1 {
+    if leases.len() > 1 && !backend.row_locks() {
         if let Err(e) = pending.pool_leases(&mut *tx, &leases).await {
             let _ = tx.rollback().await;
             give_back(batch, &e, retry);

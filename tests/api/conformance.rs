@@ -143,9 +143,11 @@ async fn fifty_workers_lease_a_thousand_jobs_each_exactly_once() {
     assert_eq!(unique.len(), 1000, "none leased twice");
 }
 
-/// Leases that share a batch take their candidates from one read: still
-/// distinct jobs, each leased once, the oldest first, and what is left
-/// stays queued for the next lease.
+/// Leases that share a batch take their candidates from one read (SQLite,
+/// ADR 0062): still distinct jobs, each leased once, the oldest first, and
+/// what is left stays queued for the next lease. (On PostgreSQL, where
+/// the lanes lease side by side, a lease may come back short when another
+/// lane took its candidate first: every job is still leased exactly once.)
 #[actix_web::test]
 async fn leases_sharing_a_batch_take_distinct_jobs_oldest_first() {
     let f = fixture().await;
@@ -168,10 +170,14 @@ async fn leases_sharing_a_batch_take_distinct_jobs_oldest_first() {
     got.sort();
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), got.len(), "none leased twice: {got:?}");
-    assert_eq!(got, ids[..24], "the 24 oldest, two for each of 12 leases");
+    if matches!(crate::BACKEND, crate::testdb::Backend::Sqlite) {
+        assert_eq!(got, ids[..24], "the 24 oldest, two for each of 12 leases");
+    } else {
+        assert!(got.len() <= 24 && got.iter().all(|g| ids.contains(g)), "{got:?}");
+    }
     let lease_ids: HashSet<&str> = leased.iter().map(|j| j.lease_id.as_str()).collect();
-    assert_eq!(lease_ids.len(), 24, "a lease id of its own for each job");
-    for id in &ids[..24] {
+    assert_eq!(lease_ids.len(), got.len(), "a lease id of its own for each job");
+    for id in &got {
         let job = f.store.get_job(T, id).await.unwrap();
         assert_eq!(job.state, "loading", "{id}");
     }
@@ -180,9 +186,9 @@ async fn leases_sharing_a_batch_take_distinct_jobs_oldest_first() {
         .lease_jobs(T, &lease_req("late", 100, 600))
         .await
         .unwrap();
-    let mut rest: Vec<String> = rest.into_iter().map(|j| j.job_id).collect();
-    rest.sort();
-    assert_eq!(rest, ids[24..], "the rest stayed queued");
+    let mut all: Vec<String> = rest.into_iter().map(|j| j.job_id).chain(got).collect();
+    all.sort();
+    assert_eq!(all, ids, "the rest stayed queued: every job leased exactly once");
     assert!(
         f.store.writer().stats().largest.load(Ordering::Relaxed) > 1,
         "the concurrent leases were committed in batches"

@@ -139,15 +139,19 @@ async fn a_cancel_racing_a_complete_leaves_no_orphan_files() {
 
 #[actix_web::test]
 async fn the_sweep_removes_stranded_files_and_keeps_referenced_ones() {
-    let (app, dir) = app_with(&[]).await;
+    let (app, dir) = app_with(&[("Server__MaxBodyBytes", "4194304")]).await;
     let root = dir.path().join("artifacts");
+    // Too large for its row (ADR 0061): a file the sweep must keep.
+    let kept = vec![b'k'; runsignal::artifacts::HELD_MAX_BYTES + 1];
     let (job, _run, res) = super::complete(
         &app,
-        json!({"result": {"ok": true}, "artifacts": [{"name": "a.bin", "content_base64": b64(b"abc")}]}),
+        json!({"result": {"ok": true}, "artifacts": [{"name": "a.bin", "content_base64": b64(&kept)}]}),
     )
     .await;
     assert_eq!(res.status(), 200);
     let job_dir = root.join(TENANT).join(&job);
+    let referenced = files_under(&job_dir);
+    assert_eq!(referenced.len(), 1, "{referenced:?}");
     // What a crash between writing and committing leaves: a completion's
     // files under a directory no row names, in a known and an unknown job.
     let stranded = job_dir.join(runsignal_actors::new_ulid());
@@ -173,9 +177,10 @@ async fn the_sweep_removes_stranded_files_and_keeps_referenced_ones() {
     assert!(!stranded.exists() && !unknown.exists());
     assert!(root.join("README").exists());
     assert!(root.join(TENANT).join("not-a-job").join("f").exists());
+    assert!(referenced[0].is_file(), "the referenced file is kept");
     assert_consistent(&app, &root, &job).await;
     assert_eq!(
         artifact(&app, &job, "a.bin").await.bytes().await.unwrap().as_ref(),
-        b"abc"
+        kept.as_slice()
     );
 }

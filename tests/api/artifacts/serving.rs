@@ -8,18 +8,28 @@ use crate::helpers::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// Both kinds: artifacts held in their rows and files (ADR 0061).
 #[actix_web::test]
 async fn only_json_text_and_images_are_inline_and_all_are_sandboxed() {
-    let (app, _dir) = app_with(&[]).await;
+    let (app, _dir) = app_with(&[("Server__MaxBodyBytes", "4194304")]).await;
+    let small = b"<script>alert(1)</script>".to_vec();
+    let mut large = small.clone();
+    large.resize(runsignal::artifacts::HELD_MAX_BYTES + 1, b' ');
+    for bytes in [small, large] {
+        served_safely(&app, &bytes).await;
+    }
+}
+
+async fn served_safely(app: &TestApp, bytes: &[u8]) {
     let up = |name: &str, ct: Option<&str>| {
-        let mut a = json!({"name": name, "content_base64": b64(b"<script>alert(1)</script>")});
+        let mut a = json!({"name": name, "content_base64": b64(bytes)});
         if let Some(ct) = ct {
             a["content_type"] = json!(ct);
         }
         a
     };
     let (job, _run, res) = super::complete(
-        &app,
+        app,
         json!({"result": {"ok": true}, "artifacts": [
             up("page.html", Some("text/html")),
             up("logo.svg", Some("image/svg+xml")),
@@ -36,7 +46,7 @@ async fn only_json_text_and_images_are_inline_and_all_are_sandboxed() {
     let attachments = ["page.html", "logo.svg", "page.xhtml", "blob"];
     let inline = ["completion", "data.json", "notes.txt", "pic.png", "shout.txt"];
     for name in attachments.iter().chain(&inline) {
-        let res = artifact(&app, &job, name).await;
+        let res = artifact(app, &job, name).await;
         assert_eq!(res.status(), 200, "{name}");
         assert_eq!(header(&res, "x-content-type-options"), "nosniff", "{name}");
         assert_eq!(header(&res, "content-security-policy"), "sandbox", "{name}");
@@ -52,8 +62,9 @@ async fn only_json_text_and_images_are_inline_and_all_are_sandboxed() {
         }
     }
     // The type is still the one the worker gave, only never rendered.
-    let res = artifact(&app, &job, "page.html").await;
+    let res = artifact(app, &job, "page.html").await;
     assert_eq!(header(&res, "content-type"), "text/html");
+    assert_eq!(header(&res, "content-length"), bytes.len().to_string());
     // A 304 carries the same protections.
     let etag = header(&res, "etag");
     let res = app
@@ -64,6 +75,9 @@ async fn only_json_text_and_images_are_inline_and_all_are_sandboxed() {
         .unwrap();
     assert_eq!(res.status(), 304);
     assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&res, "content-security-policy"), "sandbox");
+    let res = artifact(app, &job, "page.html").await;
+    assert_eq!(res.bytes().await.unwrap().as_ref(), bytes);
 }
 
 /// Names of everything under `dir` (recursively), relative to it.
