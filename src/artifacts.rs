@@ -267,9 +267,10 @@ fn write_all(
     let job_dir = dir.parent().unwrap_or(dir);
     let mut new_job_dir: Option<bool> = None;
     let mut out = Vec::new();
-    for item in items {
-        let small = match &item.source {
-            Source::Bytes(b) if b.len() <= held_max => Ok(Some(b.clone())),
+    for mut item in items {
+        let small = match &mut item.source {
+            // Moved out: the item is not written as a file.
+            Source::Bytes(b) if b.len() <= held_max => Ok(Some(std::mem::take(b))),
             Source::Bytes(_) => Ok(None),
             Source::File(p) => small_file(p, held_max),
         };

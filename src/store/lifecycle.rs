@@ -153,11 +153,7 @@ impl Pending {
             }
             let limit = wanted.min(MAX_POOL);
             let (jobs, runs) = tx.queued_jobs_and_runs(tenant, packs, limit).await?;
-            for (key, row, run_jobs) in runs {
-                if !self.prefetched.iter().any(|(k, _, _)| *k == key) {
-                    self.prefetched.push((key, row, run_jobs));
-                }
-            }
+            self.read_ahead(runs);
             self.pools.push(LeasePool {
                 tenant: tenant.map(str::to_owned),
                 packs: packs.to_vec(),
@@ -166,6 +162,15 @@ impl Pending {
             });
         }
         Ok(())
+    }
+
+    /// Keep runs read with lease candidates (those not read ahead already).
+    fn read_ahead(&mut self, runs: Vec<super::sql::RunJobs>) {
+        for (key, row, jobs) in runs {
+            if !self.prefetched.iter().any(|(k, _, _)| *k == key) {
+                self.prefetched.push((key, row, jobs));
+            }
+        }
     }
 
     /// Forget what was read ahead (rows changed behind the batch's back).
@@ -412,43 +417,39 @@ impl<'t> Op<'t> {
                 && j.job_state() == JobState::Queued
                 && req.packs.contains(&j.pack)
         };
-        // Rows this batch took out of `queued` still match in the table:
-        // ask for that many more (no more: on PostgreSQL every row the
-        // query returns stays locked to this batch, and every row is read
-        // whole). A job whose row is known not to be queued (a running
-        // job's progress, say) does not match there: not counted.
-        let hidden = self
-            .pending
-            .jobs
-            .iter()
-            .filter(|j| {
-                tenant.is_none_or(|t| j.tenant_id == t)
-                    && j.job_state() != JobState::Queued
-                    && req.packs.contains(&j.pack)
-                    && self
-                        .pending
-                        .stored
-                        .get(&j.job_id)
-                        .is_none_or(|row| row.job_state() == JobState::Queued)
-            })
-            .count();
-        let limit = req.max + hidden as u32;
         let mut jobs = match self.pending.pooled(tenant, req) {
             // Read with the batch's other leases (their runs too).
             Some(jobs) => jobs,
             None => {
+                // Rows this batch took out of `queued` still match in the
+                // table: ask for that many more (no more: on PostgreSQL
+                // every row the query returns stays locked to this batch,
+                // and every row is read whole). A job whose row is known
+                // not to be queued (a running job's progress, say) does
+                // not match there: not counted.
+                let hidden = self
+                    .pending
+                    .jobs
+                    .iter()
+                    .filter(|j| {
+                        tenant.is_none_or(|t| j.tenant_id == t)
+                            && j.job_state() != JobState::Queued
+                            && req.packs.contains(&j.pack)
+                            && self
+                                .pending
+                                .stored
+                                .get(&j.job_id)
+                                .is_none_or(|row| row.job_state() == JobState::Queued)
+                    })
+                    .count();
                 // The candidates' runs come with them (rows and jobs, read
                 // under the candidates' locks): the lease reads nothing
                 // more per job.
                 let (candidates, runs) = self
                     .tx
-                    .queued_jobs_and_runs(tenant, &req.packs, limit)
+                    .queued_jobs_and_runs(tenant, &req.packs, req.max + hidden as u32)
                     .await?;
-                for (key, row, jobs) in runs {
-                    if !self.pending.prefetched.iter().any(|(k, _, _)| *k == key) {
-                        self.pending.prefetched.push((key, row, jobs));
-                    }
-                }
+                self.pending.read_ahead(runs);
                 candidates
                     .into_iter()
                     .filter(|j| self.pending.job(&j.tenant_id, &j.job_id).is_none())
