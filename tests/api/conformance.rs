@@ -3,7 +3,7 @@
 //! module is built into picks the backend (`api`: SQLite, `api_postgres`:
 //! PostgreSQL).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -833,4 +833,94 @@ async fn a_batch_whose_job_row_to_update_is_missing_fails_and_keeps_nothing() {
     tx.write_rows(&rows).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(f.store.get_job(T, &job.job_id).await.unwrap().message, changed.message);
+}
+
+/// A trigger that makes the transaction of a job update setting the message
+/// `poison` fail at its `COMMIT`: it inserts a job of a run that does not
+/// exist, which the deferred foreign key refuses only then.
+fn poison_commits(db: &TestDb) {
+    let insert = "INSERT INTO jobs (job_id, tenant_id, run_id, pack, state, max_attempts, correlation_id,
+                                    created_at, updated_at, state_changed_at)";
+    db.execute(&match crate::BACKEND {
+        crate::testdb::Backend::Sqlite => format!(
+            "CREATE TRIGGER poison AFTER UPDATE ON jobs WHEN NEW.message = 'poison' BEGIN
+               {insert} VALUES ('poison-' || hex(randomblob(8)), NEW.tenant_id, 'no-such-run', NEW.pack,
+                                'done', 1, 'c', 0, 0, 0);
+             END;"
+        ),
+        crate::testdb::Backend::Postgres => format!(
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN
+               {insert} VALUES ('poison-' || gen_random_uuid()::text, NEW.tenant_id, 'no-such-run', NEW.pack,
+                                'done', 1, 'c', 0, 0, 0);
+               RETURN NULL;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER poison AFTER UPDATE ON jobs FOR EACH ROW WHEN (NEW.message = 'poison')
+               EXECUTE FUNCTION poison();"
+        ),
+    });
+}
+
+/// A batch whose `COMMIT` fails answers every write in it with an error and
+/// keeps none of them; the writes queued behind it are applied and kept,
+/// each exactly once, and the run's timeline has no gap where it failed.
+#[actix_web::test]
+async fn writes_behind_a_batch_whose_commit_fails_are_kept_exactly_once() {
+    let f = fixture().await;
+    // One run: every write appends to its timeline, so a write applied on
+    // the rows of a batch that did not commit would leave a gap in it.
+    let (first, _) = f.store.submit_job(T, new_job(None)).await.unwrap();
+    for _ in 1..40 {
+        f.store.submit_job(T, new_job(Some(&first.run_id))).await.unwrap();
+    }
+    let leased = f.store.lease_jobs(T, &lease_req("w", 40, 600)).await.unwrap();
+    assert_eq!(leased.len(), 40);
+    poison_commits(&f._db);
+    // Per job: its last committed message, and how many reports committed.
+    let mut kept: HashMap<String, (Option<String>, usize)> = HashMap::new();
+    let mut failed = 0;
+    for round in 0..5 {
+        let writes = leased.iter().enumerate().map(|(i, job)| {
+            let store = f.store.clone();
+            let mut r = report(&job.lease_id, (round % 100) as f64);
+            r.message = Some(if i == 20 { "poison".into() } else { format!("{round}/{i}") });
+            let (id, message) = (job.job_id.clone(), r.message.clone());
+            async move {
+                let result = store.report_progress(T, &id, &r).await;
+                (id, message, result)
+            }
+        });
+        for (id, message, result) in join_all(writes).await {
+            match result {
+                Ok(_) => {
+                    assert_ne!(message.as_deref(), Some("poison"), "a poisoned write never commits");
+                    let entry = kept.entry(id).or_default();
+                    *entry = (message, entry.1 + 1);
+                }
+                Err(StoreError::NotCommitted(_)) => failed += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    assert!(failed > 0, "the poisoned commits failed");
+    let query = TimelineQuery {
+        after: 0,
+        limit: 100_000,
+        correlation_id: None,
+    };
+    let events = f.store.timeline(T, &first.run_id, &query).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "the run's seqs have no gap and no duplicate");
+    for job in &leased {
+        let stored = f.store.get_job(T, &job.job_id).await.unwrap();
+        let (message, reports) = kept.get(&job.job_id).cloned().unwrap_or_default();
+        assert_eq!(stored.message, message, "job {} is as its last committed report left it", job.job_id);
+        let progress = events
+            .iter()
+            .filter(|e| e.event_type == "job.progress" && e.job_id.as_deref() == Some(job.job_id.as_str()))
+            .count();
+        assert_eq!(progress, reports, "one job.progress event per committed report of {}", job.job_id);
+    }
+    let (poison, _) = kept.get(&leased[20].job_id).cloned().unwrap_or_default();
+    assert_eq!(poison, None, "the poisoned job kept none of its reports");
 }

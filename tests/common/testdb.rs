@@ -81,6 +81,34 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Run statements on this test's database, from a connection of their
+    /// own (to change it behind the server's back).
+    pub fn execute(&self, sql: &str) {
+        let (url, sql, sqlite) = (self.url.clone(), sql.to_owned(), self.schema.is_none());
+        on_own_thread(async move {
+            if sqlite {
+                run_statements::<sqlx::SqliteConnection>(&url, sql).await;
+            } else {
+                run_statements::<sqlx::PgConnection>(&url, sql).await;
+            }
+        });
+    }
+}
+
+/// `sql` on a connection of its own to `url`.
+async fn run_statements<C>(url: &str, sql: String)
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let mut conn = C::connect(url).await.expect("the test database connects");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("the statements run");
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((base, schema)) = &self.schema {
@@ -98,24 +126,30 @@ impl Drop for TestDb {
 /// set, so the server must be there.
 fn admin(url: &str, sql: &str) {
     let (url, sql) = (url.to_owned(), sql.to_owned());
+    on_own_thread(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+            panic!("RUNSIGNAL_TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}")
+        });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET lock_timeout = '10s'; {sql}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
+/// Run `work` to its end on a thread and runtime of its own (callers may
+/// be inside an async runtime or a `Drop`).
+fn on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("a runtime for the admin statement");
-        rt.block_on(async {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-                panic!("RUNSIGNAL_TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}")
-            });
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "SET lock_timeout = '10s'; {sql}"
-            )))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        });
+            .expect("a runtime for the statements")
+            .block_on(work)
     })
     .join()
-    .expect("admin statement");
+    .expect("statements on the test database");
 }
