@@ -62,9 +62,7 @@ impl TestDb {
             }
         }
     }
-}
 
-impl TestDb {
     /// End every server connection to this database (PostgreSQL: what a
     /// server restart does to them). False for SQLite, which has none.
     pub fn terminate_connections(&self) -> bool {
@@ -79,9 +77,7 @@ impl TestDb {
         );
         true
     }
-}
 
-impl TestDb {
     /// Run statements on this test's database, from a connection of their
     /// own (to change it behind the server's back).
     pub fn execute(&self, sql: &str) {
