@@ -128,7 +128,7 @@ impl Phase {
     fn print(&self) {
         let n = self.hist.len();
         println!(
-            "{:<7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "{:<7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
             self.name,
             n,
             self.rate(),
@@ -136,7 +136,8 @@ impl Phase {
             self.hist.value_at_quantile(0.90),
             self.hist.value_at_quantile(0.99),
             self.hist.max(),
-            self.unexpected
+            self.unexpected,
+            "-"
         );
     }
 }
@@ -420,27 +421,48 @@ fn print_head(args: &Args, client: &str, cold: &Phase) {
         args.runs, args.concurrency, args.server_workers, args.seconds, args.rounds
     );
     println!(
-        "{:<7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11}",
-        "phase", "requests", "req/s", "p50_us", "p90_us", "p99_us", "max_us", "unexpected"
+        "{:<7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "phase",
+        "requests",
+        "req/s",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "max_us",
+        "unexpected",
+        "cpu_us/req"
     );
     cold.print();
 }
 
 /// `req/s of trivial: hit 0.90x (rounds …), 304 0.95x (rounds …)`.
 fn print_ratios(hit: &[f64], not_modified: &[f64]) {
-    let show = |v: &[f64]| {
-        v.iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
-        "req/s of trivial: hit {:.2}x (rounds {}), 304 {:.2}x (rounds {})",
-        common::median(hit.to_vec()),
-        show(hit),
-        common::median(not_modified.to_vec()),
-        show(not_modified)
+        "req/s of trivial: hit {}, 304 {}",
+        ratios(hit),
+        ratios(not_modified)
     );
+}
+
+/// The same ratios from the server's CPU per request (trivial's over the
+/// phase's): the rate a saturated server would reach, without the
+/// machine's drift between phases.
+fn print_cpu_ratios(hit: &[f64], not_modified: &[f64]) {
+    println!(
+        "server CPU per request, trivial's / phase's: hit {}, 304 {}",
+        ratios(hit),
+        ratios(not_modified)
+    );
+}
+
+/// `0.90x (rounds 0.88, 0.90, 0.93)`.
+fn ratios(v: &[f64]) -> String {
+    let rounds: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+    format!(
+        "{:.2}x (rounds {})",
+        common::median(v.to_vec()),
+        rounds.join(", ")
+    )
 }
 
 /// What the server says it served: first-signal cache results and statuses.
@@ -509,6 +531,7 @@ async fn with_wrk(
     let not_modified = wrk::script(dir.path(), "304", &paths, Some(etags), T)?;
     print_head(args, "wrk", cold);
     let (mut hit_ratios, mut nm_ratios, mut bad) = (Vec::new(), Vec::new(), 0);
+    let (mut hit_cpu, mut nm_cpu) = (Vec::new(), Vec::new());
     // wrk does not look at answers: the server's own counters say what it
     // served in each phase (a 200 with `Cache-Status: hit` in `hit`, a
     // 304 in `304`, never a miss).
@@ -534,14 +557,21 @@ async fn with_wrk(
                 wrk::run(&wrk, name, &base, &script, connections, seconds)
             })
         };
-        let t = phase("trivial", &trivial).await??;
+        // The server's CPU per request: this process is the server while
+        // wrk runs (the tool itself only waits), so its CPU time is the
+        // server's, and less noisy than req/s on a shared machine.
+        let cpu = procs::self_cpu_us();
+        let mut t = phase("trivial", &trivial).await??;
         let before = settled(state).await;
+        let cpu = t.charge(cpu);
         let mut h = phase("hit", &hit).await??;
         let after = settled(state).await;
+        let cpu = h.charge(cpu);
         check(&mut h, before, after, false);
         let before = after;
         let mut n = phase("304", &not_modified).await??;
         let after = settled(state).await;
+        n.charge(cpu);
         check(&mut n, before, after, true);
         for p in [&t, &h, &n] {
             p.print();
@@ -549,10 +579,14 @@ async fn with_wrk(
         }
         hit_ratios.push(h.rate / t.rate.max(f64::MIN_POSITIVE));
         nm_ratios.push(n.rate / t.rate.max(f64::MIN_POSITIVE));
+        let per = |p: &wrk::WrkPhase| p.cpu_us.unwrap_or(f64::NAN);
+        hit_cpu.push(per(&t) / per(&h));
+        nm_cpu.push(per(&t) / per(&n));
     }
     let calls = state.queries.get() - calls_before;
     println!("store calls during hit+304 phases: {calls}");
     print_ratios(&hit_ratios, &nm_ratios);
+    print_cpu_ratios(&hit_cpu, &nm_cpu);
     ensure!(calls == 0, "hits must not touch the store");
     ensure!(
         bad == 0,

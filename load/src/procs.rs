@@ -125,6 +125,21 @@ fn cpu_ticks(stat: &str) -> u64 {
     next() + next()
 }
 
+/// This process's CPU time (user and system, every thread), in µs.
+pub fn self_cpu_us() -> u64 {
+    // SAFETY: `rusage` is plain integers (all zeroes is a valid value), and
+    // `getrusage` only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
 /// The memory and CPU time of `pid` and its descendants (nginx: master and
 /// workers).
 pub fn mem(pid: u32) -> Mem {

@@ -22,12 +22,14 @@ pub struct WrkPhase {
     /// Answers that were neither 2xx nor 3xx, and socket errors (the
     /// caller adds what the server's counters find wrong).
     pub bad: u64,
+    /// The server's CPU time per request (µs), when the caller measured it.
+    pub cpu_us: Option<f64>,
 }
 
 impl WrkPhase {
     pub fn print(&self) {
         println!(
-            "{:<7} {:>9} {:>11.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>11}",
+            "{:<7} {:>9} {:>11.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>11} {:>11}",
             self.name,
             self.requests,
             self.rate,
@@ -35,8 +37,19 @@ impl WrkPhase {
             self.p90_us,
             self.p99_us,
             "-",
-            self.bad
+            self.bad,
+            self.cpu_us.map_or("-".to_owned(), |c| format!("{c:.2}"))
         );
+    }
+}
+
+impl WrkPhase {
+    /// Charge the server's CPU time since `since` (µs, from
+    /// [`crate::procs::self_cpu_us`]) to this phase's requests; returns now.
+    pub fn charge(&mut self, since: u64) -> u64 {
+        let now = crate::procs::self_cpu_us();
+        self.cpu_us = Some(now.saturating_sub(since) as f64 / self.requests.max(1) as f64);
+        now
     }
 }
 
@@ -104,6 +117,7 @@ fn parse(name: &'static str, text: &str) -> anyhow::Result<WrkPhase> {
         p90_us: 0.0,
         p99_us: 0.0,
         bad: 0,
+        cpu_us: None,
     };
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
