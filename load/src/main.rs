@@ -445,8 +445,8 @@ fn print_ratios(hit: &[f64], not_modified: &[f64]) {
 }
 
 /// The same ratios from the server's CPU per request (trivial's over the
-/// phase's): the rate a saturated server would reach, without the
-/// machine's drift between phases.
+/// phase's): the rates a saturated server would reach. (They drift with
+/// the machine's speed as much as req/s does.)
 fn print_cpu_ratios(hit: &[f64], not_modified: &[f64]) {
     println!(
         "server CPU per request, trivial's / phase's: hit {}, 304 {}",
@@ -559,7 +559,8 @@ async fn with_wrk(
         };
         // The server's CPU per request: this process is the server while
         // wrk runs (the tool itself only waits), so its CPU time is the
-        // server's, and less noisy than req/s on a shared machine.
+        // server's. Its ratios following the req/s ratios say the server,
+        // not wrk, is the saturated side.
         let cpu = procs::self_cpu_us();
         let mut t = phase("trivial", &trivial).await??;
         let before = settled(state).await;

@@ -526,7 +526,23 @@ pub async fn stop_readers_after<R, W>(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_loopback, cpu_ticks};
+    use std::time::{Duration, Instant};
+
+    use super::{check_loopback, cpu_ticks, self_cpu_us};
+
+    #[test]
+    fn this_processs_cpu_time_grows_with_its_work() {
+        let start = self_cpu_us();
+        assert!(start > 0, "a running process has used some CPU");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while self_cpu_us() < start + 5_000 {
+            assert!(Instant::now() < deadline, "5 ms of CPU not counted in 10 s");
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+    }
 
     #[test]
     fn cpu_time_is_read_past_a_command_name_with_spaces_and_parens() {

@@ -41,9 +41,7 @@ impl WrkPhase {
             self.cpu_us.map_or("-".to_owned(), |c| format!("{c:.2}"))
         );
     }
-}
 
-impl WrkPhase {
     /// Charge the server's CPU time since `since` (µs, from
     /// [`crate::procs::self_cpu_us`]) to this phase's requests; returns now.
     pub fn charge(&mut self, since: u64) -> u64 {
