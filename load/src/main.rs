@@ -561,7 +561,8 @@ async fn with_wrk(
         // wrk runs (the tool itself only waits), so its CPU time is the
         // server's. Its ratios following the req/s ratios say the server,
         // not wrk, is the saturated side.
-        let cpu = procs::self_cpu_us();
+        // (In clock ticks of 10 ms: a fraction of a per cent of a phase.)
+        let cpu = procs::mem(std::process::id()).cpu_ms;
         let mut t = phase("trivial", &trivial).await??;
         let before = settled(state).await;
         let cpu = t.charge(cpu);

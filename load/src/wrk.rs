@@ -42,11 +42,12 @@ impl WrkPhase {
         );
     }
 
-    /// Charge the server's CPU time since `since` (µs, from
-    /// [`crate::procs::self_cpu_us`]) to this phase's requests; returns now.
-    pub fn charge(&mut self, since: u64) -> u64 {
-        let now = crate::procs::self_cpu_us();
-        self.cpu_us = Some(now.saturating_sub(since) as f64 / self.requests.max(1) as f64);
+    /// Charge the server's CPU time since `since_ms` (this process's, from
+    /// [`crate::procs::mem`]) to this phase's requests; returns it now.
+    pub fn charge(&mut self, since_ms: u64) -> u64 {
+        let now = crate::procs::mem(std::process::id()).cpu_ms;
+        let spent_us = now.saturating_sub(since_ms) as f64 * 1000.0;
+        self.cpu_us = Some(spent_us / self.requests.max(1) as f64);
         now
     }
 }
