@@ -131,23 +131,20 @@ pub fn if_none_match_hits(req: &HttpRequest, etag: &str) -> bool {
         let t = t.trim();
         t.strip_prefix("W/").unwrap_or(t)
     }
-    let mut values = req.headers().get_all(header::IF_NONE_MATCH);
+    let values = req.headers().get_all(header::IF_NONE_MATCH);
     // What a client that read the signal before sends back: our tag as it
     // was written, alone. Settled without parsing the list.
-    if let (Some(only), None) = (values.next(), values.next()) {
+    if let [only] = values.as_slice() {
         if only.as_bytes() == etag.as_bytes() && !etag.contains(',') {
             return true;
         }
     }
     let ours = opaque(etag);
-    req.headers()
-        .get_all(header::IF_NONE_MATCH)
-        .filter_map(|v| v.to_str().ok())
-        .any(|list| {
-            list.split(',')
-                .map(str::trim)
-                .any(|tag| tag == "*" || (!tag.is_empty() && opaque(tag) == ours))
-        })
+    values.filter_map(|v| v.to_str().ok()).any(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || (!tag.is_empty() && opaque(tag) == ours))
+    })
 }
 
 pub(super) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
