@@ -125,11 +125,22 @@ fn cpu_ticks(stat: &str) -> u64 {
     next() + next()
 }
 
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// The CPU time (user + system, ms) this process has used so far, without
+/// its children's: in the fan-out scenarios, the measuring client's own.
+pub fn own_cpu_ms() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .map_or(0, |s| cpu_ticks(&s) * 1000 / clock_ticks_per_second())
+}
+
 /// The memory and CPU time of `pid` and its descendants (nginx: master and
 /// workers).
 pub fn mem(pid: u32) -> Mem {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = clock_ticks_per_second();
     let mut m = Mem::default();
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
@@ -513,7 +524,7 @@ pub async fn stop_readers_after<R, W>(
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{check_loopback, cpu_ticks, mem};
+    use super::{check_loopback, cpu_ticks, mem, own_cpu_ms};
 
     #[test]
     fn this_processs_cpu_time_grows_with_its_work() {
@@ -530,6 +541,29 @@ mod tests {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
         }
+    }
+
+    #[test]
+    fn own_cpu_time_leaves_out_a_busy_child() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh runs");
+        let (own, all) = (own_cpu_ms(), mem(std::process::id()).cpu_ms);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The child's 400 ms of CPU show in the family's time…
+        while mem(std::process::id()).cpu_ms < all + 400 {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("400 ms of the child's CPU not counted in 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let own_spent = own_cpu_ms() - own;
+        let _ = child.kill();
+        let _ = child.wait();
+        // …and not in this process's own, which only slept and read /proc.
+        assert!(own_spent < 200, "own CPU {own_spent} ms counts the child's");
     }
 
     #[test]

@@ -357,6 +357,9 @@ pub struct Row {
     /// (ms, the upper bound of its histogram bucket), over this measurement.
     pub server_lag: Option<(f64, f64)>,
     pub after: Option<Mem>,
+    /// This client's own CPU time (ms) over the same window as the
+    /// server's: every subscriber connected to the readers' end.
+    pub client_cpu_ms: u64,
     pub publish_errors: usize,
     pub frame_bytes: usize,
     pub first_errors: Vec<String>,
@@ -386,10 +389,18 @@ impl Row {
             .then(|| to.cpu_ms.saturating_sub(from.cpu_ms) as f64 * 1000.0 / self.delivered as f64)
     }
 
+    /// The client's CPU time per delivery (µs) over the same window: one
+    /// thread reads every subscriber, so how much of it each frame costs
+    /// says how close the client is to being the bound.
+    pub fn client_us_per_delivery(&self) -> Option<f64> {
+        (self.delivered > 0).then(|| self.client_cpu_ms as f64 * 1000.0 / self.delivered as f64)
+    }
+
     fn print(&self) {
         let mib = Mem::cell;
+        let us = |v: Option<f64>| v.map_or("-".to_owned(), |c| format!("{c:.2}"));
         println!(
-            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6} {:>6}",
+            "{:<10} {:>6} {:>9} {:>19} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>6} {:>6}",
             self.target,
             self.subscribers,
             self.connected,
@@ -401,8 +412,8 @@ impl Row {
             mib(self.before),
             mib(self.connected_mem),
             mib(self.after),
-            self.cpu_us_per_delivery()
-                .map_or("-".to_owned(), |c| format!("{c:.2}")),
+            us(self.cpu_us_per_delivery()),
+            us(self.client_us_per_delivery()),
             self.server_lag
                 .map_or("-".to_owned(), |(p50, p99)| format!("{p50}/{p99}")),
             self.frame_bytes,
@@ -416,7 +427,7 @@ impl Row {
 
 fn header() {
     println!(
-        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6} {:>6}",
+        "{:<10} {:>6} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>6} {:>6}",
         "target",
         "subs",
         "connected",
@@ -429,6 +440,7 @@ fn header() {
         "rss_sub",
         "rss_end",
         "cpu_us/dl",
+        "cli_us/dl",
         "srv_lag_ms",
         "frame",
         "errors"
@@ -572,6 +584,7 @@ async fn measure(
     // Every subscriber attached to its run before the first event.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let connected_mem = plan.target.mem();
+    let client_cpu_before = procs::own_cpu_ms();
     let lag_before = server_lag(plan, &publish, proto).await;
     let meter = Meter::new(runs, args.events)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -603,6 +616,7 @@ async fn measure(
         + timeout;
     procs::stop_readers_after(readers, publishers, deadline, &stop_tx).await;
     let after = plan.target.mem();
+    let client_cpu_ms = procs::own_cpu_ms().saturating_sub(client_cpu_before);
     let lag_after = server_lag(plan, &publish, proto).await;
     let server_lag = lag_before
         .zip(lag_after)
@@ -623,6 +637,7 @@ async fn measure(
         before,
         connected_mem,
         after,
+        client_cpu_ms,
         server_lag,
         publish_errors: errors.len(),
         frame_bytes: meter.frame_bytes.get(),
