@@ -187,12 +187,27 @@ impl LimitsConfig {
     }
 }
 
+/// Most `Actors.Threads`: each is an OS thread started at once.
+const MAX_ACTOR_THREADS: usize = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ActorsConfig {
     pub idle_evict_seconds: u64,
     pub max_resident: usize,
     pub mailbox_capacity: usize,
+    /// Threads of the run actors; 0: one per CPU ([`ActorsConfig::threads`]).
+    pub threads: usize,
+}
+
+impl ActorsConfig {
+    /// `Actors.Threads` resolved: 0 is one per CPU, as for `Server.Workers`.
+    pub fn threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,6 +439,15 @@ impl Config {
             "Actors.MailboxCapacity",
             self.actors.mailbox_capacity as u64,
         )?;
+        if self.actors.threads > MAX_ACTOR_THREADS {
+            return Err(invalid(
+                "Actors.Threads",
+                format!(
+                    "{} is out of range; allowed: 0..={MAX_ACTOR_THREADS}",
+                    self.actors.threads
+                ),
+            ));
+        }
         if !(1..=100).contains(&self.jobs.max_attempts) {
             return Err(invalid(
                 "Jobs.MaxAttempts",

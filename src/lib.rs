@@ -168,6 +168,7 @@ impl Application {
                 idle_evict: Duration::from_secs(config.actors.idle_evict_seconds),
                 max_resident: config.actors.max_resident,
                 mailbox_capacity: config.actors.mailbox_capacity,
+                threads: config.actors.threads(),
             },
         );
         let engine = Engine {

@@ -524,3 +524,18 @@ impl Handler<Crash> for RunActor {
         panic!("run actor {} crashed on request", self.key.run_id);
     }
 }
+
+/// Test probe: the thread the actor runs on.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "std::thread::ThreadId")]
+pub struct WhichThread;
+
+#[cfg(test)]
+impl Handler<WhichThread> for RunActor {
+    type Result = MessageResult<WhichThread>;
+
+    fn handle(&mut self, _msg: WhichThread, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(std::thread::current().id())
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use actix::dev::ArbiterHandle;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -28,6 +29,9 @@ pub struct ActorConfig {
     pub max_resident: usize,
     /// Bound of each run actor's mailbox.
     pub mailbox_capacity: usize,
+    /// Threads of their own the actors run on, spawned round robin (ADR
+    /// 0063); 0: each on the arbiter of the thread that looked it up.
+    pub threads: usize,
 }
 
 impl Default for ActorConfig {
@@ -36,6 +40,7 @@ impl Default for ActorConfig {
             idle_evict: Duration::from_secs(300),
             max_resident: 100_000,
             mailbox_capacity: 1024,
+            threads: 0,
         }
     }
 }
@@ -93,6 +98,30 @@ pub struct SupervisorInner {
     /// lowered by every removal. (`DashMap::len` sums its shards one by one,
     /// so a read racing a removal and an insert can count one actor twice.)
     resident: AtomicUsize,
+    threads: ActorThreads,
+}
+
+/// The arbiters the actors run on when `ActorConfig::threads` > 0: an
+/// actor's mailbox is then not queued behind the HTTP connections its
+/// worker thread is writing to. Stopped with the supervisor.
+struct ActorThreads(Vec<ArbiterHandle>);
+
+impl ActorThreads {
+    fn start(threads: usize) -> ActorThreads {
+        // Only inside an actix system (the server always is).
+        if actix::System::try_current().is_none() {
+            return ActorThreads(Vec::new());
+        }
+        ActorThreads((0..threads).map(|_| Arbiter::new().handle()).collect())
+    }
+}
+
+impl Drop for ActorThreads {
+    fn drop(&mut self) {
+        for arbiter in &self.0 {
+            arbiter.stop();
+        }
+    }
 }
 
 impl SupervisorInner {
@@ -128,12 +157,13 @@ impl Supervisor {
             inner: Arc::new(SupervisorInner {
                 map: DashMap::new(),
                 loader,
-                config,
                 generations: AtomicU64::new(1),
                 clock: AtomicU64::new(1),
                 spawned: AtomicU64::new(0),
                 spawning: Mutex::new(()),
                 resident: AtomicUsize::new(0),
+                threads: ActorThreads::start(config.threads),
+                config,
             }),
         }
     }
@@ -202,10 +232,15 @@ impl Supervisor {
             self.inner.config.idle_evict,
         );
         let capacity = self.inner.config.mailbox_capacity;
-        let addr = RunActor::create(move |ctx| {
+        let start = move |ctx: &mut Context<RunActor>| {
             ctx.set_mailbox_capacity(capacity);
             actor
-        });
+        };
+        let arbiters = &self.inner.threads.0;
+        let addr = match arbiters.get(generation as usize % arbiters.len().max(1)) {
+            Some(arbiter) => RunActor::start_in_arbiter(arbiter, start),
+            None => RunActor::create(start),
+        };
         self.inner.spawned.fetch_add(1, Ordering::Relaxed);
         Slot {
             addr,

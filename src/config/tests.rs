@@ -359,3 +359,16 @@ fn the_dashboard_is_on_by_default_and_its_switch_is_a_boolean() {
     let e = load("nope").unwrap_err().to_string();
     assert!(e.contains("Dashboard.Enabled"), "{e}");
 }
+
+#[test]
+fn actor_threads_default_to_one_per_cpu_and_are_bounded() {
+    let load = |v: &str| Config::load_from(None, env(&[("RUNSIGNAL__Actors__Threads", v)]));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(Config::defaults().actors.threads(), cpus);
+    assert_eq!(load("3").unwrap().actors.threads(), 3);
+    for bad in ["257", "-1", "many"] {
+        let e = load(bad).unwrap_err().to_string();
+        assert!(e.contains("Actors.Threads"), "{bad}: {e}");
+    }
+    assert!(load("257").unwrap_err().to_string().contains("0..=256"));
+}

@@ -2,7 +2,7 @@
 use super::*;
 use crate::envelope::{new_ulid, types, NewEnvelope};
 use crate::loader::{LoadError, LoadedRun, Source};
-use crate::run::{Crash, FirstSignalReply, GetFirstSignal, Subscribe, SubscribeReply};
+use crate::run::{Crash, FirstSignalReply, GetFirstSignal, Subscribe, SubscribeReply, WhichThread};
 use crate::signal::{derive, JobFacts, JobState, SignalView};
 use crate::subscriber::{Delivery, Filter, StreamKind, Wire};
 use async_trait::async_trait;
@@ -613,4 +613,38 @@ async fn an_actor_whose_mailbox_is_full_is_retired_and_reloads() {
     ));
     assert_eq!(sup.spawned(), 2, "a new actor");
     assert_eq!(sup.len(), 1);
+}
+
+#[actix_rt::test]
+async fn actors_run_on_their_own_threads_round_robin() {
+    let runs = ["r1", "r2", "r3", "r4"];
+    let config = ActorConfig {
+        threads: 2,
+        ..ActorConfig::default()
+    };
+    let (sup, _) = setup(config, &runs);
+    let mut threads = Vec::new();
+    for run in runs {
+        // Served as before, from the actor's own thread.
+        assert!(matches!(
+            read(&sup, run).await,
+            FirstSignalReply::Signal { .. }
+        ));
+        let addr = sup.lookup(&RunKey::new("t", run)).addr;
+        threads.push(addr.send(WhichThread).await.unwrap());
+    }
+    let caller = std::thread::current().id();
+    assert!(threads.iter().all(|t| *t != caller), "{threads:?}");
+    let mut distinct = threads.clone();
+    distinct.sort_by_key(|t| format!("{t:?}"));
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "{threads:?}");
+    // Four spawns over two threads: alternating.
+    assert_eq!(threads[0], threads[2]);
+    assert_eq!(threads[1], threads[3]);
+
+    // Without threads of their own, an actor runs where it was looked up.
+    let (sup, _) = setup(ActorConfig::default(), &["r1"]);
+    let addr = sup.lookup(&RunKey::new("t", "r1")).addr;
+    assert_eq!(addr.send(WhichThread).await.unwrap(), caller);
 }
