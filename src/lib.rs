@@ -298,6 +298,9 @@ impl Application {
             wait_for_signal().await;
             stopper.stop().await;
         });
-        self.server.await
+        let served = self.server.await;
+        // Last, once no stream is left: the run actors' threads.
+        self.state.engine.supervisor.shutdown();
+        served
     }
 }

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actix::dev::ArbiterHandle;
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -103,24 +102,52 @@ pub struct SupervisorInner {
 
 /// The arbiters the actors run on when `ActorConfig::threads` > 0: an
 /// actor's mailbox is then not queued behind the HTTP connections its
-/// worker thread is writing to. Stopped with the supervisor.
-struct ActorThreads(Vec<ArbiterHandle>);
+/// worker thread is writing to (ADR 0063). Stopped by
+/// [`Supervisor::shutdown`], or when the supervisor is dropped.
+struct ActorThreads(Mutex<Vec<ArbiterHandle>>);
 
 impl ActorThreads {
     fn start(threads: usize) -> ActorThreads {
         // Only inside an actix system (the server always is).
-        if actix::System::try_current().is_none() {
-            return ActorThreads(Vec::new());
+        if threads == 0 || actix::System::try_current().is_none() {
+            return ActorThreads(Mutex::new(Vec::new()));
         }
-        ActorThreads((0..threads).map(|_| Arbiter::new().handle()).collect())
+        let mut arbiters = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            match Arbiter::try_new() {
+                Ok(arbiter) => arbiters.push(arbiter.handle()),
+                Err(e) => {
+                    tracing::warn!(error = %e, started = arbiters.len(), threads,
+                        "could not start an actor thread; the run actors use those started");
+                    break;
+                }
+            }
+        }
+        ActorThreads(Mutex::new(arbiters))
+    }
+
+    /// The arbiter of the `n`th spawn (round robin over spawns, respawns
+    /// included), or none: the caller's.
+    fn pick(&self, n: u64) -> Option<ArbiterHandle> {
+        let arbiters = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if arbiters.is_empty() {
+            return None;
+        }
+        Some(arbiters[(n % arbiters.len() as u64) as usize].clone())
+    }
+
+    /// Stop every arbiter; later spawns run on the caller's.
+    fn stop(&self) {
+        let arbiters = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
     }
 }
 
 impl Drop for ActorThreads {
     fn drop(&mut self) {
-        for arbiter in &self.0 {
-            arbiter.stop();
-        }
+        self.stop();
     }
 }
 
@@ -168,8 +195,8 @@ impl Supervisor {
         }
     }
 
-    /// Find the run's actor or spawn it (in the caller's arbiter). Must be
-    /// called from within an actix system.
+    /// Find the run's actor or spawn it (on the next actor thread, else on
+    /// the caller's arbiter). Must be called from within an actix system.
     pub fn lookup(&self, key: &RunKey) -> ActorHandle {
         let now = self.inner.clock.fetch_add(1, Ordering::Relaxed);
         // The common case, a resident actor, takes only the shard's shared
@@ -232,14 +259,24 @@ impl Supervisor {
             self.inner.config.idle_evict,
         );
         let capacity = self.inner.config.mailbox_capacity;
-        let start = move |ctx: &mut Context<RunActor>| {
-            ctx.set_mailbox_capacity(capacity);
-            actor
-        };
-        let arbiters = &self.inner.threads.0;
-        let addr = match arbiters.get(generation as usize % arbiters.len().max(1)) {
-            Some(arbiter) => RunActor::start_in_arbiter(arbiter, start),
-            None => RunActor::create(start),
+        let addr = match self.inner.threads.pick(generation) {
+            Some(arbiter) => {
+                // The mailbox is made here, at its full bound: senders may
+                // use the address before the actor's thread has started it
+                // (`start_in_arbiter` would give it actix's default of 16
+                // until then).
+                let (tx, rx) = actix::dev::channel::channel(capacity);
+                // A stopped arbiter drops the actor: the address is then
+                // disconnected and the next lookup spawns a successor.
+                arbiter.spawn_fn(move || {
+                    actix::spawn(Context::with_receiver(rx).into_future(actor));
+                });
+                Addr::new(tx)
+            }
+            None => RunActor::create(move |ctx| {
+                ctx.set_mailbox_capacity(capacity);
+                actor
+            }),
         };
         self.inner.spawned.fetch_add(1, Ordering::Relaxed);
         Slot {
@@ -373,6 +410,12 @@ impl Supervisor {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Stop the actor threads and the actors on them (the server has
+    /// stopped). Actors spawned later run on their caller's arbiter.
+    pub fn shutdown(&self) {
+        self.inner.threads.stop();
     }
 
     /// Actors spawned since start (a metric and a test probe).

@@ -48,6 +48,9 @@ async fn start(dir: Arc<TempDir>, db: Arc<TestDb>, settings: &[(&str, &str)]) ->
     let mut env: Vec<(String, String)> = vec![
         ("RUNSIGNAL__Server__Bind".into(), "127.0.0.1:0".into()),
         ("RUNSIGNAL__Server__Workers".into(), "2".into()),
+        // A server a test never stops keeps its actor threads until the
+        // test process exits: one each is enough here.
+        ("RUNSIGNAL__Actors__Threads".into(), "1".into()),
         ("RUNSIGNAL__Database__Url".into(), db.url.clone()),
         ("RUNSIGNAL__Logging__Level".into(), "warn".into()),
         // Everything a test writes stays in its temp dir (later settings win).

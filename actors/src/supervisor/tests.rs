@@ -648,3 +648,63 @@ async fn actors_run_on_their_own_threads_round_robin() {
     let addr = sup.lookup(&RunKey::new("t", "r1")).addr;
     assert_eq!(addr.send(WhichThread).await.unwrap(), caller);
 }
+
+#[actix_rt::test]
+async fn an_actor_on_a_busy_thread_takes_its_whole_mailbox_before_it_starts() {
+    let config = ActorConfig {
+        threads: 1,
+        ..ActorConfig::default()
+    };
+    let (sup, _) = setup(config, &["r1"]);
+    // The actor thread is busy (a fan-out, say) while the actor is spawned
+    // on it and events are published to it.
+    let (busy_tx, busy_rx) = std::sync::mpsc::channel::<()>();
+    let thread = sup.inner.threads.pick(0).unwrap();
+    thread.spawn_fn(move || {
+        let _ = busy_rx.recv_timeout(Duration::from_secs(10));
+    });
+    let key = RunKey::new("t", "r1");
+    let addr = sup.lookup(&key).addr;
+    for seq in 1..=40 {
+        sup.publish(
+            &key,
+            vec![event("r1", seq, types::JOB_PROGRESS, Some("j"), "c")].into(),
+        );
+    }
+    // Forty messages, more than actix's default mailbox of 16: all queued,
+    // none refused, so the actor was not retired as full.
+    assert!(addr.connected());
+    assert_eq!(sup.resident(&key).map(|a| a == addr), Some(true));
+    busy_tx.send(()).unwrap();
+    assert!(matches!(
+        read(&sup, "r1").await,
+        FirstSignalReply::Signal { .. }
+    ));
+    assert_eq!(sup.spawned(), 1);
+}
+
+#[actix_rt::test]
+async fn shutdown_stops_the_actor_threads_and_their_actors() {
+    let config = ActorConfig {
+        threads: 2,
+        ..ActorConfig::default()
+    };
+    let (sup, _) = setup(config, &["r1"]);
+    let addr = sup.lookup(&RunKey::new("t", "r1")).addr;
+    let on = addr.send(WhichThread).await.unwrap();
+    assert_ne!(on, std::thread::current().id());
+    sup.shutdown();
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while addr.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the actor outlived its thread");
+    // A later lookup spawns a successor where it is looked up.
+    let addr = sup.lookup(&RunKey::new("t", "r1")).addr;
+    assert_eq!(
+        addr.send(WhichThread).await.unwrap(),
+        std::thread::current().id()
+    );
+}
