@@ -75,7 +75,9 @@ pub struct NewJob {
     pub idempotency_window_ms: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// `Deserialize` reads a job from a JSON array of its columns in this
+/// order, `percent` as text (SQLite's packed reads, `sql::PACKED_ROW`).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct JobRecord {
     pub job_id: String,
     pub tenant_id: String,
@@ -94,6 +96,7 @@ pub struct JobRecord {
     pub step: Option<String>,
     pub step_index: Option<i64>,
     pub message: Option<String>,
+    #[serde(deserialize_with = "percent_from_text")]
     pub percent: Option<f64>,
     pub log_lines: i64,
     pub result: Option<String>,
@@ -112,6 +115,16 @@ pub struct JobRecord {
     pub step_started_at: Option<i64>,
     /// The failed or canceled job this one retries (`POST /jobs/{id}/retry`).
     pub retry_of: Option<String>,
+}
+
+/// A packed read's `percent`: the double's text with 17 significant
+/// digits (exactly the stored value), or null.
+fn percent_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    use serde::Deserialize;
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// The columns of a job row a write can change, in the order of the bits

@@ -32,49 +32,78 @@ pub type RunJobs = (
     Vec<super::JobRecord>,
 );
 
-/// The run columns a row of a jobs-with-runs read carries beside the job's
-/// (`r_…`, decoded by [`runs_of_rows`]).
-macro_rules! RUN_COLUMNS {
+/// A job row and its run's columns as one JSON array, `[[job…], run…,
+/// candidate]` (SQLite's `json_array`, in [`super::JobRecord`]'s field
+/// order), up to the candidate flag: the caller writes that expression and
+/// the closing parenthesis. The packed reads return all their rows in one
+/// value. `percent` goes as text with 17 significant digits: SQLite's JSON
+/// writes a REAL with 15, which does not give back every double.
+macro_rules! PACKED_ROW {
     () => {
-        "r.last_seq AS r_last_seq, r.signal_etag AS r_signal_etag, r.signal_seq AS r_signal_seq,
-         r.status AS r_status, r.completed_seq AS r_completed_seq, r.updated_at AS r_updated_at,
-         r.created_at AS r_created_at"
+        "json_array(json_array(j.job_id, j.tenant_id, j.run_id, j.pack, j.inputs, j.state,
+            j.blocked_reason, j.attempt, j.max_attempts, j.lease_id, j.lease_worker, j.lease_until,
+            j.lease_seconds, j.stage, j.step, j.step_index, j.message,
+            iif(j.percent IS NULL, NULL, printf('%!.17g', j.percent)), j.log_lines,
+            j.result, j.error_code, j.error_message, j.failure_start, j.failure_end,
+            j.correlation_id, j.idempotency_key, j.webhook_url, j.created_at, j.updated_at,
+            j.state_changed_at, j.started_at, j.finished_at, j.step_started_at, j.retry_of),
+          r.last_seq, r.signal_etag, r.signal_seq, r.status, r.completed_seq, r.updated_at,
+          r.created_at, "
     };
 }
-pub(crate) use RUN_COLUMNS;
+pub(crate) use PACKED_ROW;
 
-/// Group rows of jobs (ordered by run) with their runs' columns into runs,
-/// and pick out the rows flagged `r_candidate`.
-pub fn runs_of_rows<R>(rows: &[R]) -> StoreResult<(Vec<RunJobs>, Vec<super::JobRecord>)>
-where
-    R: sqlx::Row,
-    for<'r> super::JobRecord: sqlx::FromRow<'r, R>,
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+/// One row of a packed read (see [`PACKED_ROW`]).
+type PackedRow = (
+    super::JobRecord,
+    i64,
+    Option<String>,
+    Option<i64>,
+    String,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+);
+
+/// Group the rows of a packed read (ordered by run) into runs, and pick out
+/// the rows flagged as candidates. Every row comes in one JSON array: the
+/// SQLite driver hands over one value instead of a message (and a wake-up
+/// of the writer's thread) per row (load/README.md, eleventh pass).
+pub fn runs_of_packed(json: &str) -> StoreResult<(Vec<RunJobs>, Vec<super::JobRecord>)> {
+    let rows: Vec<PackedRow> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
     let mut runs: Vec<RunJobs> = Vec::new();
     let mut candidates = Vec::new();
-    for row in rows {
-        let job = <super::JobRecord as sqlx::FromRow<R>>::from_row(row)?;
+    for (
+        job,
+        last_seq,
+        signal_etag,
+        signal_seq,
+        status,
+        completed_seq,
+        updated_at,
+        created_at,
+        candidate,
+    ) in rows
+    {
         let same = runs
             .last()
             .is_some_and(|(k, _, _)| *k.tenant == *job.tenant_id && *k.run_id == *job.run_id);
         if !same {
             let run = super::tx::RunRow {
-                last_seq: row.try_get("r_last_seq")?,
-                signal_etag: row.try_get("r_signal_etag")?,
-                signal_seq: row.try_get("r_signal_seq")?,
-                status: row.try_get("r_status")?,
-                completed_seq: row.try_get("r_completed_seq")?,
-                updated_at: row.try_get("r_updated_at")?,
-                created_at: row.try_get("r_created_at")?,
+                last_seq,
+                signal_etag,
+                signal_seq,
+                status,
+                completed_seq,
+                updated_at,
+                created_at,
             };
             let key = runsignal_actors::RunKey::new(&job.tenant_id, &job.run_id);
             runs.push((key, run, Vec::new()));
         }
-        if row.try_get::<bool, _>("r_candidate")? {
+        if candidate != 0 {
             candidates.push(job.clone());
         }
         if let Some((_, _, jobs)) = runs.last_mut() {
@@ -320,9 +349,9 @@ macro_rules! sql_backend {
             /// with its run's columns.
             async fn jobs_with_runs(&mut self, job_ids: &[String]) -> StoreResult<Vec<$crate::store::sql::RunJobs>> {
                 let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
-                    "SELECT j.*, ",
-                    $crate::store::sql::RUN_COLUMNS!(),
-                    ", 0 AS r_candidate
+                    "SELECT json_group_array(",
+                    $crate::store::sql::PACKED_ROW!(),
+                    "0) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id)
                        FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
                       WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM jobs WHERE job_id IN ("
                 ));
@@ -330,9 +359,9 @@ macro_rules! sql_backend {
                 for id in job_ids {
                     list.push_bind(id.clone());
                 }
-                q.push(")) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id");
-                let rows = q.build().fetch_all(self.conn().await?).await?;
-                Ok($crate::store::sql::runs_of_rows(&rows)?.0)
+                q.push("))");
+                let packed: String = q.build_query_scalar().fetch_one(self.conn().await?).await?;
+                Ok($crate::store::sql::runs_of_packed(&packed)?.0)
             }
 
             /// `SELECT <columns>` of up to `limit` queued jobs of `packs` (of
@@ -370,15 +399,14 @@ macro_rules! sql_backend {
                 let mut q = sqlx::QueryBuilder::<$db>::new("WITH c AS (");
                 Self::push_queued(&mut q, "j.job_id, j.tenant_id, j.run_id", tenant, packs, limit);
                 q.push(concat!(
-                    ") SELECT j.*, ",
-                    $crate::store::sql::RUN_COLUMNS!(),
-                    ", j.job_id IN (SELECT job_id FROM c) AS r_candidate
+                    ") SELECT json_group_array(",
+                    $crate::store::sql::PACKED_ROW!(),
+                    "j.job_id IN (SELECT job_id FROM c)) ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id)
                        FROM runs r JOIN jobs j ON j.tenant_id = r.tenant_id AND j.run_id = r.run_id
-                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM c)
-                      ORDER BY j.tenant_id, j.run_id, j.created_at, j.job_id"
+                      WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM c)"
                 ));
-                let rows = q.build().fetch_all(self.conn().await?).await?;
-                let (runs, mut candidates) = $crate::store::sql::runs_of_rows(&rows)?;
+                let packed: String = q.build_query_scalar().fetch_one(self.conn().await?).await?;
+                let (runs, mut candidates) = $crate::store::sql::runs_of_packed(&packed)?;
                 candidates.sort_by(|a, b| a.job_id.cmp(&b.job_id));
                 Ok((candidates, runs))
             }

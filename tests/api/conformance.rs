@@ -421,6 +421,66 @@ async fn large_json_integers_in_inputs_and_results_are_kept_exactly() {
     assert!(got.inputs.contains(BIG));
 }
 
+/// A batch reads its jobs ahead (and a lease its candidates) in one read;
+/// on SQLite that read packs its rows as JSON. Every value comes back as
+/// stored: percents whose shortest text needs 16 or 17 digits, and inputs
+/// with escapes, control characters and non-ASCII text.
+#[actix_web::test]
+async fn values_read_ahead_for_a_batch_come_back_exactly() {
+    const PERCENTS: [f64; 6] = [
+        0.1 + 0.2,
+        100.0 / 3.0,
+        200.0 / 3.0,
+        99.999_999_999_999_99,
+        1e-7,
+        12.5,
+    ];
+    let inputs = json!({"s": "quote \" backslash \\ tab \t nul \u{0} é 🚀", "n": [1, -2, 3.5]});
+    let f = fixture().await;
+    let submits = (0..48).map(|_| {
+        let mut new = new_job(None);
+        new.inputs = inputs.clone();
+        f.store.submit_job(T, new)
+    });
+    join_all(submits).await;
+    // Several leases at once: their candidates come from one read.
+    let leases = (0..6).map(|w| {
+        let store = f.store.clone();
+        async move { store.lease_jobs(T, &lease_req(&format!("w{w}"), 8, 600)).await.unwrap() }
+    });
+    let leased: Vec<_> = join_all(leases).await.into_iter().flatten().collect();
+    assert_eq!(leased.len(), 48);
+    for job in &leased {
+        assert_eq!(job.inputs, inputs, "a leased job's inputs");
+    }
+    let stats = f.store.writer().stats();
+    let batches_before = stats.batches.load(Ordering::Relaxed);
+    let reports = leased.iter().enumerate().map(|(i, job)| {
+        let store = f.store.clone();
+        let (id, lease) = (job.job_id.clone(), job.lease_id.clone());
+        async move {
+            let percent = PERCENTS[i % PERCENTS.len()];
+            store.report_progress(T, &id, &report(&lease, percent)).await.unwrap();
+            // A report without a percent: the job read ahead keeps its own.
+            let mut quiet = report(&lease, 0.0);
+            quiet.percent = None;
+            quiet.message = Some("still going".into());
+            let job = store.report_progress(T, &id, &quiet).await.unwrap();
+            (id, percent, job)
+        }
+    });
+    let done = join_all(reports).await;
+    let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
+    assert!(batches < 96, "{batches} batches for 96 reports: some were batched");
+    for (id, percent, answered) in done {
+        assert_eq!(answered.percent, Some(percent), "the answer to the second report");
+        let got = f.store.get_job(T, &id).await.unwrap();
+        assert_eq!(got.percent, Some(percent), "as stored");
+        assert_eq!(got.message.as_deref(), Some("still going"));
+        assert_eq!(serde_json::from_str::<Value>(&got.inputs).unwrap(), inputs);
+    }
+}
+
 /// A submit with key `k` and a window of 0: it first frees the key of the
 /// old job holding it (a write), then fails on an unknown run.
 async fn submit_freeing_k_then_failing(
