@@ -32,7 +32,7 @@ pub type RunJobs = (
     Vec<super::JobRecord>,
 );
 
-/// A job row and its run's columns as one JSON array, `[[job…], run…,
+/// A job row and its run's columns as one JSON array, `[[job…], [run…],
 /// candidate]` (SQLite's `json_array`, in [`super::JobRecord`]'s field
 /// order), up to the candidate flag: the caller writes that expression and
 /// the closing parenthesis. The packed reads return all their rows in one
@@ -47,24 +47,15 @@ macro_rules! PACKED_ROW {
             j.result, j.error_code, j.error_message, j.failure_start, j.failure_end,
             j.correlation_id, j.idempotency_key, j.webhook_url, j.created_at, j.updated_at,
             j.state_changed_at, j.started_at, j.finished_at, j.step_started_at, j.retry_of),
-          r.last_seq, r.signal_etag, r.signal_seq, r.status, r.completed_seq, r.updated_at,
-          r.created_at, "
+          json_array(r.last_seq, r.signal_etag, r.signal_seq, r.status, r.completed_seq,
+            r.updated_at, r.created_at), "
     };
 }
 pub(crate) use PACKED_ROW;
 
-/// One row of a packed read (see [`PACKED_ROW`]).
-type PackedRow = (
-    super::JobRecord,
-    i64,
-    Option<String>,
-    Option<i64>,
-    String,
-    Option<i64>,
-    i64,
-    i64,
-    i64,
-);
+/// One row of a packed read (see [`PACKED_ROW`]): the job, its run's row,
+/// and whether it is a lease's candidate (0 or 1).
+type PackedRow = (super::JobRecord, super::tx::RunRow, i64);
 
 /// Group the rows of a packed read (ordered by run) into runs, and pick out
 /// the rows flagged as candidates. Every row comes in one JSON array: the
@@ -75,31 +66,11 @@ pub fn runs_of_packed(json: &str) -> StoreResult<(Vec<RunJobs>, Vec<super::JobRe
         .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
     let mut runs: Vec<RunJobs> = Vec::new();
     let mut candidates = Vec::new();
-    for (
-        job,
-        last_seq,
-        signal_etag,
-        signal_seq,
-        status,
-        completed_seq,
-        updated_at,
-        created_at,
-        candidate,
-    ) in rows
-    {
+    for (job, run, candidate) in rows {
         let same = runs
             .last()
             .is_some_and(|(k, _, _)| *k.tenant == *job.tenant_id && *k.run_id == *job.run_id);
         if !same {
-            let run = super::tx::RunRow {
-                last_seq,
-                signal_etag,
-                signal_seq,
-                status,
-                completed_seq,
-                updated_at,
-                created_at,
-            };
             let key = runsignal_actors::RunKey::new(&job.tenant_id, &job.run_id);
             runs.push((key, run, Vec::new()));
         }

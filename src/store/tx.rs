@@ -16,7 +16,9 @@ use super::{
 };
 
 /// The run columns a write may change (read locked, written back once).
-#[derive(Debug, Clone, PartialEq)]
+/// `Deserialize` reads it from a JSON array of these columns in this order
+/// (SQLite's packed reads, `sql::PACKED_ROW`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct RunRow {
     pub last_seq: i64,
     pub signal_etag: Option<String>,
