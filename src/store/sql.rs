@@ -7,6 +7,8 @@
 //! and lets concurrent lessees skip each other's (`SKIP LOCKED`); SQLite's
 //! single writer needs neither. A macro rather than generics: sqlx's
 //! executor bounds over two databases would say less than the SQL does.
+//! Two reads run on SQLite only and use its JSON functions: the batch's
+//! read-ahead, packed into one value ([`PACKED_ROW`], ADR 0064).
 //!
 //! `LIMIT`s are integer literals written by the code, never bound
 //! parameters: SQLite plans with a bound `LIMIT`'s value and then
@@ -359,7 +361,7 @@ macro_rules! sql_backend {
             }
 
             /// [`WriteTx::queued_jobs_and_runs`] in one statement, for a
-            /// backend without row locks: the candidates (`r_candidate`)
+            /// backend without row locks: the candidates (flagged in the packed row)
             /// and every job of their runs, each with its run's columns.
             async fn queued_with_runs(
                 &mut self,

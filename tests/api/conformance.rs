@@ -424,7 +424,8 @@ async fn large_json_integers_in_inputs_and_results_are_kept_exactly() {
 /// A batch reads its jobs ahead (and a lease its candidates) in one read;
 /// on SQLite that read packs its rows as JSON. Every value comes back as
 /// stored: percents whose shortest text needs 16 or 17 digits, and inputs
-/// with escapes, control characters and non-ASCII text.
+/// with escapes and non-ASCII text (stored as JSON text, control
+/// characters already escaped).
 #[actix_web::test]
 async fn values_read_ahead_for_a_batch_come_back_exactly() {
     const PERCENTS: [f64; 6] = [
